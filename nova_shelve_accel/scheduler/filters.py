@@ -1,0 +1,130 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+from oslo_log import log as logging
+
+from nova.compute import vm_states
+import nova.conf
+from nova import context as nova_context
+from nova import exception
+from nova import objects
+from nova.scheduler import filters
+from nova.scheduler.filters import utils
+
+from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel import shelved
+
+CONF = nova.conf.CONF
+accel_conf.register_opts(CONF)
+LOG = logging.getLogger(__name__)
+
+# Aggregate metadata key naming the storage group of the aggregate's hosts.
+GROUP_KEY = 'shelve_storage_group'
+
+
+class HostAggregateGroupFilter(filters.BaseHostFilter):
+    """Unshelve an instance whose root disk was kept where that disk is.
+
+    Only hosts that share the storage holding the kept disk pass: the hosts
+    of the aggregates whose ``shelve_storage_group`` metadata names the group
+    of the host that offloaded the instance, or that host itself when it is
+    in no group. When none of the hosts handed to the filter qualifies, all
+    pass, and the unshelve downloads the snapshot as stock Nova does. Every
+    other request passes untouched. Put it last in ``enabled_filters`` so
+    that "qualifies" means "can also take the instance".
+    """
+
+    # Decided from the instance and the aggregates, both fixed per request.
+    run_filter_once_per_request = True
+
+    def filter_all(self, filter_obj_list, spec_obj):
+        hosts = list(filter_obj_list)
+        kept_on = self._host_holding_kept_disk(spec_obj)
+        if kept_on is None:
+            return hosts
+        groups = _groups_of_host(kept_on, hosts)
+        floor = CONF.shelve_accel.free_space_floor_percent
+        qualified = [h for h in hosts
+                     if _shares_storage(h, kept_on, groups) and
+                     _storage_above_floor(h, floor)]
+        if not qualified:
+            LOG.info('No host sharing the storage of %s (groups %s) can take '
+                     'instance %s; letting all %d hosts through, so the '
+                     'unshelve downloads the snapshot.', kept_on,
+                     sorted(groups) or 'none', spec_obj.instance_uuid,
+                     len(hosts))
+            return hosts
+        LOG.debug('Instance %s has a kept root disk on the storage of %s '
+                  '(groups %s): %d of %d hosts share it.',
+                  spec_obj.instance_uuid, kept_on, sorted(groups) or 'none',
+                  len(qualified), len(hosts))
+        return qualified
+
+    def _host_holding_kept_disk(self, spec_obj):
+        """Host that offloaded the instance keeping its disk, or None."""
+        if utils.request_is_rebuild(spec_obj):
+            return None
+        # A move of an existing instance (unshelve, migrate, evacuate) is
+        # targeted at the instance's cell; a new boot is not, and skips the
+        # lookup.
+        destination = spec_obj.obj_attr_is_set('requested_destination') and \
+            spec_obj.requested_destination
+        cell = destination and destination.obj_attr_is_set('cell') and \
+            destination.cell
+        if not cell:
+            return None
+        instance = self._load_instance(cell, spec_obj.instance_uuid)
+        if (instance is None or
+                instance.vm_state != vm_states.SHELVED_OFFLOADED or
+                not shelved.kept_snapshot_id(instance)):
+            return None
+        return instance.system_metadata.get('shelved_host')
+
+    @staticmethod
+    def _load_instance(cell, instance_uuid):
+        ctxt = nova_context.get_admin_context()
+        with nova_context.target_cell(ctxt, cell) as cctxt:
+            try:
+                return objects.Instance.get_by_uuid(
+                    cctxt, instance_uuid, expected_attrs=['system_metadata'])
+            except exception.InstanceNotFound:
+                return None
+
+
+def _groups_of_host(host, host_states):
+    """Storage groups of ``host``, from the aggregates the hosts carry."""
+    return {agg.metadata[GROUP_KEY]
+            for hs in host_states for agg in hs.aggregates
+            if GROUP_KEY in agg.metadata and host in agg.hosts}
+
+
+def _shares_storage(host_state, kept_on, groups):
+    # A host in no group has storage of its own, shared with nobody.
+    if host_state.host == kept_on:
+        return True
+    return bool(groups & utils.aggregate_values_from_key(host_state,
+                                                         GROUP_KEY))
+
+
+def _storage_above_floor(host_state, floor):
+    total_mb = host_state.total_usable_disk_gb * 1024
+    if total_mb <= 0:
+        LOG.debug('%s reports no disk; not reusing a kept disk there.',
+                  host_state.host)
+        return False
+    free = 100.0 * host_state.free_disk_mb / total_mb
+    if free < floor:
+        LOG.debug('%s has %.1f%% of its storage free, below '
+                  '[shelve_accel] free_space_floor_percent = %d.',
+                  host_state.host, free, floor)
+        return False
+    return True

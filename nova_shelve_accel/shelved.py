@@ -1,0 +1,31 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""What an instance's system metadata says about its kept root disk.
+
+Shared by the compute driver, which writes it at offload, and the scheduler
+filter, which reads it; it imports nothing of libvirt.
+"""
+
+# Set at offload to the id of the snapshot the kept disk matches. A kept disk
+# is trusted only while this equals ``shelved_image_id``, which Nova replaces
+# at every shelve and removes at unshelve, so a stale value is harmless.
+KEPT_DISK_KEY = 'shelve_accel_kept_snapshot'
+
+
+def kept_snapshot_id(instance):
+    """The snapshot id the instance's kept root disk matches, or None."""
+    sysmeta = instance.system_metadata
+    snapshot_id = sysmeta.get('shelved_image_id')
+    if snapshot_id and sysmeta.get(KEPT_DISK_KEY) == snapshot_id:
+        return snapshot_id
+    return None
