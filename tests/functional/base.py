@@ -1,0 +1,412 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A small cloud for functional tests of shelve acceleration.
+
+Nova's API, conductor, scheduler, three compute services and Placement run
+in-process, as in Nova's own functional tests. The computes run our driver
+on Nova's fake libvirt, but every disk is a real file made by qemu-img, and
+Glance (Nova's GlanceFixture) serves real qcow2 image data and counts what it
+serves. Hosts A and B share one instance storage and form the aggregate
+``g1``; host C has its own storage.
+"""
+
+import collections
+import contextlib
+import datetime
+import functools
+import json
+import os
+import subprocess
+import sys
+import threading
+from unittest import mock
+
+import fixtures
+from oslo_config import cfg
+from oslo_utils.fixture import uuidsentinel as uuids
+from oslo_utils import timeutils
+
+from nova import context as nova_context
+from nova import objects
+from nova import thread_pool_factory
+from nova.tests import fixtures as nova_fixtures
+from nova.tests.fixtures import libvirt as fakelibvirt
+from nova.tests.functional import integrated_helpers
+from nova.virt.libvirt import config as libvirt_config
+from nova.virt.libvirt import utils as libvirt_utils
+
+from nova_shelve_accel import conf as accel_conf
+
+CONF = cfg.CONF
+accel_conf.register_opts(CONF)
+
+# LibvirtFixture replaces it with a mock; our storages are real directories.
+_REAL_GET_FS_INFO = libvirt_utils.get_fs_info
+
+DRIVER = 'nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver'
+FILTER = 'HostAggregateGroupFilter'
+FILTER_PATH = 'nova_shelve_accel.scheduler.filters.' + FILTER
+KEPT_SUBDIR = '_shelve_kept'
+
+IMAGE_ID = '6c8a3ef4-5f9b-4a8c-9c55-3b0c6b4c1f10'
+IMAGE_VIRTUAL_SIZE = 64 * 1024 * 1024
+# Where the image carries data, and where each test writes its own marker
+# into the instance's disk, as a guest would.
+IMAGE_DATA_OFFSET = 4 * 1024 * 1024
+MARKER_OFFSET = 16 * 1024 * 1024
+MARKER_LENGTH = 64 * 1024
+
+HOST_MEMORY_MB = 8192
+HOST_RESERVED_MEMORY_MB = 512
+
+
+class InstancesPathRouter(fixtures.Fixture):
+    """Give each compute service its own ``[DEFAULT] instances_path``.
+
+    All services of a functional test share one process and one CONF, but
+    host C must see a storage of its own. This fixture labels the thread that
+    handles an RPC request of a compute service with that service's host,
+    carries the label into the threads Nova spawns for the request, and
+    answers ``CONF.instances_path`` from the label. Work a test runs itself
+    on a host's behalf (starting it, periodic tasks) uses ``on_host``.
+    """
+
+    def __init__(self, default_path):
+        super().__init__()
+        self.default_path = default_path
+        self.paths = {}
+        self._label = threading.local()
+
+    def setUp(self):
+        super().setUp()
+        real_get = cfg.ConfigOpts._get
+        real_spawn_on = thread_pool_factory.spawn_on
+        router = self
+
+        def routed_get(conf, name, group=None, namespace=None):
+            if name == 'instances_path' and group is None and conf is CONF:
+                host = router.current_host()
+                if host in router.paths:
+                    return router.paths[host]
+            return real_get(conf, name, group, namespace)
+
+        def labelled_spawn_on(executor_type, func, *args, **kwargs):
+            host = router.current_host()
+
+            @functools.wraps(func)
+            def run_labelled(*args, **kwargs):
+                with router.labelled(host):
+                    return func(*args, **kwargs)
+
+            return real_spawn_on(executor_type, run_labelled, *args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'oslo_config.cfg.ConfigOpts._get', routed_get))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.thread_pool_factory.spawn_on', labelled_spawn_on))
+
+    def current_host(self):
+        return getattr(self._label, 'host', None)
+
+    @contextlib.contextmanager
+    def labelled(self, host):
+        previous = self.current_host()
+        self._label.host = host
+        try:
+            yield
+        finally:
+            self._label.host = previous
+
+    def add_host(self, host, path):
+        os.makedirs(path, exist_ok=True)
+        self.paths[host] = path
+
+    def label_rpc_server(self, service, host):
+        """Label the threads that handle RPC requests sent to ``service``."""
+        for server in (service.rpcserver, service.rpcserver_alt):
+            if server is None:
+                continue
+            dispatcher = server.dispatcher
+            real_dispatch = dispatcher._do_dispatch
+
+            def do_dispatch(*args, real_dispatch=real_dispatch, **kwargs):
+                with self.labelled(host):
+                    return real_dispatch(*args, **kwargs)
+
+            dispatcher._do_dispatch = do_dispatch
+
+    @contextlib.contextmanager
+    def on_host(self, host):
+        with self.labelled(host):
+            yield nova_context.get_admin_context()
+
+
+def make_image(path, data_offset=IMAGE_DATA_OFFSET):
+    """A real qcow2 image with a recognisable block of data in it."""
+    subprocess.check_call(['qemu-img', 'create', '-q', '-f', 'qcow2', path,
+                           str(IMAGE_VIRTUAL_SIZE)])
+    subprocess.check_call(['qemu-io', '-f', 'qcow2', '-c',
+                           'write -P 0x61 %d 1M' % data_offset, path],
+                          stdout=subprocess.DEVNULL)
+
+
+def write_marker(disk, pattern):
+    subprocess.check_call(
+        ['qemu-io', '-f', 'qcow2', '-c',
+         'write -P %#x %d %d' % (pattern, MARKER_OFFSET, MARKER_LENGTH), disk],
+        stdout=subprocess.DEVNULL)
+
+
+def read_marker(disk):
+    """The byte the disk holds over the whole marker range, or None."""
+    out = subprocess.run(
+        ['qemu-io', '-f', 'qcow2', '-c',
+         'read -v %d 16' % MARKER_OFFSET, disk],
+        check=True, capture_output=True, text=True).stdout
+    first = out.split(':', 1)[1].split()[:16]
+    values = {int(b, 16) for b in first}
+    return values.pop() if len(values) == 1 else None
+
+
+def backing_file(disk):
+    out = subprocess.run(['qemu-img', 'info', '--output=json', '-U', disk],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out).get('backing-filename')
+
+
+class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
+    """Hosts A and B share storage g1; host C has its own."""
+
+    compute_driver = DRIVER
+    microversion = '2.91'
+
+    def setUp(self):
+        self.storage_root = self.useFixture(fixtures.TempDir()).path
+        self.g1_path = os.path.join(self.storage_root, 'g1')
+        self.c_path = os.path.join(self.storage_root, 'c')
+        self.flags(instances_path=os.path.join(self.storage_root, 'unused'))
+        self.flags(api_paste_config=os.path.join(
+            sys.prefix, 'etc', 'nova', 'api-paste.ini'), group='wsgi')
+        self.flags(available_filters=[
+            'nova.scheduler.filters.all_filters', FILTER_PATH],
+            group='filter_scheduler')
+        self.flags(enabled_filters=(
+            CONF.filter_scheduler.enabled_filters + [FILTER]),
+            group='filter_scheduler')
+        self.flags(shelved_offload_time=0)
+        self.flags(images_type='qcow2', group='libvirt')
+        # The floor has its own test; the others must not depend on how full
+        # the test machine's disk is.
+        self.flags(free_space_floor_percent=0, group='shelve_accel')
+
+        self.router = self.useFixture(InstancesPathRouter(
+            CONF.instances_path))
+        super().setUp()
+        self._fake_host_environment()
+        self.downloads = self._count_image_downloads()
+        self._upload_image()
+        self.computes = {}
+        self.connections = {}
+        for host, path in (('A', self.g1_path), ('B', self.g1_path),
+                           ('C', self.c_path)):
+            self.start_compute(host, path)
+        self.g1 = self._create_storage_group('g1', ['A', 'B'])
+        self.flavor_id = self._create_flavor(
+            name='m1.accel', memory_mb=512, vcpu=1, disk=1, ephemeral=0)
+
+    # -- environment -------------------------------------------------------
+
+    def _fake_host_environment(self):
+        """What a compute host would read from its hardware and Cinder."""
+        self.useFixture(nova_fixtures.CGroupsFixture())
+        # Privileged helpers (utime, chown of disk files) run in-process on
+        # the test's own files instead of in a root daemon.
+        self.useFixture(nova_fixtures.PrivsepFixture())
+        self.libvirt = self.useFixture(nova_fixtures.LibvirtFixture())
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.libvirt.utils.get_fs_info', _REAL_GET_FS_INFO))
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver._get_vcpu_available',
+            return_value=set(range(8))))
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.host.Host.get_memory_mb_total',
+            return_value=HOST_MEMORY_MB))
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.host.Host.get_online_cpus',
+            return_value=set(range(8))))
+        # Volume attachment is Cinder's and os-brick's business.
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.get_volume_connector'))
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver._connect_volume'))
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver._disconnect_volume'))
+        volume_config = libvirt_config.LibvirtConfigGuestDisk()
+        volume_config.driver_name = 'qemu'
+        volume_config.source_path = '/dev/fake-volume'
+        volume_config.target_dev = 'vda'
+        volume_config.target_bus = 'virtio'
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver._get_volume_config',
+            return_value=volume_config))
+
+    def _count_image_downloads(self):
+        downloads = collections.Counter()
+        real_download = self.glance.download
+
+        def counting_download(context, image_id, *args, **kwargs):
+            downloads[image_id] += 1
+            return real_download(context, image_id, *args, **kwargs)
+
+        self.glance.download = counting_download
+        return downloads
+
+    def _upload_image(self):
+        path = os.path.join(self.storage_root, 'image.qcow2')
+        make_image(path)
+        with open(path, 'rb') as data:
+            self.glance.create(None, {
+                'id': IMAGE_ID, 'name': 'accel-image', 'status': 'active',
+                'disk_format': 'qcow2', 'container_format': 'bare',
+                'size': os.path.getsize(path), 'min_disk': 0,
+                'properties': {}}, data=data)
+
+    def start_compute(self, host, path):
+        self.router.add_host(host, path)
+        connection = fakelibvirt.Connection(
+            'qemu:///system', version=fakelibvirt.FAKE_LIBVIRT_VERSION,
+            hv_version=fakelibvirt.FAKE_QEMU_VERSION,
+            host_info=fakelibvirt.HostInfo(
+                cpu_nodes=1, cpu_sockets=1, cpu_cores=4, cpu_threads=2,
+                kB_mem=HOST_MEMORY_MB * 1024),
+            hostname=host)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.router.on_host(host))
+            stack.enter_context(mock.patch(
+                'nova.virt.libvirt.host.Host.get_connection',
+                return_value=connection))
+            stack.enter_context(mock.patch(
+                'nova.virt.node.get_local_node_uuid',
+                return_value=str(getattr(uuids, 'node_%s' % host))))
+            compute = self.start_service('compute', host=host)
+            compute.driver._host.get_node_uuid()
+        compute.driver._host.get_connection = lambda: connection
+        self.router.label_rpc_server(compute, host)
+        self.computes[host] = compute
+        self.connections[host] = connection
+        return compute
+
+    def _create_storage_group(self, name, hosts):
+        agg_id = self._create_aggregate(name)
+        self.admin_api.post_aggregate_action(agg_id, {'set_metadata': {
+            'metadata': {'shelve_storage_group': name}}})
+        for host in hosts:
+            self.admin_api.add_host_to_aggregate(agg_id, host)
+        return agg_id
+
+    # -- operations --------------------------------------------------------
+
+    def run_periodic(self, host, task):
+        """Run a compute periodic task of ``host`` as its service would."""
+        with self.router.on_host(host) as ctxt:
+            getattr(self.computes[host].manager, task)(ctxt)
+
+    def run_image_cache_pass(self, host):
+        self.run_periodic(host, '_run_image_cache_manager_pass')
+
+    def update_resources(self, host):
+        self.run_periodic(host, 'update_available_resource')
+
+    def boot(self, host=None, flavor_id=None):
+        server = self._create_server(
+            image_uuid=IMAGE_ID, flavor_id=flavor_id or self.flavor_id,
+            networks='none', host=host)
+        return server
+
+    def shelve(self, server, expected_state='SHELVED_OFFLOADED'):
+        return self._shelve_server(server, expected_state)
+
+    def unshelve(self, server, host=None, expected_state='ACTIVE'):
+        body = {'unshelve': {'host': host} if host else None}
+        self.api.post_server_action(server['id'], body)
+        return self._wait_for_state_change(server, expected_state)
+
+    def set_service_status(self, host, enabled):
+        service = self.admin_api.get_services(
+            binary='nova-compute', host=host)[0]
+        self.admin_api.put_service(service['id'], {
+            'status': 'enabled' if enabled else 'disabled'})
+
+    # -- observations ------------------------------------------------------
+
+    @staticmethod
+    def host_of(server):
+        return server['OS-EXT-SRV-ATTR:host']
+
+    def storage_of(self, host):
+        return self.router.paths[host]
+
+    def kept_disks(self, path):
+        kept = os.path.join(path, KEPT_SUBDIR)
+        if not os.path.isdir(kept):
+            return []
+        return sorted(os.listdir(kept))
+
+    def kept_dir(self, path, server):
+        [name] = [n for n in self.kept_disks(path)
+                  if n.startswith(server['id'] + '.')]
+        return os.path.join(path, KEPT_SUBDIR, name)
+
+    def instance_disk(self, server, host=None):
+        host = host or self.host_of(server)
+        return os.path.join(self.storage_of(host), server['id'], 'disk')
+
+    def snapshot_id(self, server):
+        ctxt = nova_context.get_admin_context()
+        instance = objects.Instance.get_by_uuid(
+            ctxt, server['id'], expected_attrs=['system_metadata'])
+        return instance.system_metadata.get('shelved_image_id')
+
+    def allocations(self, server):
+        return self._get_allocations_by_server_uuid(server['id'])
+
+    def reserved_disk_gb(self, host):
+        rp_uuid = self._get_provider_uuid_by_host(host)
+        return self._get_provider_inventory(rp_uuid)['DISK_GB']['reserved']
+
+    def assert_offloaded_without_resources(self, server):
+        server = self.api.get_server(server['id'])
+        self.assertEqual('SHELVED_OFFLOADED', server['status'])
+        self.assertIsNone(self.host_of(server))
+        self.assertEqual({}, self.allocations(server))
+        for host, connection in self.connections.items():
+            self.assertNotIn(server['id'], [
+                d.UUIDString() for d in connection._vms.values()],
+                'a domain of the offloaded instance is left on %s' % host)
+
+    def assert_runs_on(self, server, hosts):
+        server = self.api.get_server(server['id'])
+        self.assertEqual('ACTIVE', server['status'])
+        self.assertIn(self.host_of(server), hosts)
+        rp_uuid = self._get_provider_uuid_by_host(self.host_of(server))
+        self.assertEqual([rp_uuid], list(self.allocations(server)))
+        return server
+
+    @contextlib.contextmanager
+    def time_passes(self, seconds):
+        timeutils.set_time_override(
+            timeutils.utcnow() + datetime.timedelta(seconds=seconds))
+        try:
+            yield
+        finally:
+            timeutils.clear_time_override()
