@@ -66,6 +66,10 @@ IMAGE_DATA_OFFSET = 4 * 1024 * 1024
 MARKER_OFFSET = 16 * 1024 * 1024
 MARKER_LENGTH = 64 * 1024
 
+# Polls of the API, half a second apart, before a wait fails: converting
+# disks with qemu-img takes seconds on a loaded two-core test machine.
+WAIT_RETRIES = 120
+
 HOST_MEMORY_MB = 8192
 HOST_RESERVED_MEMORY_MB = 512
 
@@ -214,6 +218,7 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
         super().setUp()
         self._fake_host_environment()
         self.downloads = self._count_image_downloads()
+        self._store_uploaded_image_data()
         self._upload_image()
         self.computes = {}
         self.connections = {}
@@ -270,6 +275,21 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
 
         self.glance.download = counting_download
         return downloads
+
+    def _store_uploaded_image_data(self):
+        # GlanceFixture drops the data of an update; the snapshot a shelve
+        # uploads must be downloadable, as from a real Glance.
+        real_update = self.glance.update
+
+        def storing_update(context, image_id, metadata, data=None,
+                           purge_props=False):
+            image = real_update(context, image_id, metadata,
+                                purge_props=purge_props)
+            if data is not None:
+                self.glance._imagedata[image_id] = data.read()
+            return image
+
+        self.glance.update = storing_update
 
     def _upload_image(self):
         path = os.path.join(self.storage_root, 'image.qcow2')
@@ -328,18 +348,25 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
         self.run_periodic(host, 'update_available_resource')
 
     def boot(self, host=None, flavor_id=None):
-        server = self._create_server(
+        body = self._build_server(
             image_uuid=IMAGE_ID, flavor_id=flavor_id or self.flavor_id,
             networks='none', host=host)
-        return server
+        server = self.api.post_server({'server': body})
+        return self._wait_for_state_change(server, 'ACTIVE', WAIT_RETRIES)
 
     def shelve(self, server, expected_state='SHELVED_OFFLOADED'):
-        return self._shelve_server(server, expected_state)
+        self.api.post_server_action(server['id'], {'shelve': {}})
+        expected = {'status': expected_state}
+        if expected_state == 'SHELVED_OFFLOADED':
+            # The host is cleared just after the status is saved.
+            expected['OS-EXT-SRV-ATTR:host'] = None
+        return self._wait_for_server_parameter(server, expected, WAIT_RETRIES)
 
     def unshelve(self, server, host=None, expected_state='ACTIVE'):
         body = {'unshelve': {'host': host} if host else None}
         self.api.post_server_action(server['id'], body)
-        return self._wait_for_state_change(server, expected_state)
+        return self._wait_for_state_change(server, expected_state,
+                                           WAIT_RETRIES)
 
     def set_service_status(self, host, enabled):
         service = self.admin_api.get_services(
