@@ -19,6 +19,7 @@ from nova import exception
 from nova import objects
 from nova.scheduler import filters
 from nova.scheduler.filters import utils
+from nova.scheduler import utils as scheduler_utils
 
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import shelved
@@ -71,7 +72,7 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
 
     def _host_holding_kept_disk(self, spec_obj):
         """Host that offloaded the instance keeping its disk, or None."""
-        if utils.request_is_rebuild(spec_obj):
+        if scheduler_utils.request_is_rebuild(spec_obj):
             return None
         # A move of an existing instance (unshelve, migrate, evacuate) is
         # targeted at the instance's cell; a new boot is not, and skips the

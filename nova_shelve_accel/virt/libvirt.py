@@ -55,6 +55,10 @@ LOG = logging.getLogger(__name__)
 # format of that file.
 _FILE_FORMATS = {'qcow2': 'qcow2', 'raw': 'raw', 'flat': 'raw'}
 
+# Task states of an instance whose destroy is a shelve-offload: the API
+# offloads a volume-backed instance straight from SHELVING.
+_OFFLOADING = (task_states.SHELVING_OFFLOADING, task_states.SHELVING)
+
 
 class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
@@ -74,8 +78,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):
-        if destroy_disks and (
-                instance.task_state == task_states.SHELVING_OFFLOADING):
+        if destroy_disks and instance.task_state in _OFFLOADING:
             reason = self._reason_not_to_keep(instance, block_device_info)
             if reason:
                 LOG.info('Not keeping the root disk at shelve-offload: %s. '

@@ -38,10 +38,10 @@ from oslo_utils import timeutils
 
 from nova import context as nova_context
 from nova import objects
-from nova import thread_pool_factory
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional import integrated_helpers
+from nova import thread_pool_factory
 from nova.virt.libvirt import config as libvirt_config
 from nova.virt.libvirt import utils as libvirt_utils
 

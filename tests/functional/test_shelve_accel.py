@@ -118,14 +118,22 @@ class TestPartialOffload(base.ShelveAccelTestBase):
         self.assertEqual([], self.kept_disks(self.g1_path))
         self.assertFalse(os.path.exists(os.path.join(self.g1_path,
                                                      server['id'])))
+        self.assertIn('Not keeping the root disk at shelve-offload: the '
+                      'storage %s has' % self.g1_path,
+                      self.stdlog.logger.output)
 
         server = self.unshelve(server)
         server = self.assert_runs_on(server, ('A', 'B', 'C'))
         self.assertEqual(1, self.downloads[snapshot_id])
         self.assertEqual(0x5a, base.read_marker(self.instance_disk(server)))
 
+        # The floor, and nothing else, was the reason: below it, keep.
+        self.flags(free_space_floor_percent=0, group='shelve_accel')
+        self._shelve_keeping(server, self.storage_of(self.host_of(server)))
+
     # 4
     def test_volume_backed_offloads_as_stock(self):
+        image_backed = self._boot_with_marker('A')
         server = self.api.post_server({'server': {
             'name': 'bfv', 'flavorRef': self.flavor_id, 'networks': 'none',
             'host': 'A',
@@ -133,7 +141,9 @@ class TestPartialOffload(base.ShelveAccelTestBase):
                 'boot_index': 0, 'source_type': 'volume',
                 'destination_type': 'volume',
                 'uuid': nova_fixtures.CinderFixture.IMAGE_BACKED_VOL}]}})
-        server = self._wait_for_state_change(server, 'ACTIVE')
+        server = self._wait_for_state_change(server, 'ACTIVE',
+                                             base.WAIT_RETRIES)
+        downloads_at_boot = sum(self.downloads.values())
 
         server = self.shelve(server)
         self.assert_offloaded_without_resources(server)
@@ -141,10 +151,15 @@ class TestPartialOffload(base.ShelveAccelTestBase):
         self.assertEqual([], self.kept_disks(self.g1_path))
         self.assertFalse(os.path.exists(os.path.join(self.g1_path,
                                                      server['id'])))
+        self.assertIn('Not keeping the root disk at shelve-offload: the '
+                      'instance is volume-backed', self.stdlog.logger.output)
+        # Beside it, on the same host and storage, an image-backed server is
+        # kept: the volume was the reason.
+        self._shelve_keeping(image_backed, self.g1_path)
 
         server = self.unshelve(server)
         self.assert_runs_on(server, ('A', 'B', 'C'))
-        self.assertEqual(0, sum(self.downloads.values()))
+        self.assertEqual(downloads_at_boot, sum(self.downloads.values()))
 
     # 5
     def test_unshelve_to_host_outside_group_downloads(self):
