@@ -28,6 +28,7 @@ import errno
 import json
 import os
 import shutil
+import time
 import uuid
 
 from oslo_concurrency import processutils
@@ -46,6 +47,8 @@ DISK_FORMATS = ('qcow2', 'raw')
 # Prefixes of in-flight work inside the kept-disks directory; never claimed.
 _STAGING = '.staging-'
 _TRASH = '.reclaiming-'
+# A keep or release moves a disk through staging in well under a minute.
+STALE_STAGING_SECONDS = 3600
 
 
 class KeepRefused(Exception):
@@ -160,13 +163,25 @@ class KeptDiskStore:
         for stale in self.list_kept():
             if stale.instance_uuid == instance_uuid:
                 self.reclaim(stale, 'superseded by a newer shelve')
-        staging = self._unique(_STAGING, kept_name(instance_uuid, snapshot_id))
         _write_record(inst_dir, record)
-        os.rename(inst_dir, staging)
-        _prune(staging, record.files)
-        # The kept disk becomes visible, whole, with this rename.
-        os.rename(staging, self.kept_dir(instance_uuid, snapshot_id))
+        self._move_in(inst_dir, record)
         return record
+
+    def _move_in(self, directory, record):
+        """Make ``directory`` the kept disk of ``record``, pruned."""
+        staging = self._unique(
+            _STAGING, kept_name(record.instance_uuid, record.snapshot_id))
+        os.rename(directory, staging)
+        try:
+            _prune(staging, record.files)
+            # The kept disk becomes visible, whole, with this rename.
+            os.rename(staging, self.kept_dir(record.instance_uuid,
+                                             record.snapshot_id))
+        except OSError:
+            # Half-kept is never claimable: drop it. The snapshot holds the
+            # data, and empty_trash() removes what rmtree cannot.
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def _describe(self, inst_dir, instance_uuid, snapshot_id, disk_format,
                   host):
@@ -281,10 +296,7 @@ class KeptDiskStore:
                 instance_uuid, snapshot_id):
             raise VerificationFailed('%s holds no claimed disk of snapshot '
                                      '%s' % (inst_dir, snapshot_id))
-        staging = self._unique(_STAGING, kept_name(instance_uuid, snapshot_id))
-        os.rename(inst_dir, staging)
-        _prune(staging, record.files)
-        os.rename(staging, self.kept_dir(instance_uuid, snapshot_id))
+        self._move_in(inst_dir, record)
 
     def finish_claim(self, instance_uuid):
         """The instance runs on the disk now: it is no longer a kept disk."""
@@ -328,13 +340,29 @@ class KeptDiskStore:
         return True
 
     def empty_trash(self):
-        """Finish reclaims that a crash or a failed rmtree interrupted."""
+        """Remove what interrupted keeps, releases and reclaims left.
+
+        A staging directory younger than STALE_STAGING_SECONDS may belong to
+        a keep in progress on another host of the storage, so it stays.
+        """
         if not os.path.isdir(self.path):
             return
+        now = time.time()
         for name in os.listdir(self.path):
-            if name.startswith(_TRASH):
-                shutil.rmtree(os.path.join(self.path, name),
-                              ignore_errors=True)
+            path = os.path.join(self.path, name)
+            if name.startswith(_TRASH) or (
+                    name.startswith(_STAGING) and
+                    now - _mtime(path) > STALE_STAGING_SECONDS):
+                LOG.info('Removing %s, left by an interrupted operation on '
+                         'kept disks.', path)
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return time.time()
 
 
 def _read_disk_info(directory):

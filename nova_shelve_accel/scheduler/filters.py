@@ -59,8 +59,8 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
                      _storage_above_floor(h, floor)]
         if not qualified:
             LOG.info('No host sharing the storage of %s (groups %s) can take '
-                     'instance %s; letting all %d hosts through, so the '
-                     'unshelve downloads the snapshot.', kept_on,
+                     'instance %s; letting all %d hosts through '
+                     '(stock scheduling).', kept_on,
                      sorted(groups) or 'none', spec_obj.instance_uuid,
                      len(hosts))
             return hosts

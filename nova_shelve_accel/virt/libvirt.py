@@ -224,10 +224,9 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             self._kept_disks.release(instance.uuid, snapshot_id)
         except (storage.VerificationFailed, OSError) as e:
             LOG.error('Could not give the kept root disk back to the '
-                      'storage: %s. Its files stay in %s; the snapshot %s '
-                      'still holds the data.', e,
-                      self._kept_disks.instance_dir(instance.uuid),
-                      snapshot_id, instance=instance)
+                      'storage: %s. The snapshot %s still holds the data; '
+                      'the next unshelve downloads it.', e, snapshot_id,
+                      instance=instance)
             return
         LOG.info('Spawn failed; the kept root disk is back in %s for the '
                  'next unshelve.',
