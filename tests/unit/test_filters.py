@@ -1,0 +1,259 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""HostAggregateGroupFilter on real host states, aggregates and specs.
+
+Only the filter's database lookup of the instance is replaced.
+"""
+
+from oslo_utils.fixture import uuidsentinel as uuids
+
+from nova.compute import vm_states
+from nova import context as nova_context
+from nova import objects
+from nova.scheduler import filters as nova_filters
+from nova import test
+from nova.tests.unit import fake_instance
+from nova.tests.unit.scheduler import fakes
+
+from nova_shelve_accel.scheduler import filters
+from nova_shelve_accel import shelved
+
+SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
+OLD_SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000000'
+FILTER_PATH = 'nova_shelve_accel.scheduler.filters.HostAggregateGroupFilter'
+TOTAL_GB = 100
+
+
+class FilterTestCase(test.NoDBTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.flags(free_space_floor_percent=10, group='shelve_accel')
+        self.filt = filters.HostAggregateGroupFilter()
+        self.cell = objects.CellMapping(uuid=uuids.cell, name='cell1')
+        self.lookups = []
+        self.db_instance = None
+        # The one database access of the filter.
+        self.filt._load_instance = self._load_instance
+
+    def _load_instance(self, cell, instance_uuid):
+        self.lookups.append((cell, instance_uuid))
+        return self.db_instance
+
+    def offloaded(self, shelved_host='A', kept=SNAPSHOT,
+                  vm_state=vm_states.SHELVED_OFFLOADED,
+                  shelved_image_id=SNAPSHOT):
+        sysmeta = {'shelved_host': shelved_host}
+        if shelved_image_id:
+            sysmeta['shelved_image_id'] = shelved_image_id
+        if kept:
+            sysmeta[shelved.KEPT_DISK_KEY] = kept
+        self.db_instance = fake_instance.fake_instance_obj(
+            nova_context.get_admin_context(), uuid=uuids.instance,
+            vm_state=vm_state, host=None, system_metadata=sysmeta,
+            expected_attrs=['system_metadata'])
+        return self.db_instance
+
+    def spec(self, cell=True, hints=None):
+        """A request spec as conductor sends it for a move (or a boot)."""
+        spec = objects.RequestSpec(instance_uuid=uuids.instance,
+                                   scheduler_hints=hints or {})
+        if cell:
+            spec.requested_destination = objects.Destination(
+                cell=self.cell)
+        return spec
+
+    @staticmethod
+    def aggregate(name, hosts, group=None, agg_id=1):
+        metadata = {filters.GROUP_KEY: group} if group else {}
+        return objects.Aggregate(id=agg_id, name=name, hosts=hosts,
+                                 metadata=metadata)
+
+    @staticmethod
+    def host(name, aggregates=(), free_disk_mb=TOTAL_GB * 1024 // 2,
+             total_usable_disk_gb=TOTAL_GB):
+        """A host state carrying the aggregates the host is in."""
+        return fakes.FakeHostState(name, name, {
+            'aggregates': [a for a in aggregates if name in a.hosts],
+            'free_disk_mb': free_disk_mb,
+            'total_usable_disk_gb': total_usable_disk_gb})
+
+    def hosts(self, names, aggregates=(), **attrs):
+        return [self.host(name, aggregates, **attrs) for name in names]
+
+    def g1_and_c(self):
+        """A and B share storage g1; C has its own."""
+        return self.hosts('ABC', [self.aggregate('g1', ['A', 'B'], 'g1')])
+
+    def passing(self, hosts, spec):
+        return [h.host for h in self.filt.filter_all(hosts, spec)]
+
+
+class TestRequestsLeftAlone(FilterTestCase):
+
+    def test_boot_passes_all_hosts_without_lookup(self):
+        self.offloaded()
+        hosts = self.g1_and_c()
+        self.assertEqual(['A', 'B', 'C'],
+                         self.passing(hosts, self.spec(cell=False)))
+        self.assertEqual([], self.lookups)
+
+    def test_destination_without_cell_passes_all_hosts_without_lookup(self):
+        self.offloaded()
+        spec = self.spec(cell=False)
+        spec.requested_destination = objects.Destination(host='C')
+        self.assertEqual(['A', 'B', 'C'],
+                         self.passing(self.g1_and_c(), spec))
+        self.assertEqual([], self.lookups)
+
+    def test_rebuild_passes_all_hosts_without_lookup(self):
+        self.offloaded()
+        spec = self.spec(hints={'_nova_check_type': ['rebuild']})
+        self.assertEqual(['A', 'B', 'C'],
+                         self.passing(self.g1_and_c(), spec))
+        self.assertEqual([], self.lookups)
+
+    def test_migrating_an_active_instance_passes_all_hosts(self):
+        self.offloaded(vm_state=vm_states.ACTIVE)
+        self.assertEqual(['A', 'B', 'C'],
+                         self.passing(self.g1_and_c(), self.spec()))
+        self.assertEqual([(self.cell, uuids.instance)], self.lookups)
+
+    def test_unshelve_without_kept_disk_passes_all_hosts(self):
+        self.offloaded(kept=None)
+        self.assertEqual(['A', 'B', 'C'],
+                         self.passing(self.g1_and_c(), self.spec()))
+
+    def test_unshelve_with_stale_kept_key_passes_all_hosts(self):
+        self.offloaded(kept=OLD_SNAPSHOT)
+        self.assertEqual(['A', 'B', 'C'],
+                         self.passing(self.g1_and_c(), self.spec()))
+
+    def test_unshelve_of_a_vanished_instance_passes_all_hosts(self):
+        self.db_instance = None
+        self.assertEqual(['A', 'B', 'C'],
+                         self.passing(self.g1_and_c(), self.spec()))
+        self.assertEqual(1, len(self.lookups))
+
+
+class TestUnshelveWithKeptDisk(FilterTestCase):
+
+    def test_only_hosts_of_the_storage_group_pass(self):
+        self.offloaded(shelved_host='A')
+        self.assertEqual(['A', 'B'],
+                         self.passing(self.g1_and_c(), self.spec()))
+
+    def test_group_is_found_from_another_member_when_host_is_absent(self):
+        # A, which kept the disk, was filtered out before; B shares it.
+        self.offloaded(shelved_host='A')
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        hosts = self.hosts('BC', [g1])
+        self.assertEqual(['B'], self.passing(hosts, self.spec()))
+
+    def test_hosts_of_every_group_of_the_host_pass(self):
+        self.offloaded(shelved_host='A')
+        aggs = [self.aggregate('g1', ['A', 'B'], 'g1', agg_id=1),
+                self.aggregate('g2', ['A', 'D'], 'g2', agg_id=2)]
+        self.assertEqual(['A', 'B', 'D'],
+                         self.passing(self.hosts('ABCD', aggs), self.spec()))
+
+    def test_aggregates_without_group_key_do_not_share_storage(self):
+        self.offloaded(shelved_host='A')
+        aggs = [self.aggregate('g1', ['A', 'B'], 'g1', agg_id=1),
+                self.aggregate('az1', ['A', 'C'], agg_id=2)]
+        self.assertEqual(['A', 'B'],
+                         self.passing(self.hosts('ABC', aggs), self.spec()))
+
+    def test_host_of_another_group_does_not_pass(self):
+        self.offloaded(shelved_host='A')
+        aggs = [self.aggregate('g1', ['A', 'B'], 'g1', agg_id=1),
+                self.aggregate('g2', ['C', 'D'], 'g2', agg_id=2)]
+        self.assertEqual(['A', 'B'],
+                         self.passing(self.hosts('ABCD', aggs), self.spec()))
+
+    def test_group_host_below_the_floor_is_excluded(self):
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        hosts[1].free_disk_mb = TOTAL_GB * 1024 * 5 // 100
+        self.assertEqual(['A'], self.passing(hosts, self.spec()))
+
+    def test_group_host_at_the_floor_passes(self):
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        hosts[1].free_disk_mb = TOTAL_GB * 1024 * 10 // 100
+        self.assertEqual(['A', 'B'], self.passing(hosts, self.spec()))
+
+    def test_floor_zero_takes_a_full_group_host(self):
+        self.flags(free_space_floor_percent=0, group='shelve_accel')
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        hosts[1].free_disk_mb = 0
+        self.assertEqual(['A', 'B'], self.passing(hosts, self.spec()))
+
+    def test_host_reporting_no_disk_does_not_qualify(self):
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        hosts[1].total_usable_disk_gb = 0
+        self.assertEqual(['A'], self.passing(hosts, self.spec()))
+
+    def test_all_pass_when_every_group_host_is_below_the_floor(self):
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        for h in hosts[:2]:
+            h.free_disk_mb = 1
+        self.assertEqual(['A', 'B', 'C'], self.passing(hosts, self.spec()))
+
+    def test_all_pass_when_no_group_host_is_handed_in(self):
+        self.offloaded(shelved_host='A')
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        hosts = self.hosts('CD', [g1])
+        self.assertEqual(['C', 'D'], self.passing(hosts, self.spec()))
+
+    def test_host_in_no_group_is_its_own_group(self):
+        self.offloaded(shelved_host='C')
+        self.assertEqual(['C'], self.passing(self.g1_and_c(), self.spec()))
+
+    def test_all_pass_when_the_host_in_no_group_is_absent(self):
+        self.offloaded(shelved_host='C')
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        hosts = self.hosts('ABD', [g1])
+        self.assertEqual(['A', 'B', 'D'], self.passing(hosts, self.spec()))
+
+    def test_instance_is_looked_up_in_the_destination_cell(self):
+        self.offloaded(shelved_host='A')
+        self.passing(self.g1_and_c(), self.spec())
+        self.assertEqual([(self.cell, uuids.instance)], self.lookups)
+
+    def test_one_lookup_per_request_for_10_hosts(self):
+        self.assert_one_lookup(10)
+
+    def test_one_lookup_per_request_for_100_hosts(self):
+        self.assert_one_lookup(100)
+
+    def assert_one_lookup(self, count):
+        self.offloaded(shelved_host='h0')
+        names = ['h%d' % i for i in range(count)]
+        g1 = self.aggregate('g1', names[:count // 2], 'g1')
+        hosts = self.hosts(names, [g1])
+        self.assertEqual(names[:count // 2],
+                         self.passing(hosts, self.spec()))
+        self.assertEqual(1, len(self.lookups))
+
+
+class TestFilterLoading(test.NoDBTestCase):
+
+    def test_filter_is_found_by_its_path_and_runs_once_per_request(self):
+        handler = nova_filters.HostFilterHandler()
+        [cls] = handler.get_matching_classes([FILTER_PATH])
+        self.assertIs(filters.HostAggregateGroupFilter, cls)
+        self.assertTrue(cls.run_filter_once_per_request)

@@ -1,0 +1,612 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Kept disks on a real instance storage: real files, real qemu-img."""
+
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+
+import fixtures
+import testtools
+
+from nova_shelve_accel import storage
+from tests.unit import disks
+
+INSTANCE = '6f0f9c2a-0d0c-4c55-9a0e-0a4c7d3b2e11'
+OTHER_INSTANCE = '0b7c5d43-8d3e-4f8b-a1f7-3c5b7e9d2a10'
+SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
+NEW_SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000002'
+HOST = 'compute-a'
+
+
+class StoreTestCase(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.instances_path = self.useFixture(fixtures.TempDir()).path
+        self.store = disks.make_store(self.instances_path)
+        self.inst_dir = os.path.join(self.instances_path, INSTANCE)
+        self.kept_dir = os.path.join(self.instances_path, disks.KEPT_SUBDIR,
+                                     '%s.%s' % (INSTANCE, SNAPSHOT))
+        self.log = self.useFixture(fixtures.FakeLogger(
+            name='nova_shelve_accel.storage', level=logging.INFO))
+
+    def keep_qcow2(self, instance=INSTANCE, snapshot=SNAPSHOT, **kwargs):
+        disks.make_qcow2_instance(self.instances_path, instance, **kwargs)
+        return self.store.keep(instance, snapshot, 'qcow2', HOST)
+
+    def kept_names(self):
+        return sorted(os.listdir(self.store.path))
+
+    def read_record_file(self, directory):
+        with open(os.path.join(directory, storage.RECORD_NAME)) as f:
+            return storage.KeptDiskRecord.from_json(f.read())
+
+
+class TestKeptDiskRecord(StoreTestCase):
+
+    def _record(self, **changes):
+        fields = dict(
+            instance_uuid=INSTANCE, snapshot_id=SNAPSHOT,
+            disk_format='qcow2', backing_file='0123456789abcdef',
+            disk_size=196608, disk_mtime_ns=1700000000123456789,
+            files=('disk', 'disk.info'), kept_by=HOST,
+            kept_at='2025-01-02T03:04:05.000006')
+        fields.update(changes)
+        return storage.KeptDiskRecord(**fields)
+
+    def test_json_round_trip_gives_an_equal_record(self):
+        record = self._record()
+        self.assertEqual(
+            record, storage.KeptDiskRecord.from_json(record.to_json()))
+
+    def test_json_round_trip_keeps_a_missing_backing_file(self):
+        record = self._record(backing_file=None, disk_format='raw')
+        self.assertIsNone(storage.KeptDiskRecord.from_json(
+            record.to_json()).backing_file)
+
+    def test_files_come_back_as_a_tuple(self):
+        back = storage.KeptDiskRecord.from_json(self._record().to_json())
+        self.assertEqual(('disk', 'disk.info'), back.files)
+        self.assertIsInstance(back.files, tuple)
+
+    def test_record_is_written_with_the_current_version(self):
+        data = json.loads(self._record().to_json())
+        self.assertEqual(storage.RECORD_VERSION, data['version'])
+
+    def test_unknown_version_is_rejected(self):
+        data = json.loads(self._record().to_json())
+        data['version'] = storage.RECORD_VERSION + 1
+        self.assertRaises(ValueError, storage.KeptDiskRecord.from_json,
+                          json.dumps(data))
+
+    def test_record_without_version_is_rejected(self):
+        data = json.loads(self._record().to_json())
+        del data['version']
+        self.assertRaises(ValueError, storage.KeptDiskRecord.from_json,
+                          json.dumps(data))
+
+    def test_malformed_record_reads_as_none(self):
+        directory = os.path.join(self.instances_path, 'somewhere')
+        os.makedirs(directory)
+        with open(os.path.join(directory, storage.RECORD_NAME), 'w') as f:
+            f.write('{"instance_uuid": ')
+        self.assertIsNone(storage._read_record(directory))
+        self.assertIn('is unreadable', self.log.output)
+
+    def test_record_with_missing_fields_reads_as_none(self):
+        directory = os.path.join(self.instances_path, 'somewhere')
+        os.makedirs(directory)
+        with open(os.path.join(directory, storage.RECORD_NAME), 'w') as f:
+            f.write(json.dumps({'version': storage.RECORD_VERSION,
+                                'files': ['disk']}))
+        self.assertIsNone(storage._read_record(directory))
+
+    def test_directory_without_record_reads_as_none(self):
+        self.assertIsNone(storage._read_record(self.instances_path))
+
+    def test_list_kept_ignores_malformed_record_with_a_warning(self):
+        self.keep_qcow2(instance=OTHER_INSTANCE)
+        broken = os.path.join(self.store.path, '%s.%s' % (INSTANCE, SNAPSHOT))
+        os.makedirs(broken)
+        with open(os.path.join(broken, storage.RECORD_NAME), 'w') as f:
+            f.write('not json')
+
+        self.assertEqual([OTHER_INSTANCE],
+                         [r.instance_uuid for r in self.store.list_kept()])
+        self.assertIn('Ignoring %s' % broken, self.log.output)
+        self.assertTrue(os.path.isdir(broken))
+
+    def test_list_kept_ignores_record_naming_another_directory(self):
+        self.keep_qcow2()
+        renamed = os.path.join(self.store.path, '%s.%s' % (INSTANCE,
+                                                           NEW_SNAPSHOT))
+        os.rename(self.kept_dir, renamed)
+
+        self.assertEqual([], self.store.list_kept())
+        self.assertIn('Ignoring %s' % renamed, self.log.output)
+
+    def test_list_kept_skips_work_in_progress(self):
+        self.keep_qcow2()
+        shutil.copytree(self.kept_dir, os.path.join(
+            self.store.path, '.staging-%s.%s.1234abcd' % (INSTANCE, SNAPSHOT)))
+
+        self.assertEqual([(INSTANCE, SNAPSHOT)],
+                         [(r.instance_uuid, r.snapshot_id)
+                          for r in self.store.list_kept()])
+        self.assertNotIn('Ignoring', self.log.output)
+
+    def test_list_kept_without_kept_directory_is_empty(self):
+        self.assertEqual([], self.store.list_kept())
+
+
+class TestKeep(StoreTestCase):
+
+    def test_keep_moves_instance_dir_to_kept_dir(self):
+        self.keep_qcow2()
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertEqual(['%s.%s' % (INSTANCE, SNAPSHOT)], self.kept_names())
+        self.assertEqual(self.kept_dir,
+                         self.store.kept_dir(INSTANCE, SNAPSHOT))
+
+    def test_keep_keeps_disk_disk_info_config_drive_and_record(self):
+        self.keep_qcow2(extra_files=('disk.config', 'disk.local', 'disk.swap',
+                                     'console.log'))
+        self.assertEqual(
+            ['disk', 'disk.config', 'disk.info', storage.RECORD_NAME],
+            sorted(os.listdir(self.kept_dir)))
+
+    def test_keep_prunes_subdirectories(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        os.makedirs(os.path.join(self.inst_dir, 'vtpm', 'state'))
+        self.store.keep(INSTANCE, SNAPSHOT, 'qcow2', HOST)
+        self.assertEqual(['disk', 'disk.info', storage.RECORD_NAME],
+                         sorted(os.listdir(self.kept_dir)))
+
+    def test_keep_lists_only_the_files_that_exist(self):
+        record = self.keep_qcow2(extra_files=('disk.local',))
+        self.assertEqual(('disk', 'disk.info'), record.files)
+
+    def test_keep_records_the_disk(self):
+        disk = disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                         extra_files=('disk.config',))
+        st = os.stat(disk)
+
+        record = self.store.keep(INSTANCE, SNAPSHOT, 'qcow2', HOST)
+
+        self.assertEqual(INSTANCE, record.instance_uuid)
+        self.assertEqual(SNAPSHOT, record.snapshot_id)
+        self.assertEqual('qcow2', record.disk_format)
+        self.assertEqual('0123456789abcdef', record.backing_file)
+        self.assertEqual(st.st_size, record.disk_size)
+        self.assertEqual(st.st_mtime_ns, record.disk_mtime_ns)
+        self.assertEqual(('disk', 'disk.info', 'disk.config'), record.files)
+        self.assertEqual(HOST, record.kept_by)
+        self.assertEqual(storage.RECORD_VERSION, record.version)
+
+    def test_keep_writes_the_record_it_returns(self):
+        record = self.keep_qcow2()
+        self.assertEqual(record, self.read_record_file(self.kept_dir))
+        self.assertEqual(record, self.store.find(INSTANCE, SNAPSHOT))
+
+    def test_keep_does_not_change_the_disk(self):
+        disk = disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        st = os.stat(disk)
+        self.store.keep(INSTANCE, SNAPSHOT, 'qcow2', HOST)
+        kept = os.stat(os.path.join(self.kept_dir, 'disk'))
+        self.assertEqual((st.st_ino, st.st_size, st.st_mtime_ns),
+                         (kept.st_ino, kept.st_size, kept.st_mtime_ns))
+
+    def test_keep_raw_disk_has_no_backing_file(self):
+        disks.make_raw_instance(self.instances_path, INSTANCE)
+        record = self.store.keep(INSTANCE, SNAPSHOT, 'raw', HOST)
+        self.assertEqual('raw', record.disk_format)
+        self.assertIsNone(record.backing_file)
+        self.assertTrue(os.path.isfile(os.path.join(self.kept_dir, 'disk')))
+
+    def test_keep_accepts_a_disk_without_disk_info(self):
+        record = self.keep_qcow2(disk_info=None)
+        self.assertEqual(('disk',), record.files)
+
+    def test_keep_again_reclaims_the_older_kept_disk(self):
+        self.keep_qcow2(snapshot=SNAPSHOT)
+        self.keep_qcow2(snapshot=NEW_SNAPSHOT)
+        self.assertEqual(['%s.%s' % (INSTANCE, NEW_SNAPSHOT)],
+                         self.kept_names())
+        self.assertIsNone(self.store.find(INSTANCE, SNAPSHOT))
+        self.assertIn('superseded by a newer shelve', self.log.output)
+
+    def test_keep_that_cannot_publish_leaves_no_staging_dir(self):
+        # A directory by the kept disk's name that is no kept disk (its
+        # record is unreadable) is neither reclaimed nor replaced.
+        squatter = self.kept_dir
+        os.makedirs(squatter)
+        disks.add_files(squatter, storage.RECORD_NAME)
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+
+        self.assertRaises(OSError, self.store.keep, INSTANCE, SNAPSHOT,
+                          'qcow2', HOST)
+
+        self.assertEqual([os.path.basename(squatter)], self.kept_names())
+        self.assertEqual([storage.RECORD_NAME], os.listdir(squatter))
+
+    def test_keep_leaves_kept_disks_of_other_instances(self):
+        self.keep_qcow2(instance=OTHER_INSTANCE)
+        self.keep_qcow2(instance=INSTANCE)
+        self.assertEqual(
+            sorted(['%s.%s' % (INSTANCE, SNAPSHOT),
+                    '%s.%s' % (OTHER_INSTANCE, SNAPSHOT)]),
+            self.kept_names())
+
+
+class TestKeepRefused(StoreTestCase):
+    """A refused keep changes nothing on the storage."""
+
+    def assert_refused(self, disk_format='qcow2', message=None):
+        before = disks.tree(self.instances_path)
+        error = self.assertRaises(storage.KeepRefused, self.store.keep,
+                                  INSTANCE, SNAPSHOT, disk_format, HOST)
+        self.assertEqual(before, disks.tree(self.instances_path))
+        self.assertFalse(os.path.exists(self.store.path))
+        if message:
+            self.assertIn(message, str(error))
+        return error
+
+    def test_refused_without_disk(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        os.unlink(os.path.join(self.inst_dir, 'disk'))
+        self.assert_refused(message='does not exist')
+
+    def test_refused_without_instance_dir(self):
+        self.assert_refused(message='does not exist')
+
+    def test_refused_for_a_format_that_is_not_a_file_format(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        self.assert_refused(disk_format='rbd',
+                            message='not a file format we keep')
+
+    def test_refused_when_disk_info_disagrees_with_the_format(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  disk_info='raw')
+        self.assert_refused(message='disk.info says')
+
+    def test_refused_when_disk_info_is_not_json(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  disk_info=None)
+        with open(os.path.join(self.inst_dir, 'disk.info'), 'w') as f:
+            f.write('{')
+        self.assert_refused(message='not valid JSON')
+
+    def test_refused_for_a_raw_file_declared_qcow2(self):
+        disks.make_raw_instance(self.instances_path, INSTANCE,
+                                disk_info=None)
+        self.assert_refused(message='qemu-img cannot read')
+
+    def test_refused_for_a_backing_file_outside_the_image_cache(self):
+        elsewhere = disks.make_base(
+            self.instances_path,
+            directory=os.path.join(self.instances_path, 'elsewhere'))
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  backing=elsewhere)
+        self.assert_refused(message='outside the image cache')
+
+    def test_refused_for_a_missing_backing_file(self):
+        base = disks.make_base(self.instances_path)
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  backing=base)
+        os.unlink(base)
+        self.assert_refused(message='is missing')
+
+    def test_refused_keep_leaves_the_older_kept_disk(self):
+        self.keep_qcow2(snapshot=SNAPSHOT)
+        disks.make_raw_instance(self.instances_path, INSTANCE)
+        self.assertRaises(storage.KeepRefused, self.store.keep,
+                          INSTANCE, NEW_SNAPSHOT, 'qcow2', HOST)
+        self.assertEqual(['%s.%s' % (INSTANCE, SNAPSHOT)], self.kept_names())
+
+
+class TestVerify(StoreTestCase):
+
+    def assert_verify_fails(self, record, message, instance=INSTANCE,
+                            snapshot=SNAPSHOT):
+        error = self.assertRaises(storage.VerificationFailed,
+                                  self.store.verify, record, instance,
+                                  snapshot)
+        self.assertIn(message, str(error))
+
+    def test_fresh_qcow2_keep_verifies(self):
+        record = self.keep_qcow2()
+        self.store.verify(record, INSTANCE, SNAPSHOT)
+
+    def test_fresh_raw_keep_verifies(self):
+        disks.make_raw_instance(self.instances_path, INSTANCE)
+        record = self.store.keep(INSTANCE, SNAPSHOT, 'raw', HOST)
+        self.store.verify(record, INSTANCE, SNAPSHOT)
+
+    def test_fails_for_another_instance(self):
+        record = self.keep_qcow2()
+        self.assert_verify_fails(record, 'was kept for instance',
+                                 instance=OTHER_INSTANCE)
+
+    def test_fails_for_another_snapshot(self):
+        record = self.keep_qcow2()
+        self.assert_verify_fails(record, 'at snapshot',
+                                 snapshot=NEW_SNAPSHOT)
+
+    def test_fails_when_a_listed_file_is_missing(self):
+        record = self.keep_qcow2(extra_files=('disk.config',))
+        os.unlink(os.path.join(self.kept_dir, 'disk.config'))
+        self.assert_verify_fails(record, 'lacks disk.config')
+
+    def test_fails_after_the_guest_wrote_to_the_disk(self):
+        record = self.keep_qcow2()
+        disks.qemu_io('qcow2', os.path.join(self.kept_dir, 'disk'),
+                      'write -P 0x5a 0 64k')
+        self.assert_verify_fails(record, 'changed after it was kept')
+
+    def test_fails_after_bytes_were_appended(self):
+        record = self.keep_qcow2()
+        with open(os.path.join(self.kept_dir, 'disk'), 'ab') as f:
+            f.write(b'\0' * 512)
+        self.assert_verify_fails(record, 'changed after it was kept')
+
+    def test_fails_after_a_raw_disk_was_rewritten_in_place(self):
+        disks.make_raw_instance(self.instances_path, INSTANCE)
+        record = self.store.keep(INSTANCE, SNAPSHOT, 'raw', HOST)
+        disk = os.path.join(self.kept_dir, 'disk')
+        disks.qemu_io('raw', disk, 'write -P 0x5a 0 4k')
+        # Same size: only the mtime tells.
+        self.assertEqual(record.disk_size, os.stat(disk).st_size)
+        self.assert_verify_fails(record, 'changed after it was kept')
+
+    def test_fails_when_the_backing_file_was_deleted(self):
+        record = self.keep_qcow2()
+        os.unlink(os.path.join(self.instances_path, disks.BASE_SUBDIR,
+                               record.backing_file))
+        self.assert_verify_fails(record, 'is missing')
+
+    def test_fails_when_the_record_names_another_backing_file(self):
+        record = self.keep_qcow2()
+        forged = dataclasses.replace(record, backing_file='fedcba9876543210')
+        self.assert_verify_fails(forged, 'the record says')
+
+
+class TestClaim(StoreTestCase):
+
+    def test_claim_moves_kept_disk_into_instance_dir(self):
+        self.keep_qcow2(extra_files=('disk.config',))
+        self.assertTrue(self.store.claim(INSTANCE, SNAPSHOT))
+        self.assertFalse(os.path.exists(self.kept_dir))
+        self.assertEqual(
+            ['disk', 'disk.config', 'disk.info', storage.RECORD_NAME],
+            sorted(os.listdir(self.inst_dir)))
+        self.assertIsNone(self.store.find(INSTANCE, SNAPSHOT))
+
+    def test_second_claim_returns_false(self):
+        self.keep_qcow2()
+        self.assertTrue(self.store.claim(INSTANCE, SNAPSHOT))
+        self.assertFalse(self.store.claim(INSTANCE, SNAPSHOT))
+        self.assertTrue(os.path.isfile(os.path.join(self.inst_dir, 'disk')))
+
+    def test_claim_of_unknown_snapshot_returns_false(self):
+        self.keep_qcow2()
+        self.assertFalse(self.store.claim(INSTANCE, NEW_SNAPSHOT))
+        self.assertTrue(os.path.isdir(self.kept_dir))
+
+    def test_claim_onto_an_empty_instance_dir_succeeds(self):
+        self.keep_qcow2()
+        os.makedirs(self.inst_dir)
+        self.assertTrue(self.store.claim(INSTANCE, SNAPSHOT))
+        self.assertTrue(os.path.isfile(os.path.join(self.inst_dir, 'disk')))
+        self.assertFalse(os.path.exists(self.kept_dir))
+
+    def test_claim_onto_a_populated_instance_dir_fails(self):
+        self.keep_qcow2()
+        os.makedirs(self.inst_dir)
+        disks.add_files(self.inst_dir, 'console.log')
+        kept_before = disks.tree(self.kept_dir)
+
+        self.assertRaises(storage.VerificationFailed, self.store.claim,
+                          INSTANCE, SNAPSHOT)
+
+        self.assertEqual(kept_before, disks.tree(self.kept_dir))
+        self.assertEqual(['console.log'], os.listdir(self.inst_dir))
+        self.assertIsNotNone(self.store.find(INSTANCE, SNAPSHOT))
+
+
+def _claim_in_child(instances_path, barrier, results, index):
+    store = disks.make_store(instances_path)
+    barrier.wait(timeout=30)
+    results[index] = int(store.claim(INSTANCE, SNAPSHOT))
+
+
+class TestClaimRace(StoreTestCase):
+
+    ROUNDS = 20
+
+    def test_concurrent_claims_have_exactly_one_winner(self):
+        ctx = multiprocessing.get_context('fork')
+        base = disks.make_base(self.instances_path)
+        for round_ in range(self.ROUNDS):
+            self.keep_qcow2(backing=base)
+            barrier = ctx.Barrier(2)
+            results = ctx.Array('i', [-1, -1])
+            children = [ctx.Process(target=_claim_in_child,
+                                    args=(self.instances_path, barrier,
+                                          results, i))
+                        for i in range(2)]
+            for child in children:
+                child.start()
+            for child in children:
+                child.join(60)
+            self.assertEqual([0, 0], [c.exitcode for c in children],
+                             'a claiming process failed in round %d'
+                             % round_)
+            self.assertEqual([0, 1], sorted(results),
+                             'round %d' % round_)
+            self.assertTrue(os.path.isfile(os.path.join(self.inst_dir,
+                                                        'disk')))
+            self.assertEqual([], self.kept_names())
+            shutil.rmtree(self.inst_dir)
+
+
+class TestRelease(StoreTestCase):
+
+    def test_release_puts_a_claimed_disk_back(self):
+        record = self.keep_qcow2(extra_files=('disk.config',))
+        self.store.claim(INSTANCE, SNAPSHOT)
+        disks.add_files(self.inst_dir, 'disk.local', 'console.log')
+
+        self.store.release(INSTANCE, SNAPSHOT)
+
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertEqual(
+            ['disk', 'disk.config', 'disk.info', storage.RECORD_NAME],
+            sorted(os.listdir(self.kept_dir)))
+        self.assertEqual(record, self.store.find(INSTANCE, SNAPSHOT))
+        self.store.verify(record, INSTANCE, SNAPSHOT)
+
+    def test_released_disk_can_be_claimed_again(self):
+        self.keep_qcow2()
+        self.store.claim(INSTANCE, SNAPSHOT)
+        self.store.release(INSTANCE, SNAPSHOT)
+        self.assertTrue(self.store.claim(INSTANCE, SNAPSHOT))
+
+    def test_release_refuses_a_dir_kept_for_another_snapshot(self):
+        self.keep_qcow2()
+        self.store.claim(INSTANCE, SNAPSHOT)
+        before = disks.tree(self.inst_dir)
+
+        self.assertRaises(storage.VerificationFailed, self.store.release,
+                          INSTANCE, NEW_SNAPSHOT)
+
+        self.assertEqual(before, disks.tree(self.inst_dir))
+        self.assertEqual([], self.kept_names())
+
+    def test_release_refuses_a_dir_without_record(self):
+        self.keep_qcow2()
+        self.store.claim(INSTANCE, SNAPSHOT)
+        self.store.finish_claim(INSTANCE)
+        self.assertRaises(storage.VerificationFailed, self.store.release,
+                          INSTANCE, SNAPSHOT)
+        self.assertTrue(os.path.isfile(os.path.join(self.inst_dir, 'disk')))
+
+    def test_finish_claim_removes_the_record_only(self):
+        self.keep_qcow2()
+        self.store.claim(INSTANCE, SNAPSHOT)
+        self.store.finish_claim(INSTANCE)
+        self.assertEqual(['disk', 'disk.info'],
+                         sorted(os.listdir(self.inst_dir)))
+        # A second call has nothing left to do.
+        self.store.finish_claim(INSTANCE)
+
+
+class TestReclaim(StoreTestCase):
+
+    def test_reclaim_deletes_the_kept_disk(self):
+        record = self.keep_qcow2()
+        self.assertTrue(self.store.reclaim(record, 'for the test'))
+        self.assertEqual([], self.kept_names())
+        self.assertIn('for the test', self.log.output)
+
+    def test_reclaim_of_a_reclaimed_disk_returns_false(self):
+        record = self.keep_qcow2()
+        self.store.reclaim(record, 'for the test')
+        self.assertFalse(self.store.reclaim(record, 'for the test'))
+
+    def test_reclaim_leaves_the_image_cache(self):
+        record = self.keep_qcow2()
+        self.store.reclaim(record, 'for the test')
+        self.assertEqual([record.backing_file], os.listdir(
+            os.path.join(self.instances_path, disks.BASE_SUBDIR)))
+
+    def make_leftover(self, name, age=0):
+        path = os.path.join(self.store.path, name)
+        os.makedirs(path)
+        disks.add_files(path, 'disk')
+        disks.age(path, age)
+        return path
+
+    def test_empty_trash_removes_interrupted_reclaims(self):
+        self.keep_qcow2()
+        self.make_leftover('.reclaiming-x.y.1234abcd')
+        self.store.empty_trash()
+        self.assertEqual(['%s.%s' % (INSTANCE, SNAPSHOT)], self.kept_names())
+
+    def test_empty_trash_leaves_a_recent_staging_dir(self):
+        # It may be a keep in progress on another host of the storage.
+        self.make_leftover('.staging-x.y.1234abcd', age=60)
+        self.store.empty_trash()
+        self.assertEqual(['.staging-x.y.1234abcd'], self.kept_names())
+
+    def test_empty_trash_removes_a_stale_staging_dir(self):
+        self.keep_qcow2()
+        self.make_leftover('.staging-x.y.1234abcd',
+                           age=storage.STALE_STAGING_SECONDS + 60)
+        self.store.empty_trash()
+        self.assertEqual(['%s.%s' % (INSTANCE, SNAPSHOT)], self.kept_names())
+
+    def test_empty_trash_without_kept_directory_does_nothing(self):
+        self.store.empty_trash()
+        self.assertFalse(os.path.exists(self.store.path))
+
+
+class TestSpace(StoreTestCase):
+
+    def test_used_bytes_is_zero_without_kept_directory(self):
+        self.assertEqual(0, self.store.used_bytes())
+
+    def test_used_bytes_is_zero_with_empty_kept_directory(self):
+        os.makedirs(self.store.path)
+        self.assertEqual(0, self.store.used_bytes())
+
+    def test_used_bytes_counts_the_allocated_bytes_of_kept_disks(self):
+        # A sparse 64 MiB disk of which 1 MiB is written.
+        disks.make_raw_instance(self.instances_path, INSTANCE,
+                                size=64 * 1024 * 1024)
+        disks.qemu_io('raw', os.path.join(self.inst_dir, 'disk'),
+                      'write -P 0x5a 0 1M')
+        self.store.keep(INSTANCE, SNAPSHOT, 'raw', HOST)
+
+        used = self.store.used_bytes()
+
+        allocated = sum(os.lstat(os.path.join(self.kept_dir, f)).st_blocks
+                        for f in os.listdir(self.kept_dir)) * 512
+        self.assertEqual(allocated, used)
+        self.assertGreaterEqual(used, 1024 * 1024)
+        self.assertLess(used, 64 * 1024 * 1024)
+
+    def test_used_bytes_grows_with_each_kept_disk(self):
+        self.keep_qcow2()
+        one = self.store.used_bytes()
+        self.keep_qcow2(instance=OTHER_INSTANCE)
+        self.assertGreater(one, 0)
+        self.assertGreater(self.store.used_bytes(), one)
+
+    def test_used_bytes_counts_reclaims_in_progress(self):
+        self.keep_qcow2()
+        used = self.store.used_bytes()
+        os.rename(self.kept_dir, os.path.join(self.store.path,
+                                              '.reclaiming-x.y.1234abcd'))
+        self.assertEqual(used, self.store.used_bytes())
+
+    def test_free_percent_is_the_free_share_of_the_filesystem(self):
+        free = self.store.free_percent()
+        usage = shutil.disk_usage(self.instances_path)
+        self.assertGreaterEqual(free, 0.0)
+        self.assertLessEqual(free, 100.0)
+        self.assertAlmostEqual(100.0 * usage.free / usage.total, free,
+                               delta=1.0)
