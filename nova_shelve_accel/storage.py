@@ -80,6 +80,8 @@ class KeptDiskRecord:
     @classmethod
     def from_json(cls, text):
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError('not a JSON object')
         if data.get('version') != RECORD_VERSION:
             raise ValueError('unknown record version %r' % data.get('version'))
         data['files'] = tuple(data['files'])
@@ -325,6 +327,19 @@ class KeptDiskStore:
                 continue
             records.append(record)
         return records
+
+    def protect_backing_file(self, record):
+        """Keep the kept disk's backing file young for the image cache.
+
+        Nova's image cache pass removes base files that no instance on the
+        storage uses once they are old enough, and it cannot see kept disks.
+        Touching the file, as Nova does for the images it uses, keeps it.
+        """
+        if record.backing_file:
+            try:
+                os.utime(os.path.join(self.base_dir, record.backing_file))
+            except FileNotFoundError:
+                pass
 
     def reclaim(self, record, reason):
         """Delete a kept disk; False if another host reclaimed it first."""

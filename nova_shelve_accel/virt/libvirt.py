@@ -38,6 +38,7 @@ from nova.compute import task_states
 from nova.compute import utils as compute_utils
 from nova.compute import vm_states
 import nova.conf
+from nova import exception
 from nova import objects
 from nova.virt import driver as virt_driver
 from nova.virt import hardware
@@ -111,7 +112,12 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         if virt_driver.block_device_info_get_encrypted_disks(
                 block_device_info):
             return 'the instance has encrypted ephemeral disks'
-        if hardware.get_vtpm_constraint(instance.flavor, instance.image_meta):
+        try:
+            vtpm = hardware.get_vtpm_constraint(instance.flavor,
+                                                instance.image_meta)
+        except exception.NovaException as e:
+            return 'its vTPM settings are invalid (%s)' % e
+        if vtpm:
             return 'the instance has a vTPM whose state is not kept'
         free = self._kept_disks.free_percent()
         floor = CONF.shelve_accel.free_space_floor_percent
@@ -250,7 +256,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
     def manage_image_cache(self, context, all_instances):
         still_kept = self._reclaim_unusable_kept_disks(context)
         # An offloaded instance has no host, so Nova counts it as using no
-        # image: passing it in keeps its kept disk's backing file alive.
+        # image: passing it in keeps the base of its image_ref alive, and
+        # the reclaim above touched each kept disk's actual backing file.
         super().manage_image_cache(context, list(all_instances) + still_kept)
 
     def _reclaim_unusable_kept_disks(self, context):
@@ -275,6 +282,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                     record, 'the instance is no longer shelved with '
                     'snapshot %s' % record.snapshot_id)
             else:
+                self._kept_disks.protect_backing_file(record)
                 owners.append(instance)
         return owners
 

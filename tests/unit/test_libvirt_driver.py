@@ -348,6 +348,18 @@ class TestReclaimUnusableKeptDisks(DriverTestCase):
         self.assertEqual([owner], self.reclaim())
         self.assertEqual([(uuids.shelved, SNAPSHOT)], self.kept())
 
+    def test_backing_file_of_a_kept_disk_is_kept_young(self):
+        record = self.keep(uuids.shelved)
+        self.in_db(uuids.shelved, SNAPSHOT)
+        base = os.path.join(self.drvr._kept_disks.base_dir,
+                            record.backing_file)
+        disks.age(base)
+        before = os.stat(base).st_mtime
+
+        self.reclaim()
+
+        self.assertGreater(os.stat(base).st_mtime, before + 60)
+
     def test_one_query_decides_every_kept_disk(self):
         self.keep(uuids.deleted)
         self.keep(uuids.reshelved, OLD_SNAPSHOT)

@@ -130,6 +130,17 @@ class TestKeptDiskRecord(StoreTestCase):
         self.assertIn('Ignoring %s' % broken, self.log.output)
         self.assertTrue(os.path.isdir(broken))
 
+    def test_list_kept_ignores_record_that_is_not_an_object(self):
+        self.keep_qcow2(instance=OTHER_INSTANCE)
+        broken = os.path.join(self.store.path, '%s.%s' % (INSTANCE, SNAPSHOT))
+        os.makedirs(broken)
+        with open(os.path.join(broken, storage.RECORD_NAME), 'w') as f:
+            f.write('[]')
+
+        self.assertEqual([OTHER_INSTANCE],
+                         [r.instance_uuid for r in self.store.list_kept()])
+        self.assertIn('Ignoring %s' % broken, self.log.output)
+
     def test_list_kept_ignores_record_naming_another_directory(self):
         self.keep_qcow2()
         renamed = os.path.join(self.store.path, '%s.%s' % (INSTANCE,
@@ -526,6 +537,17 @@ class TestReclaim(StoreTestCase):
         record = self.keep_qcow2()
         self.store.reclaim(record, 'for the test')
         self.assertFalse(self.store.reclaim(record, 'for the test'))
+
+    def test_protect_backing_file_makes_it_young_again(self):
+        record = self.keep_qcow2()
+        base = os.path.join(self.instances_path, disks.BASE_SUBDIR,
+                            record.backing_file)
+        disks.age(base)
+        before = os.stat(base).st_mtime
+
+        self.store.protect_backing_file(record)
+
+        self.assertGreater(os.stat(base).st_mtime, before + 60)
 
     def test_reclaim_leaves_the_image_cache(self):
         record = self.keep_qcow2()
