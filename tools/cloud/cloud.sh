@@ -1,0 +1,674 @@
+#!/bin/bash
+# A real OpenStack cloud on loopback for nova-shelve-accel's end-to-end tests
+# and benchmark: Placement, Glance, Neutron API, Nova API/conductor/scheduler
+# and three nova-compute services on real libvirt/QEMU (TCG), no Keystone.
+#
+#   cloud.sh up              install what is missing, start everything
+#   cloud.sh down            stop everything and remove all state
+#   cloud.sh mode plugin     computes run PartialOffloadLibvirtDriver and the
+#                            scheduler runs HostAggregateGroupFilter (default)
+#   cloud.sh mode stock      computes run libvirt.LibvirtDriver, no filter
+#   cloud.sh status          what runs, where the logs are
+#
+# Compute hosts c1 and c2 share one instances_path and form aggregate g1
+# (shelve_storage_group=g1); c3 has its own. Each compute host gets its own
+# libvirtd, started in private UTS and mount namespaces: libvirt reports the
+# namespace's hostname (c1, c2, c3) as the hypervisor name, and each libvirtd
+# keeps its domains, sockets and state in the host's own directory, so every
+# nova-compute sees and manages only its own guests.
+#
+# Run as root on Debian bookworm. Environment: SHELVE_ACCEL_STATE (default
+# /var/lib/nova-shelve-accel-cloud), SHELVE_ACCEL_VENV (default
+# /opt/nova-shelve-accel/venv).
+set -euo pipefail
+
+TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$TOOLS/../.." && pwd)
+STATE=${SHELVE_ACCEL_STATE:-/var/lib/nova-shelve-accel-cloud}
+VENV=${SHELVE_ACCEL_VENV:-/opt/nova-shelve-accel/venv}
+ETC=$STATE/etc
+LOGS=$STATE/logs
+RUN=$STATE/run
+DB_PREFIX=sa_
+DB_USER=shelve_accel
+DB_PASS=shelve_accel
+RABBIT_VHOST=shelve_accel
+CLOUD_NAME=shelve-accel
+CLOUDS_YAML=/etc/openstack/clouds.yaml
+COMPUTES=(c1 c2 c3)
+SHARED_INSTANCES=$STATE/storage/g1
+FLAVOR=m1.shelve
+DATABASES=(nova_api nova_cell0 nova placement glance neutron)
+
+PLACEMENT_URL=http://127.0.0.1:8778
+GLANCE_URL=http://127.0.0.1:9292
+NEUTRON_URL=http://127.0.0.1:9696
+NOVA_URL=http://127.0.0.1:8774
+
+APT_PACKAGES=(libvirt-daemon-system libvirt-clients qemu-system-x86
+              qemu-utils libvirt-dev pkg-config python3-venv python3-dev
+              gcc mariadb-server mariadb-client rabbitmq-server curl)
+PIP_PACKAGES=(nova==34.0.0 openstack-placement glance neutron
+              python-openstackclient osc-placement gunicorn PyMySQL
+              pyroute2 libvirt-python)
+
+say() { printf '[cloud] %s\n' "$*"; }
+die() { printf '[cloud] ERROR: %s\n' "$*" >&2; exit 1; }
+
+db_url() { echo "mysql+pymysql://$DB_USER:$DB_PASS@127.0.0.1/$DB_PREFIX$1?charset=utf8"; }
+
+# ---------------------------------------------------------------- install
+
+install_packages() {
+    local missing=() pkg
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "apt: installing ${missing[*]}"
+        apt-get update -q
+        # No init system here: keep package scripts from starting services.
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends "${missing[@]}" ||
+            { rm -f /usr/sbin/policy-rc.d; die "apt-get install failed"; }
+        rm -f /usr/sbin/policy-rc.d
+    fi
+}
+
+install_python() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "pip: creating $VENV"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q -U pip
+    fi
+    # Reinstall only when the constraints changed; the project itself is
+    # always reinstalled from this checkout (editable, so cheap).
+    local stamp=$VENV/.shelve-accel-constraints
+    if ! cmp -s "$REPO/upper-constraints.txt" "$stamp"; then
+        say "pip: installing OpenStack services (several minutes)"
+        "$VENV/bin/pip" install -q -c "$REPO/upper-constraints.txt" \
+            "${PIP_PACKAGES[@]}"
+        cp "$REPO/upper-constraints.txt" "$stamp"
+    fi
+    "$VENV/bin/pip" install -q -c "$REPO/upper-constraints.txt" -e "$REPO"
+}
+
+# ------------------------------------------------------ backing services
+
+mariadb_up() { mysqladmin --protocol=tcp -h 127.0.0.1 -uroot status \
+                   >/dev/null 2>&1 || mysqladmin status >/dev/null 2>&1; }
+
+ensure_mariadb() {
+    if ! mariadb_up; then
+        say "MariaDB is not running: starting it"
+        mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+        [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql \
+            >/dev/null
+        start-stop-daemon --start --oknodo --background \
+            --exec /usr/sbin/mariadbd -- --user=mysql
+        wait_for "MariaDB" /var/log/mysql/error.log mariadb_up 60
+    fi
+}
+
+rabbit_up() { rabbitmqctl -q status >/dev/null 2>&1; }
+
+ensure_rabbitmq() {
+    if ! rabbit_up; then
+        say "RabbitMQ is not running: starting it"
+        rabbitmq-server -detached
+        wait_for "RabbitMQ" /var/log/rabbitmq rabbit_up 120
+    fi
+}
+
+sql() { mysql -uroot -e "$1"; }
+
+create_databases() {
+    local db
+    for db in "${DATABASES[@]}"; do
+        sql "DROP DATABASE IF EXISTS $DB_PREFIX$db;
+             CREATE DATABASE $DB_PREFIX$db CHARACTER SET utf8mb4;"
+    done
+    sql "CREATE USER IF NOT EXISTS '$DB_USER'@'127.0.0.1'
+             IDENTIFIED BY '$DB_PASS';
+         CREATE USER IF NOT EXISTS '$DB_USER'@'localhost'
+             IDENTIFIED BY '$DB_PASS';
+         GRANT ALL ON \`${DB_PREFIX}%\`.* TO '$DB_USER'@'127.0.0.1';
+         GRANT ALL ON \`${DB_PREFIX}%\`.* TO '$DB_USER'@'localhost';"
+}
+
+create_vhost() {
+    rabbitmqctl -q delete_vhost "$RABBIT_VHOST" >/dev/null 2>&1 || true
+    rabbitmqctl -q add_vhost "$RABBIT_VHOST" >/dev/null
+    rabbitmqctl -q set_permissions -p "$RABBIT_VHOST" guest '.*' '.*' '.*' \
+        >/dev/null
+}
+
+# ------------------------------------------------------------ processes
+
+# start NAME CMD...: run CMD in its own session, log to $LOGS/NAME.log.
+start() {
+    local name=$1; shift
+    setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+    echo $! > "$RUN/$name.pid"
+}
+
+running() {
+    local pidfile=$RUN/$1.pid
+    [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+stop() {
+    local name=$1 pid i
+    [ -f "$RUN/$name.pid" ] || return 0
+    pid=$(cat "$RUN/$name.pid")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$RUN/$name.pid"
+}
+
+# wait_for NAME LOG CHECK TIMEOUT [PIDNAME]: poll CHECK; fail naming the
+# service and its log when it does not come up or its process died.
+wait_for() {
+    local name=$1 log=$2 check=$3 timeout=$4 proc=${5:-}
+    local deadline=$((SECONDS + timeout))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if $check; then return 0; fi
+        if [ -n "$proc" ] && ! running "$proc"; then
+            tail -n 20 "$log" >&2 || true
+            die "$name exited during startup; its log is $log"
+        fi
+        sleep 1
+    done
+    tail -n 20 "$log" >&2 2>/dev/null || true
+    die "$name did not come up within ${timeout}s; its log is $log"
+}
+
+http_ok() { curl -s -o /dev/null -m 5 "$1"; }
+
+gunicorn_app() {
+    local name=$1 port=$2 app=$3; shift 3
+    start "$name" env "$@" "$VENV/bin/gunicorn" \
+        --bind "127.0.0.1:$port" --worker-class gthread --workers 1 \
+        --threads 8 --timeout 3600 --pythonpath "$TOOLS" --no-control-socket \
+        --access-logfile "$LOGS/$name-access.log" \
+        --access-logformat '%(t)s "%(r)s" %(s)s %(B)s %(L)s' \
+        "$app"
+    # shellcheck disable=SC2317
+    eval "_check_$name() { http_ok http://127.0.0.1:$port/; }"
+    wait_for "$name" "$LOGS/$name.log" "_check_$name" 120 "$name"
+}
+
+# ---------------------------------------------------------- configuration
+
+write_placement_conf() {
+    mkdir -p "$ETC/placement"
+    cat > "$ETC/placement/placement.conf" <<EOF
+[DEFAULT]
+debug = False
+[api]
+auth_strategy = noauth2
+[placement_database]
+connection = $(db_url placement)
+EOF
+}
+
+write_glance_conf() {
+    mkdir -p "$ETC/glance" "$STATE/glance/images" "$STATE/glance/staging" \
+        "$STATE/glance/tasks"
+    # As for Nova: the keystone pipeline with a fixed admin identity in
+    # place of authtoken (Glance's own unauthenticated pipeline has no
+    # roles, and its policies refuse uploads to it).
+    sed -e 's/ authtoken context / noauth_identity context /' \
+        "$VENV/etc/glance/glance-api-paste.ini" \
+        > "$ETC/glance/glance-api-paste.ini"
+    cat >> "$ETC/glance/glance-api-paste.ini" <<EOF
+
+[filter:noauth_identity]
+paste.filter_factory = noauth:NoAuthIdentity.factory
+EOF
+    grep -q ' noauth_identity context ' "$ETC/glance/glance-api-paste.ini" ||
+        die "could not rewrite $ETC/glance/glance-api-paste.ini"
+    cat > "$ETC/glance/glance-api.conf" <<EOF
+[DEFAULT]
+enabled_backends = file:file
+worker_self_reference_url = $GLANCE_URL
+[glance_store]
+default_backend = file
+[file]
+filesystem_store_datadir = $STATE/glance/images
+[os_glance_staging_store]
+filesystem_store_datadir = $STATE/glance/staging
+[os_glance_tasks_store]
+filesystem_store_datadir = $STATE/glance/tasks
+[database]
+connection = $(db_url glance)
+[paste_deploy]
+flavor = keystone
+config_file = $ETC/glance/glance-api-paste.ini
+[oslo_concurrency]
+lock_path = $STATE/glance/lock
+EOF
+}
+
+write_neutron_conf() {
+    mkdir -p "$ETC/neutron"
+    cp "$VENV/etc/neutron/api-paste.ini" "$ETC/neutron/"
+    cat > "$ETC/neutron/neutron.conf" <<EOF
+[DEFAULT]
+auth_strategy = noauth
+api_paste_config = $ETC/neutron/api-paste.ini
+core_plugin = ml2
+# The Port model gains its port_forwardings relationship only when these
+# plugins load; ML2 alone fails to list ports without it.
+service_plugins = router,port_forwarding
+transport_url = rabbit://guest:guest@127.0.0.1:5672/$RABBIT_VHOST
+[database]
+connection = $(db_url neutron)
+[ml2]
+type_drivers = flat
+tenant_network_types =
+mechanism_drivers =
+extension_drivers =
+[oslo_concurrency]
+lock_path = $STATE/neutron/lock
+EOF
+}
+
+write_nova_conf() {
+    mkdir -p "$ETC/nova" "$STATE/nova"
+    # Nova 34 knows only the keystone pipeline: put our fixed identity in
+    # place of authtoken (see noauth.py).
+    sed -e 's/ authtoken keystonecontext / noauth_identity keystonecontext /' \
+        -e 's|^/v2.1: oscomputeversion_v2$|&\n/identity/v3: identity_version|' \
+        "$VENV/etc/nova/api-paste.ini" > "$ETC/nova/api-paste.ini"
+    cat >> "$ETC/nova/api-paste.ini" <<EOF
+
+[app:identity_version]
+paste.app_factory = noauth:identity_version_factory
+
+[filter:noauth_identity]
+paste.filter_factory = noauth:NoAuthIdentity.factory
+EOF
+    grep -q '^/identity/v3: identity_version' "$ETC/nova/api-paste.ini" ||
+        die "could not rewrite $ETC/nova/api-paste.ini"
+    cat > "$ETC/nova/nova.conf" <<EOF
+[DEFAULT]
+transport_url = rabbit://guest:guest@127.0.0.1:5672/$RABBIT_VHOST
+my_ip = 127.0.0.1
+state_path = $STATE/nova
+# Shelve offloads at once, as 'openstack server shelve --offload' would.
+shelved_offload_time = 0
+[wsgi]
+api_paste_config = $ETC/nova/api-paste.ini
+[api_database]
+connection = $(db_url nova_api)
+[database]
+connection = $(db_url nova)
+[glance]
+endpoint_override = $GLANCE_URL
+[neutron]
+auth_type = none
+endpoint_override = $NEUTRON_URL
+[placement]
+auth_type = admin_token
+endpoint = $PLACEMENT_URL
+token = admin
+[scheduler]
+discover_hosts_in_cells_interval = -1
+[filter_scheduler]
+available_filters = nova.scheduler.filters.all_filters
+available_filters = nova_shelve_accel.scheduler.filters.HostAggregateGroupFilter
+[libvirt]
+virt_type = qemu
+images_type = qcow2
+[vnc]
+enabled = False
+[spice]
+enabled = False
+[oslo_messaging_notifications]
+driver = noop
+[oslo_concurrency]
+lock_path = $STATE/nova/lock
+EOF
+}
+
+write_compute_conf() {
+    local host=$1 instances
+    if [ "$host" = c3 ]; then
+        instances=$STATE/storage/c3
+    else
+        instances=$SHARED_INSTANCES
+    fi
+    mkdir -p "$instances" "$STATE/$host/state" "$STATE/$host/lock"
+    cat > "$ETC/nova/$host.conf" <<EOF
+[DEFAULT]
+host = $host
+instances_path = $instances
+state_path = $STATE/$host/state
+[libvirt]
+connection_uri = qemu+unix:///system?socket=$STATE/$host/libvirt/run/libvirt-sock
+[nova_sys_admin]
+helper_command = $VENV/bin/privsep-helper $(compute_conf_args "$host")
+[oslo_concurrency]
+lock_path = $STATE/$host/lock
+EOF
+}
+
+compute_conf_args() {
+    printf -- '--config-file %s ' "$ETC/nova/nova.conf" "$ETC/nova/$1.conf" \
+        "$ETC/nova/mode.conf"
+}
+
+write_mode_conf() {
+    local mode=$1 driver filters
+    filters=ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter
+    case $mode in
+    plugin)
+        driver=nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver
+        filters=$filters,HostAggregateGroupFilter;;
+    stock)
+        driver=libvirt.LibvirtDriver;;
+    *) die "unknown mode '$mode': use 'plugin' or 'stock'";;
+    esac
+    cat > "$ETC/nova/mode.conf" <<EOF
+# Written by 'cloud.sh mode $mode'.
+[DEFAULT]
+compute_driver = $driver
+[filter_scheduler]
+enabled_filters = $filters
+EOF
+    echo "$mode" > "$STATE/mode"
+}
+
+# ---------------------------------------------------------------- libvirt
+
+libvirt_up() {
+    local host=$1 dir=$STATE/$1/libvirt
+    mkdir -p "$dir"/{run,lib,cache,log} /run/libvirt /var/lib/libvirt \
+        /var/cache/libvirt /var/log/libvirt
+    if [ ! -d "$dir/etc" ]; then
+        cp -a /etc/libvirt "$dir/etc"
+        # No default network: guests here have no NICs.
+        rm -f "$dir"/etc/qemu/networks/autostart/*
+        cat >> "$dir/etc/qemu.conf" <<EOF
+# nova-shelve-accel test cloud: QEMU runs as root, no confinement.
+user = "root"
+group = "root"
+security_driver = "none"
+EOF
+    fi
+    start "libvirtd-$host" unshare --uts --mount --propagation private \
+        bash "$TOOLS/libvirt-host.sh" "$host" "$dir"
+    eval "_check_libvirt_$host() { [ -S $dir/run/libvirt-sock ] &&
+        virsh -c 'qemu+unix:///system?socket=$dir/run/libvirt-sock' \
+        hostname >/dev/null 2>&1; }"
+    wait_for "libvirtd for $host" "$LOGS/libvirtd-$host.log" \
+        "_check_libvirt_$host" 60 "libvirtd-$host"
+}
+
+virsh_host() {
+    virsh -c "qemu+unix:///system?socket=$STATE/$1/libvirt/run/libvirt-sock" \
+        "${@:2}"
+}
+
+libvirt_down() {
+    local host=$1 dom dir=$STATE/$1/libvirt
+    if [ -S "$dir/run/libvirt-sock" ] && running "libvirtd-$host"; then
+        for dom in $(virsh_host "$host" list --all --name 2>/dev/null); do
+            virsh_host "$host" destroy "$dom" >/dev/null 2>&1 || true
+            virsh_host "$host" undefine --nvram "$dom" >/dev/null 2>&1 ||
+                virsh_host "$host" undefine "$dom" >/dev/null 2>&1 || true
+        done
+    fi
+    stop "libvirtd-$host"
+    if [ -f "$dir/virtlogd.pid" ]; then
+        kill "$(cat "$dir/virtlogd.pid")" 2>/dev/null || true
+    fi
+}
+
+# ------------------------------------------------------------------- nova
+
+nova_manage() {
+    "$VENV/bin/nova-manage" --config-file "$ETC/nova/nova.conf" "$@" \
+        >>"$LOGS/nova-manage.log" 2>&1 ||
+        die "nova-manage $* failed; its log is $LOGS/nova-manage.log"
+}
+
+start_scheduler() {
+    start nova-scheduler "$VENV/bin/nova-scheduler" \
+        --config-file "$ETC/nova/nova.conf" \
+        --config-file "$ETC/nova/mode.conf"
+}
+
+start_compute() {
+    local host=$1
+    # shellcheck disable=SC2046
+    start "nova-compute-$host" "$VENV/bin/nova-compute" \
+        $(compute_conf_args "$host")
+}
+
+openstack_cli() {
+    "$VENV/bin/openstack" --os-cloud "$CLOUD_NAME" "$@"
+}
+
+service_state() {
+    # "<host> <status> <state>" for every nova-compute
+    openstack_cli compute service list --service nova-compute \
+        -f value -c Host -c Status -c State 2>/dev/null
+}
+
+computes_up() {
+    local host states
+    states=$(service_state) || return 1
+    for host in "${COMPUTES[@]}"; do
+        grep -qx "$host enabled up" <<<"$states" || return 1
+    done
+}
+
+wait_for_computes() {
+    local host
+    for host in "${COMPUTES[@]}"; do
+        running "nova-compute-$host" || {
+            tail -n 20 "$LOGS/nova-compute-$host.log" >&2
+            die "nova-compute on $host exited; its log is" \
+                "$LOGS/nova-compute-$host.log"
+        }
+    done
+    wait_for "nova-compute (c1, c2, c3)" "$LOGS/nova-compute-c1.log" \
+        computes_up 180
+}
+
+write_clouds_yaml() {
+    mkdir -p "$(dirname "$CLOUDS_YAML")"
+    "$VENV/bin/python" - "$CLOUDS_YAML" "$CLOUD_NAME" <<EOF
+import os, sys, yaml
+path, name = sys.argv[1:]
+data = {}
+if os.path.exists(path):
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+data.setdefault('clouds', {})[name] = {
+    # No Keystone: every service is addressed directly.
+    'auth_type': 'none',
+    'identity_endpoint_override': '$NOVA_URL/identity/v3',
+    'compute_endpoint_override': '$NOVA_URL/v2.1',
+    'image_endpoint_override': '$GLANCE_URL',
+    'network_endpoint_override': '$NEUTRON_URL',
+    'placement_endpoint_override': '$PLACEMENT_URL',
+    'compute_api_version': '2.95',
+    'region_name': 'RegionOne',
+}
+with open(path, 'w') as f:
+    yaml.safe_dump(data, f, default_flow_style=False)
+EOF
+}
+
+remove_clouds_yaml() {
+    [ -f "$CLOUDS_YAML" ] && [ -x "$VENV/bin/python" ] || return 0
+    "$VENV/bin/python" - "$CLOUDS_YAML" "$CLOUD_NAME" <<'EOF'
+import os, sys, yaml
+path, name = sys.argv[1:]
+with open(path) as f:
+    data = yaml.safe_load(f) or {}
+data.get('clouds', {}).pop(name, None)
+if data.get('clouds'):
+    with open(path, 'w') as f:
+        yaml.safe_dump(data, f, default_flow_style=False)
+else:
+    os.unlink(path)
+EOF
+}
+
+# --------------------------------------------------------------- commands
+
+cmd_up() {
+    [ "$(id -u)" = 0 ] || die "run as root"
+    if [ -f "$STATE/mode" ]; then
+        die "a cloud is already set up in $STATE; run '$0 down' first"
+    fi
+    install_packages
+    install_python
+    ensure_mariadb
+    ensure_rabbitmq
+    mkdir -p "$ETC" "$LOGS" "$RUN"
+    create_databases
+    create_vhost
+
+    say "Placement"
+    write_placement_conf
+    "$VENV/bin/placement-manage" --config-file \
+        "$ETC/placement/placement.conf" db sync >>"$LOGS/placement.log" 2>&1 ||
+        die "placement-manage db sync failed; its log is $LOGS/placement.log"
+    gunicorn_app placement 8778 placement.wsgi.api:application \
+        OS_PLACEMENT_CONFIG_DIR="$ETC/placement"
+
+    say "Glance"
+    write_glance_conf
+    "$VENV/bin/glance-manage" --config-file "$ETC/glance/glance-api.conf" \
+        db_sync >>"$LOGS/glance.log" 2>&1 ||
+        die "glance-manage db_sync failed; its log is $LOGS/glance.log"
+    gunicorn_app glance 9292 glance.wsgi.api:application \
+        OS_GLANCE_CONFIG_DIR="$ETC/glance"
+
+    say "Neutron"
+    write_neutron_conf
+    "$VENV/bin/neutron-db-manage" --config-file "$ETC/neutron/neutron.conf" \
+        upgrade heads >>"$LOGS/neutron.log" 2>&1 ||
+        die "neutron-db-manage failed; its log is $LOGS/neutron.log"
+    gunicorn_app neutron 9696 \
+        'wsgi_apps:load("neutron.wsgi.api", "neutron-api")' \
+        OS_NEUTRON_CONFIG_DIR="$ETC/neutron" \
+        OS_NEUTRON_CONFIG_FILES=neutron.conf
+
+    say "Nova API, conductor, scheduler"
+    write_nova_conf
+    write_mode_conf plugin
+    nova_manage api_db sync
+    nova_manage cell_v2 map_cell0 --database_connection "$(db_url nova_cell0)"
+    nova_manage cell_v2 create_cell --name cell1
+    nova_manage db sync
+    gunicorn_app nova-api 8774 \
+        'wsgi_apps:load("nova.wsgi.osapi_compute", "nova-api")' \
+        OS_NOVA_CONFIG_DIR="$ETC/nova"
+    start nova-conductor "$VENV/bin/nova-conductor" \
+        --config-file "$ETC/nova/nova.conf"
+    start_scheduler
+    write_clouds_yaml
+
+    say "libvirt and nova-compute on c1, c2 (shared storage) and c3"
+    local host
+    for host in "${COMPUTES[@]}"; do
+        write_compute_conf "$host"
+        libvirt_up "$host"
+        start_compute "$host"
+    done
+    wait_for_computes
+    nova_manage cell_v2 discover_hosts
+
+    say "aggregate g1 and flavor $FLAVOR"
+    openstack_cli aggregate create g1 --property shelve_storage_group=g1 \
+        >/dev/null
+    openstack_cli aggregate add host g1 c1 >/dev/null
+    openstack_cli aggregate add host g1 c2 >/dev/null
+    openstack_cli flavor create "$FLAVOR" --vcpus 1 --ram 192 --disk 10 \
+        >/dev/null
+    say "up: openstack --os-cloud $CLOUD_NAME ...; logs in $LOGS"
+}
+
+cmd_mode() {
+    local mode=${1:-}
+    [ -f "$STATE/mode" ] || die "no cloud in $STATE; run '$0 up' first"
+    write_mode_conf "$mode"
+    stop nova-scheduler
+    start_scheduler
+    local host
+    for host in "${COMPUTES[@]}"; do
+        stop "nova-compute-$host"
+    done
+    # Let the API see the old services go down before waiting for them up.
+    for host in "${COMPUTES[@]}"; do
+        start_compute "$host"
+    done
+    _scheduler_alive() { running nova-scheduler; }
+    wait_for nova-scheduler "$LOGS/nova-scheduler.log" _scheduler_alive 5 \
+        nova-scheduler
+    sleep 5
+    wait_for_computes
+    say "mode: $mode"
+}
+
+cmd_down() {
+    local host name
+    for host in "${COMPUTES[@]}"; do
+        stop "nova-compute-$host"
+    done
+    for name in nova-scheduler nova-conductor nova-api neutron glance \
+            placement; do
+        stop "$name"
+    done
+    for host in "${COMPUTES[@]}"; do
+        libvirt_down "$host"
+    done
+    # Guests whose libvirtd was already gone.
+    pkill -KILL -f "qemu-system.*$STATE" 2>/dev/null || true
+    pkill -KILL -f "privsep-helper.*$ETC" 2>/dev/null || true
+    if mariadb_up; then
+        for name in "${DATABASES[@]}"; do
+            sql "DROP DATABASE IF EXISTS $DB_PREFIX$name;" || true
+        done
+    fi
+    if rabbit_up; then
+        rabbitmqctl -q delete_vhost "$RABBIT_VHOST" >/dev/null 2>&1 || true
+    fi
+    remove_clouds_yaml
+    rm -rf "$STATE"
+    say "down: nothing of the cloud runs, $STATE removed"
+}
+
+cmd_status() {
+    [ -d "$RUN" ] || { say "no cloud in $STATE"; return 0; }
+    local pidfile name
+    say "mode: $(cat "$STATE/mode" 2>/dev/null || echo unknown)"
+    for pidfile in "$RUN"/*.pid; do
+        name=$(basename "$pidfile" .pid)
+        if running "$name"; then
+            printf '  %-22s running  %s\n' "$name" "$LOGS/$name.log"
+        else
+            printf '  %-22s STOPPED  %s\n' "$name" "$LOGS/$name.log"
+        fi
+    done
+}
+
+case ${1:-} in
+up) cmd_up;;
+down) cmd_down;;
+mode) cmd_mode "${2:-}";;
+status) cmd_status;;
+*) echo "usage: $0 up|down|mode plugin|mode stock|status" >&2; exit 2;;
+esac
