@@ -154,9 +154,17 @@ start() {
     echo $! > "$RUN/$name.pid"
 }
 
+# alive PID: the process exists and is not a zombie (a container's init may
+# never reap what it inherits).
+alive() {
+    local state
+    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ $state != Z* ]]
+}
+
 running() {
     local pidfile=$RUN/$1.pid
-    [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+    [ -f "$pidfile" ] && alive "$(cat "$pidfile")"
 }
 
 stop() {
@@ -165,7 +173,7 @@ stop() {
     pid=$(cat "$RUN/$name.pid")
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
+        alive "$pid" || break
         sleep 0.2
     done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
@@ -304,6 +312,9 @@ my_ip = 127.0.0.1
 state_path = $STATE/nova
 # Shelve offloads at once, as 'openstack server shelve --offload' would.
 shelved_offload_time = 0
+# The test guests run firmware only and never answer an ACPI shutdown:
+# power off at once rather than wait 60 s for them (stop and shelve alike).
+shutdown_timeout = 0
 [wsgi]
 api_paste_config = $ETC/nova/api-paste.ini
 [api_database]
@@ -327,6 +338,10 @@ available_filters = nova_shelve_accel.scheduler.filters.HostAggregateGroupFilter
 [libvirt]
 virt_type = qemu
 images_type = qcow2
+[image_cache]
+# Reclaiming kept disks runs in the image cache pass: often, so that the
+# end-to-end tests can watch it.
+manager_interval = 20
 [vnc]
 enabled = False
 [spice]

@@ -1,0 +1,237 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Drive the loopback cloud of ``tools/cloud/cloud.sh``.
+
+Everything goes through the stock ``openstack`` client (cloud
+``shelve-accel``) or through files: the instance disks on the computes'
+storage, read and written with qemu-io, and Glance's access log, which
+gunicorn writes with the number of body bytes it actually sent.
+"""
+
+import json
+import os
+import re
+import subprocess
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+STATE = os.environ.get('SHELVE_ACCEL_STATE',
+                       '/var/lib/nova-shelve-accel-cloud')
+VENV = os.environ.get('SHELVE_ACCEL_VENV', '/opt/nova-shelve-accel/venv')
+CLOUD_SH = os.path.join(REPO, 'tools', 'cloud', 'cloud.sh')
+CLOUD = 'shelve-accel'
+FLAVOR = 'm1.shelve'
+GROUP_HOSTS = ('c1', 'c2')
+OUTSIDE_HOST = 'c3'
+STORAGE = {
+    'c1': os.path.join(STATE, 'storage', 'g1'),
+    'c2': os.path.join(STATE, 'storage', 'g1'),
+    'c3': os.path.join(STATE, 'storage', 'c3'),
+}
+KEPT_DIR = os.path.join(STORAGE['c1'], '_shelve_kept')
+GLANCE_ACCESS_LOG = os.path.join(STATE, 'logs', 'glance-access.log')
+# gunicorn access log: [time] "METHOD PATH PROTO" STATUS SENT_BYTES SECONDS
+_ACCESS_LINE = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<path>\S+) [^"]*" (?P<status>\d+) '
+    r'(?P<sent>\d+|-)')
+_IMAGE_DATA = re.compile(r'^/v2/images/(?P<image>[0-9a-f-]+)/file$')
+
+POLL_SECONDS = 0.5
+
+
+class CloudError(Exception):
+    pass
+
+
+def check_cloud_is_up():
+    """Fail, with what to do, when there is no cloud to test against."""
+    if not os.path.exists(os.path.join(STATE, 'mode')):
+        raise CloudError(
+            'No loopback cloud in %s. Start it with "sudo %s up" (the '
+            'end-to-end tests need it, and do not start it themselves).'
+            % (STATE, CLOUD_SH))
+
+
+def openstack(*args, parse=True):
+    cmd = [os.path.join(VENV, 'bin', 'openstack'), '--os-cloud', CLOUD]
+    cmd += list(args)
+    if parse:
+        cmd += ['-f', 'json']
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CloudError('%s failed (%d): %s' % (
+            ' '.join(cmd), proc.returncode, proc.stderr.strip()))
+    return json.loads(proc.stdout) if parse else proc.stdout
+
+
+def set_mode(mode):
+    """Restart the scheduler and computes as 'plugin' or 'stock'."""
+    with open(os.path.join(STATE, 'mode')) as f:
+        if f.read().strip() == mode:
+            return
+    subprocess.run(['bash', CLOUD_SH, 'mode', mode], check=True,
+                   capture_output=True)
+
+
+def current_mode():
+    with open(os.path.join(STATE, 'mode')) as f:
+        return f.read().strip()
+
+
+def server(server_id):
+    return openstack('server', 'show', server_id)
+
+
+def wait_for_status(server_id, status, timeout=300):
+    deadline = time.monotonic() + timeout
+    while True:
+        srv = server(server_id)
+        if srv['status'] == status and not srv.get('OS-EXT-STS:task_state'):
+            return srv
+        if srv['status'] == 'ERROR':
+            raise CloudError('server %s went to ERROR: %s' % (
+                server_id, srv.get('fault')))
+        if time.monotonic() > deadline:
+            raise CloudError('server %s is %s (task %s), not %s after %ds' % (
+                server_id, srv['status'], srv.get('OS-EXT-STS:task_state'),
+                status, timeout))
+        time.sleep(POLL_SECONDS)
+
+
+def host_of(srv):
+    return srv['OS-EXT-SRV-ATTR:host']
+
+
+def disk_path(host, server_id):
+    return os.path.join(STORAGE[host], server_id, 'disk')
+
+
+def kept_disks(server_id):
+    """The kept-disk directories of a server on g1's storage."""
+    if not os.path.isdir(KEPT_DIR):
+        return []
+    return sorted(os.path.join(KEPT_DIR, name)
+                  for name in os.listdir(KEPT_DIR)
+                  if name.startswith(server_id + '.'))
+
+
+# -- disks ---------------------------------------------------------------
+
+MARKER_OFFSET = 8 * 1024 * 1024
+
+
+def make_image_file(path, size_mb=64, data_mb=16):
+    """A qcow2 image with data_mb of random data in it, made with qemu-img.
+
+    The data makes every copy of the disk (snapshot, download) cost
+    something that Glance's access log shows.
+    """
+    raw = path + '.raw'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'raw', raw,
+                    '%dM' % size_mb], check=True)
+    with open(raw, 'r+b') as f:
+        f.write(b'nova-shelve-accel e2e image\n')
+        f.write(os.urandom(data_mb * 1024 * 1024))
+    subprocess.run(['qemu-img', 'convert', '-q', '-O', 'qcow2', raw, path],
+                   check=True)
+    os.unlink(raw)
+
+
+def write_marker(disk, marker, workdir):
+    """Write marker into a stopped guest's disk, as the guest would."""
+    pattern = os.path.join(workdir, 'marker')
+    with open(pattern, 'wb') as f:
+        f.write(marker.ljust(512, b'\0'))
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c',
+                    'write -q -s %s %d 512' % (pattern, MARKER_OFFSET),
+                    disk], check=True, capture_output=True)
+
+
+DATA_CHUNK = 64 * 1024 * 1024
+
+
+def write_data(disk, size, workdir):
+    """Fill size bytes of a stopped guest's disk with random data.
+
+    The data starts past the marker; one random 64 MiB chunk is written
+    again and again, which costs the same as new data to every copy the
+    cloud makes (nothing here compresses or deduplicates).
+    """
+    pattern = os.path.join(workdir, 'data-chunk')
+    if not os.path.exists(pattern):
+        with open(pattern, 'wb') as f:
+            f.write(os.urandom(DATA_CHUNK))
+    start = 2 * MARKER_OFFSET
+    commands = []
+    for offset in range(0, size, DATA_CHUNK):
+        length = min(DATA_CHUNK, size - offset)
+        commands += ['-c', 'write -q -s %s %d %d' % (
+            pattern, start + offset, length)]
+    subprocess.run(['qemu-io', '-f', 'qcow2'] + commands + [disk],
+                   check=True, capture_output=True)
+
+
+def read_marker(disk, length):
+    """Read the marker back, through any backing file, guest running."""
+    out = subprocess.run(
+        ['qemu-io', '-r', '-U', '-f', 'qcow2', '-c',
+         'read -v %d %d' % (MARKER_OFFSET, length), disk],
+        check=True, capture_output=True, text=True).stdout
+    data = bytearray()
+    for line in out.splitlines():
+        # "00800000:  4d 41 52 ...  MAR..."
+        m = re.match(r'^[0-9a-f]+:\s+((?:[0-9a-f]{2} )+)', line)
+        if m:
+            data += bytes(int(b, 16) for b in m.group(1).split())
+    return bytes(data[:length])
+
+
+# -- Glance ---------------------------------------------------------------
+
+class GlanceDataCounter(object):
+    """Image data Glance sends from now on, read from its access log."""
+
+    def __init__(self):
+        self.offset = os.path.getsize(GLANCE_ACCESS_LOG)
+
+    def downloads(self):
+        """[(image_id, bytes sent)] for every image data request."""
+        with open(GLANCE_ACCESS_LOG) as f:
+            f.seek(self.offset)
+            lines = f.readlines()
+        found = []
+        for line in lines:
+            m = _ACCESS_LINE.search(line)
+            if not m or m.group('method') != 'GET':
+                continue
+            image = _IMAGE_DATA.match(m.group('path'))
+            if image:
+                sent = m.group('sent')
+                found.append((image.group('image'),
+                              0 if sent == '-' else int(sent)))
+        return found
+
+    def bytes_sent(self, image_id=None):
+        return sum(sent for image, sent in self.downloads()
+                   if image_id in (None, image))
+
+
+def shelved_snapshot(server_name):
+    """(id, size) of the snapshot Nova uploaded when shelving the server."""
+    images = openstack('image', 'list', '--name', server_name + '-shelved')
+    if len(images) != 1:
+        raise CloudError('expected one snapshot %s-shelved, found %s' % (
+            server_name, images))
+    image = openstack('image', 'show', images[0]['ID'])
+    return image['id'], image['size']

@@ -1,0 +1,21 @@
+#!/bin/bash
+# The project's main job: bring the loopback test cloud up (unless it is
+# already up) and run the shelve/unshelve benchmark, nova-shelve-accel
+# against stock Nova, printing the table. Root, Debian bookworm.
+#
+#   sudo tools/benchmark.sh [--sizes 256M,1G,4G] [--repeat 3] [--burst 6]
+#                           [--burst-size 256M] [--out bench-results]
+#
+# The cloud stays up afterwards; 'sudo tools/cloud/cloud.sh down' stops it
+# and removes its state.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STATE=${SHELVE_ACCEL_STATE:-/var/lib/nova-shelve-accel-cloud}
+VENV=${SHELVE_ACCEL_VENV:-/opt/nova-shelve-accel/venv}
+
+if [ ! -f "$STATE/mode" ]; then
+    bash tools/cloud/cloud.sh up
+fi
+"$VENV/bin/pip" install -q -c upper-constraints.txt \
+    -r tools/bench-requirements.txt
+exec "$VENV/bin/python" tools/bench_shelve.py "$@"
