@@ -117,6 +117,9 @@ class Bench(object):
         self.conn.compute.stop_server(srv.id)
         self._wait(srv.id, 'SHUTOFF')
         cloud.write_data(cloud.disk_path('c1', srv.id), size, self.workdir)
+        # Flush the data now, so that no timed operation pays for writing
+        # back what the setup (or the previous sample) left dirty.
+        os.sync()
         return srv.id
 
     def delete(self, server_id):

@@ -45,7 +45,8 @@ GLANCE_URL=http://127.0.0.1:9292
 NEUTRON_URL=http://127.0.0.1:9696
 NOVA_URL=http://127.0.0.1:8774
 
-APT_PACKAGES=(libvirt-daemon-system libvirt-clients qemu-system-x86
+APT_PACKAGES=(libvirt-daemon-system libvirt-daemon-driver-qemu
+              libvirt-clients qemu-system-x86
               qemu-utils libvirt-dev pkg-config python3-venv python3-dev
               gcc mariadb-server mariadb-client rabbitmq-server curl)
 PIP_PACKAGES=(nova==34.0.0 openstack-placement glance neutron
@@ -71,7 +72,7 @@ install_packages() {
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
         chmod +x /usr/sbin/policy-rc.d
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-            --no-install-recommends "${missing[@]}" ||
+            "${missing[@]}" ||
             { rm -f /usr/sbin/policy-rc.d; die "apt-get install failed"; }
         rm -f /usr/sbin/policy-rc.d
     fi
@@ -486,6 +487,19 @@ computes_up() {
     done
 }
 
+# The scheduler and every compute consume their RPC queues. After a restart
+# the old services still look "up" to the API for a minute; a consumer on
+# the queue is what says the new process is ready for requests.
+rpc_consumers_ready() {
+    local queues q
+    queues=$(rabbitmqctl -q list_queues -p "$RABBIT_VHOST" name consumers \
+        2>/dev/null) || return 1
+    for q in scheduler "${COMPUTES[@]/#/compute.}"; do
+        awk -v q="$q" '$1 == q && $2 > 0 {ok = 1} END {exit !ok}' \
+            <<<"$queues" || return 1
+    done
+}
+
 wait_for_computes() {
     local host
     for host in "${COMPUTES[@]}"; do
@@ -497,6 +511,8 @@ wait_for_computes() {
     done
     wait_for "nova-compute (c1, c2, c3)" "$LOGS/nova-compute-c1.log" \
         computes_up 180
+    wait_for "nova-scheduler and nova-compute RPC" \
+        "$LOGS/nova-compute-c1.log" rpc_consumers_ready 180
 }
 
 write_clouds_yaml() {
@@ -626,14 +642,9 @@ cmd_mode() {
     for host in "${COMPUTES[@]}"; do
         stop "nova-compute-$host"
     done
-    # Let the API see the old services go down before waiting for them up.
     for host in "${COMPUTES[@]}"; do
         start_compute "$host"
     done
-    _scheduler_alive() { running nova-scheduler; }
-    wait_for nova-scheduler "$LOGS/nova-scheduler.log" _scheduler_alive 5 \
-        nova-scheduler
-    sleep 5
     wait_for_computes
     say "mode: $mode"
 }
