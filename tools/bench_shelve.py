@@ -273,7 +273,8 @@ def plot(path, summary):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--sizes', default='256M,1G,4G',
-                        help='data written per root disk (default %(default)s)')
+                        help='data written per root disk '
+                             '(default %(default)s)')
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--burst', type=int, default=6,
                         help='servers unshelved at once (0: no burst)')

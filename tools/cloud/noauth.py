@@ -62,11 +62,11 @@ def identity_version(req):
     document under Nova's API (``/identity/v3``).
     """
     url = req.host_url + '/identity/v3/'
+    media_type = 'application/vnd.openstack.identity-v3+json'
     return webob.Response(json={'version': {
         'id': 'v3.14', 'status': 'stable', 'updated': '2020-04-07T00:00:00Z',
         'links': [{'rel': 'self', 'href': url}],
-        'media-types': [{'base': 'application/json',
-                         'type': 'application/vnd.openstack.identity-v3+json'}],
+        'media-types': [{'base': 'application/json', 'type': media_type}],
     }})
 
 
