@@ -33,13 +33,13 @@ shelve_accel_opts = [
         'partial_offload',
         default=True,
         help="""
-Keep the root disk of image-backed instances on the instance storage when they
-are shelve-offloaded.
+Keep the root disk of image-backed instances on the instance storage when
+they are shelve-offloaded.
 
-When enabled, shelve-offload releases CPU, RAM, PCI devices and the Placement
-allocations of the instance exactly as Nova does, but moves the root disk (and
-its disk.info and config drive) into the kept-disks directory of
-``[DEFAULT] instances_path`` instead of deleting it. An unshelve on a host
+When enabled, shelve-offload releases CPU, RAM, PCI devices and the
+Placement allocations of the instance exactly as Nova does, but moves the
+root disk (and its disk.info and config drive) into the kept-disks directory
+of ``[DEFAULT] instances_path`` instead of deleting it. An unshelve on a host
 that sees the same storage reuses that disk and reads no image data from
 Glance. The Glance snapshot that shelve creates is still uploaded, so an
 unshelve anywhere else works exactly as in stock Nova.
@@ -64,9 +64,9 @@ Free-space floor of the instance storage, in percent of its size.
 
 A root disk is kept at shelve-offload only while the filesystem holding
 ``[DEFAULT] instances_path`` has at least this percentage of its size free;
-below it the offload deletes the disk as stock Nova does. The scheduler filter
-``HostAggregateGroupFilter`` uses the same floor: a host whose reported free
-disk is below it is not preferred for reusing a kept disk.
+below it the offload deletes the disk as stock Nova does. The scheduler
+filter ``HostAggregateGroupFilter`` uses the same floor: a host whose
+reported free disk is below it is not preferred for reusing a kept disk.
 
 Set it to 0 to keep disks until the storage is full (not recommended: a full
 instance storage fails every spawn on it).
@@ -78,11 +78,12 @@ instance storage fails every spawn on it).
 Name of the directory, inside ``[DEFAULT] instances_path``, that holds kept
 root disks.
 
-Each kept disk is a subdirectory named ``<instance uuid>.<snapshot image id>``
-holding the disk, its disk.info, its config drive and a ``kept.json`` record.
-The directory must be on the same filesystem as ``instances_path`` (kept disks
-are moved in and out by rename, which is what makes claiming a disk atomic
-across hosts). Every compute host sharing the storage must use the same name.
+Each kept disk is a subdirectory named
+``<instance uuid>.<snapshot image id>`` holding the disk, its disk.info, its
+config drive and a ``kept.json`` record. The directory must be on the same
+filesystem as ``instances_path`` (kept disks are moved in and out by rename,
+which is what makes claiming a disk atomic across hosts). Every compute host
+sharing the storage must use the same name.
 """),
 ]
 
