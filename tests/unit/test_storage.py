@@ -118,28 +118,25 @@ class TestKeptDiskRecord(StoreTestCase):
     def test_directory_without_record_reads_as_none(self):
         self.assertIsNone(storage._read_record(self.instances_path))
 
-    def test_list_kept_ignores_malformed_record_with_a_warning(self):
+    def _assert_list_kept_ignores_record(self, record_text):
+        # A kept directory whose record reads as record_text is skipped
+        # with a warning and left in place; the good one is still listed.
         self.keep_qcow2(instance=OTHER_INSTANCE)
         broken = os.path.join(self.store.path, '%s.%s' % (INSTANCE, SNAPSHOT))
         os.makedirs(broken)
         with open(os.path.join(broken, storage.RECORD_NAME), 'w') as f:
-            f.write('not json')
+            f.write(record_text)
 
         self.assertEqual([OTHER_INSTANCE],
                          [r.instance_uuid for r in self.store.list_kept()])
         self.assertIn('Ignoring %s' % broken, self.log.output)
         self.assertTrue(os.path.isdir(broken))
 
-    def test_list_kept_ignores_record_that_is_not_an_object(self):
-        self.keep_qcow2(instance=OTHER_INSTANCE)
-        broken = os.path.join(self.store.path, '%s.%s' % (INSTANCE, SNAPSHOT))
-        os.makedirs(broken)
-        with open(os.path.join(broken, storage.RECORD_NAME), 'w') as f:
-            f.write('[]')
+    def test_list_kept_ignores_malformed_record_with_a_warning(self):
+        self._assert_list_kept_ignores_record('not json')
 
-        self.assertEqual([OTHER_INSTANCE],
-                         [r.instance_uuid for r in self.store.list_kept()])
-        self.assertIn('Ignoring %s' % broken, self.log.output)
+    def test_list_kept_ignores_record_that_is_not_an_object(self):
+        self._assert_list_kept_ignores_record('[]')
 
     def test_list_kept_ignores_record_naming_another_directory(self):
         self.keep_qcow2()
