@@ -77,9 +77,8 @@ def openstack(*args, parse=True):
 
 def set_mode(mode):
     """Restart the scheduler and computes as 'plugin' or 'stock'."""
-    with open(os.path.join(STATE, 'mode')) as f:
-        if f.read().strip() == mode:
-            return
+    if current_mode() == mode:
+        return
     subprocess.run(['bash', CLOUD_SH, 'mode', mode], check=True,
                    capture_output=True)
 
@@ -148,14 +147,21 @@ def make_image_file(path, size_mb=64, data_mb=16):
     os.unlink(raw)
 
 
+def _write_from_file(disk, source, extents):
+    """Write source's bytes at each (offset, length) of a qcow2 disk."""
+    commands = []
+    for offset, length in extents:
+        commands += ['-c', 'write -q -s %s %d %d' % (source, offset, length)]
+    subprocess.run(['qemu-io', '-f', 'qcow2'] + commands + [disk],
+                   check=True, capture_output=True)
+
+
 def write_marker(disk, marker, workdir):
     """Write marker into a stopped guest's disk, as the guest would."""
-    pattern = os.path.join(workdir, 'marker')
-    with open(pattern, 'wb') as f:
+    source = os.path.join(workdir, 'marker')
+    with open(source, 'wb') as f:
         f.write(marker.ljust(512, b'\0'))
-    subprocess.run(['qemu-io', '-f', 'qcow2', '-c',
-                    'write -q -s %s %d 512' % (pattern, MARKER_OFFSET),
-                    disk], check=True, capture_output=True)
+    _write_from_file(disk, source, [(MARKER_OFFSET, 512)])
 
 
 DATA_CHUNK = 64 * 1024 * 1024
@@ -168,18 +174,14 @@ def write_data(disk, size, workdir):
     again and again, which costs the same as new data to every copy the
     cloud makes (nothing here compresses or deduplicates).
     """
-    pattern = os.path.join(workdir, 'data-chunk')
-    if not os.path.exists(pattern):
-        with open(pattern, 'wb') as f:
+    source = os.path.join(workdir, 'data-chunk')
+    if not os.path.exists(source):
+        with open(source, 'wb') as f:
             f.write(os.urandom(DATA_CHUNK))
     start = 2 * MARKER_OFFSET
-    commands = []
-    for offset in range(0, size, DATA_CHUNK):
-        length = min(DATA_CHUNK, size - offset)
-        commands += ['-c', 'write -q -s %s %d %d' % (
-            pattern, start + offset, length)]
-    subprocess.run(['qemu-io', '-f', 'qcow2'] + commands + [disk],
-                   check=True, capture_output=True)
+    _write_from_file(disk, source, [
+        (start + offset, min(DATA_CHUNK, size - offset))
+        for offset in range(0, size, DATA_CHUNK)])
 
 
 def read_marker(disk, length):

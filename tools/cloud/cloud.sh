@@ -148,6 +148,14 @@ create_vhost() {
 
 # ------------------------------------------------------------ processes
 
+# run_logged LOG CMD...: run a setup command with its output in LOG; stop,
+# naming the command and LOG, when it fails.
+run_logged() {
+    local log=$1; shift
+    "$@" >>"$log" 2>&1 ||
+        die "$(basename "$1") ${*:2} failed; its log is $log"
+}
+
 # start NAME CMD...: run CMD in its own session, log to $LOGS/NAME.log.
 start() {
     local name=$1; shift
@@ -368,7 +376,7 @@ host = $host
 instances_path = $instances
 state_path = $STATE/$host/state
 [libvirt]
-connection_uri = qemu+unix:///system?socket=$STATE/$host/libvirt/run/libvirt-sock
+connection_uri = $(libvirt_uri "$host")
 [nova_sys_admin]
 helper_command = $VENV/bin/privsep-helper $(compute_conf_args "$host")
 [oslo_concurrency]
@@ -422,15 +430,18 @@ EOF
     start "libvirtd-$host" unshare --uts --mount --propagation private \
         bash "$TOOLS/libvirt-host.sh" "$host" "$dir"
     eval "_check_libvirt_$host() { [ -S $dir/run/libvirt-sock ] &&
-        virsh -c 'qemu+unix:///system?socket=$dir/run/libvirt-sock' \
-        hostname >/dev/null 2>&1; }"
+        virsh_host $host hostname >/dev/null 2>&1; }"
     wait_for "libvirtd for $host" "$LOGS/libvirtd-$host.log" \
         "_check_libvirt_$host" 60 "libvirtd-$host"
 }
 
+# The URI of host's own libvirtd (see libvirt_up).
+libvirt_uri() {
+    echo "qemu+unix:///system?socket=$STATE/$1/libvirt/run/libvirt-sock"
+}
+
 virsh_host() {
-    virsh -c "qemu+unix:///system?socket=$STATE/$1/libvirt/run/libvirt-sock" \
-        "${@:2}"
+    virsh -c "$(libvirt_uri "$1")" "${@:2}"
 }
 
 libvirt_down() {
@@ -451,9 +462,8 @@ libvirt_down() {
 # ------------------------------------------------------------------- nova
 
 nova_manage() {
-    "$VENV/bin/nova-manage" --config-file "$ETC/nova/nova.conf" "$@" \
-        >>"$LOGS/nova-manage.log" 2>&1 ||
-        die "nova-manage $* failed; its log is $LOGS/nova-manage.log"
+    run_logged "$LOGS/nova-manage.log" "$VENV/bin/nova-manage" \
+        --config-file "$ETC/nova/nova.conf" "$@"
 }
 
 start_scheduler() {
@@ -573,25 +583,22 @@ cmd_up() {
 
     say "Placement"
     write_placement_conf
-    "$VENV/bin/placement-manage" --config-file \
-        "$ETC/placement/placement.conf" db sync >>"$LOGS/placement.log" 2>&1 ||
-        die "placement-manage db sync failed; its log is $LOGS/placement.log"
+    run_logged "$LOGS/placement.log" "$VENV/bin/placement-manage" \
+        --config-file "$ETC/placement/placement.conf" db sync
     gunicorn_app placement 8778 placement.wsgi.api:application \
         OS_PLACEMENT_CONFIG_DIR="$ETC/placement"
 
     say "Glance"
     write_glance_conf
-    "$VENV/bin/glance-manage" --config-file "$ETC/glance/glance-api.conf" \
-        db_sync >>"$LOGS/glance.log" 2>&1 ||
-        die "glance-manage db_sync failed; its log is $LOGS/glance.log"
+    run_logged "$LOGS/glance.log" "$VENV/bin/glance-manage" \
+        --config-file "$ETC/glance/glance-api.conf" db_sync
     gunicorn_app glance 9292 glance.wsgi.api:application \
         OS_GLANCE_CONFIG_DIR="$ETC/glance"
 
     say "Neutron"
     write_neutron_conf
-    "$VENV/bin/neutron-db-manage" --config-file "$ETC/neutron/neutron.conf" \
-        upgrade heads >>"$LOGS/neutron.log" 2>&1 ||
-        die "neutron-db-manage failed; its log is $LOGS/neutron.log"
+    run_logged "$LOGS/neutron.log" "$VENV/bin/neutron-db-manage" \
+        --config-file "$ETC/neutron/neutron.conf" upgrade heads
     gunicorn_app neutron 9696 \
         'wsgi_apps:load("neutron.wsgi.api", "neutron-api")' \
         OS_NEUTRON_CONFIG_DIR="$ETC/neutron" \
