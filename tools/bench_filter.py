@@ -12,10 +12,15 @@
 
 """Cost of HostAggregateGroupFilter per scheduling request.
 
-Builds real HostState, Aggregate and RequestSpec objects for 10, 100 and
-1000 hosts in storage groups of ten, and times ``filter_all`` for the
-unshelve of an instance whose disk is kept in one group, and for a new boot.
-The one database lookup an unshelve makes (the instance, with its system
+Builds real HostState, Aggregate and RequestSpec objects in two layouts:
+many storage groups of ten hosts (10, 100, 1000 and 5000 hosts), and one
+storage group holding every host (1000 and 5000 hosts), the worst case for
+a filter that compares hosts with each other. As in Nova's host manager,
+the host states of an aggregate's hosts share one Aggregate object. It
+times ``filter_all`` for the unshelve of an instance whose disk is kept in
+the first group, and for a new boot. The host that offloaded the instance
+is listed last in its aggregate, the worst case for a membership test. The
+one database lookup an unshelve makes (the instance, with its system
 metadata) is answered from memory and counted, so the times are the
 filter's own in-memory work per request; the lookup count shows it stays
 constant as hosts grow.
@@ -34,17 +39,20 @@ from nova.scheduler import host_manager
 from nova_shelve_accel.scheduler import filters
 from nova_shelve_accel import shelved
 
-HOST_COUNTS = (10, 100, 1000)
 GROUP_SIZE = 10
+# (layout, hosts per storage group or None for one group of all, counts)
+LAYOUTS = (('groups of %d' % GROUP_SIZE, GROUP_SIZE, (10, 100, 1000, 5000)),
+           ('one group', None, (1000, 5000)))
 INSTANCE = 'a8e0a3a4-3b8e-4b59-9d1f-0d7c1a1f0b11'
 SNAPSHOT = '0c6b0a4e-4f6a-4c41-9a55-6a2b0f3f2e22'
 CELL_UUID = '5e9a4f0c-63a3-4b5e-8c0e-0b0a6a2f3c33'
 
 
-def make_hosts(count):
+def make_hosts(count, group_size):
+    """Host states of ``count`` hosts in storage groups of ``group_size``."""
     hosts = []
-    for group in range(0, count, GROUP_SIZE):
-        names = ['host%d' % i for i in range(group, min(group + GROUP_SIZE,
+    for group in range(0, count, group_size):
+        names = ['host%d' % i for i in range(group, min(group + group_size,
                                                         count))]
         aggregate = objects.Aggregate(
             id=group, name='g%d' % group, hosts=names,
@@ -58,11 +66,11 @@ def make_hosts(count):
     return hosts
 
 
-def offloaded_instance():
+def offloaded_instance(shelved_host):
     return objects.Instance(
         uuid=INSTANCE, vm_state=vm_states.SHELVED_OFFLOADED,
         system_metadata={'shelved_image_id': SNAPSHOT,
-                         'shelved_host': 'host0',
+                         'shelved_host': shelved_host,
                          shelved.KEPT_DISK_KEY: SNAPSHOT})
 
 
@@ -97,26 +105,30 @@ def main():
     objects.register_all()
 
     lookups = []
-    instance = offloaded_instance()
     host_filter = filters.HostAggregateGroupFilter()
     host_filter._load_instance = lambda cell, uuid: (
         lookups.append(uuid) or instance)
 
-    print('HostAggregateGroupFilter.filter_all, %d requests per row, '
-          'storage groups of %d hosts' % (args.requests, GROUP_SIZE))
-    header = ('request', 'hosts', 'passed', 'median us', 'min us',
+    print('HostAggregateGroupFilter.filter_all, %d requests per row'
+          % args.requests)
+    header = ('request', 'layout', 'hosts', 'passed', 'median us', 'min us',
               'max us', 'us/host', 'lookups/req')
-    print('%-9s %6s %7s %10s %9s %9s %8s %12s' % header)
+    row = '%-9s %-12s %6s %7s %10s %9s %9s %8s %12s'
+    print(row % header)
     for request, make_spec in (('unshelve', unshelve_spec),
                                ('boot', boot_spec)):
-        for count in HOST_COUNTS:
-            hosts = make_hosts(count)
-            del lookups[:]
-            median, low, high, passed = measure(
-                host_filter, hosts, make_spec(), args.requests)
-            print('%-9s %6d %7d %10.1f %9.1f %9.1f %8.2f %12.1f' % (
-                request, count, passed, median, low, high, median / count,
-                len(lookups) / args.requests))
+        for layout, group_size, counts in LAYOUTS:
+            for count in counts:
+                size = group_size or count
+                hosts = make_hosts(count, size)
+                instance = offloaded_instance(hosts[size - 1].host)
+                del lookups[:]
+                median, low, high, passed = measure(
+                    host_filter, hosts, make_spec(), args.requests)
+                print(row % (
+                    request, layout, count, passed, '%.1f' % median,
+                    '%.1f' % low, '%.1f' % high, '%.2f' % (median / count),
+                    '%.1f' % (len(lookups) / args.requests)))
 
 
 if __name__ == '__main__':

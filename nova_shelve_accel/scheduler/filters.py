@@ -18,7 +18,6 @@ from nova import context as nova_context
 from nova import exception
 from nova import objects
 from nova.scheduler import filters
-from nova.scheduler.filters import utils
 from nova.scheduler import utils as scheduler_utils
 
 from nova_shelve_accel import conf as accel_conf
@@ -42,6 +41,13 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
     pass, and the unshelve downloads the snapshot as stock Nova does. Every
     other request passes untouched. Put it last in ``enabled_filters`` so
     that "qualifies" means "can also take the instance".
+
+    Group names are stripped of surrounding whitespace; a blank value names
+    no group and is ignored with a warning. A host in two groups is a
+    configuration error (it mounts one storage): the hosts of any of its
+    groups pass, and a warning names the host and its groups. The filter
+    trusts the aggregates: if the hosts of a group do not really share a
+    storage, the host chosen finds no kept disk and downloads the snapshot.
     """
 
     # Decided from the instance and the aggregates, both fixed per request.
@@ -52,10 +58,11 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
         kept_on = self._host_holding_kept_disk(spec_obj)
         if kept_on is None:
             return hosts
-        groups = _groups_of_host(kept_on, hosts)
+        storage = _KeptDiskStorage(kept_on, hosts)
+        groups = storage.groups
         floor = CONF.shelve_accel.free_space_floor_percent
         qualified = [h for h in hosts
-                     if _shares_storage(h, kept_on, groups) and
+                     if storage.is_shared_by(h) and
                      _storage_above_floor(h, floor)]
         if not qualified:
             LOG.info('No host sharing the storage of %s (groups %s) can take '
@@ -101,19 +108,72 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
                 return None
 
 
-def _groups_of_host(host, host_states):
-    """Storage groups of ``host``, from the aggregates the hosts carry."""
-    return {agg.metadata[GROUP_KEY]
-            for hs in host_states for agg in hs.aggregates
-            if GROUP_KEY in agg.metadata and host in agg.hosts}
+class _KeptDiskStorage:
+    """The storage groups of one request: which hosts share the kept disk.
 
+    The host states of Nova's host manager share one object per aggregate,
+    so each aggregate is read once per request, not once per host in it:
+    the cost grows with the number of hosts, not with its square.
+    """
 
-def _shares_storage(host_state, kept_on, groups):
-    # A host in no group has storage of its own, shared with nobody.
-    if host_state.host == kept_on:
+    def __init__(self, kept_on, host_states):
+        self.kept_on = kept_on
+        # id(aggregate) -> the group it names, or None.
+        self._group_of = {}
+        self.groups = set()
+        for host_state in host_states:
+            for aggregate in host_state.aggregates:
+                if id(aggregate) in self._group_of:
+                    continue
+                group = _group_of_aggregate(aggregate)
+                self._group_of[id(aggregate)] = group
+                # The aggregate, not the host state, says where kept_on is:
+                # kept_on may have been filtered out before.
+                if group and kept_on in (aggregate.hosts or ()):
+                    self.groups.add(group)
+        if len(self.groups) > 1:
+            _warn_several_groups(kept_on, self.groups)
+
+    def is_shared_by(self, host_state):
+        # A host in no group has storage of its own, shared with nobody.
+        if host_state.host == self.kept_on:
+            return True
+        own_groups = {self._group_of[id(aggregate)]
+                      for aggregate in host_state.aggregates}
+        own_groups.discard(None)
+        if not own_groups & self.groups:
+            LOG.debug('%s is in no storage group of %s; its storage does '
+                      'not hold the kept disk.', host_state.host,
+                      self.kept_on)
+            return False
+        if len(own_groups) > 1:
+            _warn_several_groups(host_state.host, own_groups)
         return True
-    return bool(groups & utils.aggregate_values_from_key(host_state,
-                                                         GROUP_KEY))
+
+
+def _group_of_aggregate(aggregate):
+    """The storage group the aggregate's metadata names, or None."""
+    # Both fields are nullable in the Aggregate object.
+    metadata = aggregate.metadata or {}
+    if GROUP_KEY not in metadata:
+        return None
+    group = metadata[GROUP_KEY].strip()
+    if not group:
+        LOG.warning('Aggregate %s (id %s) has a blank %s; it names no '
+                    'storage group and is ignored. Set it to the name of '
+                    'the storage its hosts share, or unset it.',
+                    aggregate.name, aggregate.id, GROUP_KEY)
+        return None
+    return group
+
+
+def _warn_several_groups(host, groups):
+    LOG.warning('Host %s is in several storage groups (%s), but a host '
+                'mounts one storage at instances_path. Hosts of any of '
+                'them may take an unshelve; where the storage differs the '
+                'kept disk is not found and the snapshot is downloaded. '
+                'Remove the host from all aggregates but one with %s.',
+                host, ', '.join(sorted(groups)), GROUP_KEY)
 
 
 def _storage_above_floor(host_state, floor):

@@ -15,6 +15,8 @@
 Only the filter's database lookup of the instance is replaced.
 """
 
+from unittest import mock
+
 from oslo_utils.fixture import uuidsentinel as uuids
 
 from nova.compute import vm_states
@@ -75,7 +77,7 @@ class FilterTestCase(test.NoDBTestCase):
 
     @staticmethod
     def aggregate(name, hosts, group=None, agg_id=1):
-        metadata = {filters.GROUP_KEY: group} if group else {}
+        metadata = {filters.GROUP_KEY: group} if group is not None else {}
         return objects.Aggregate(id=agg_id, name=name, hosts=hosts,
                                  metadata=metadata)
 
@@ -97,6 +99,12 @@ class FilterTestCase(test.NoDBTestCase):
 
     def passing(self, hosts, spec):
         return [h.host for h in self.filt.filter_all(hosts, spec)]
+
+    def warnings(self, text):
+        """Warnings of the filter containing ``text``."""
+        return [line for line in self.stdlog.logger.output.splitlines()
+                if ' WARNING [%s] ' % filters.__name__ in line and
+                text in line]
 
 
 class TestRequestsLeftAlone(FilterTestCase):
@@ -248,6 +256,93 @@ class TestUnshelveWithKeptDisk(FilterTestCase):
         self.assertEqual(names[:count // 2],
                          self.passing(hosts, self.spec()))
         self.assertEqual(1, len(self.lookups))
+
+
+class TestMisconfiguredGroups(FilterTestCase):
+    """Typos in the aggregate metadata: a sane choice, never an error."""
+
+    def test_blank_group_value_names_no_group(self):
+        self.offloaded(shelved_host='A')
+        blank = self.aggregate('shared', ['A', 'B'], '')
+        self.assertEqual(['A'],
+                         self.passing(self.hosts('ABC', [blank]), self.spec()))
+        self.assertEqual(1, len(self.warnings(
+            'Aggregate shared (id 1) has a blank shelve_storage_group')))
+
+    def test_whitespace_group_value_names_no_group(self):
+        self.offloaded(shelved_host='A')
+        blank = self.aggregate('shared', ['A', 'B'], ' \t ')
+        self.assertEqual(['A'],
+                         self.passing(self.hosts('ABC', [blank]), self.spec()))
+        self.assertEqual(1, len(self.warnings(
+            'Aggregate shared (id 1) has a blank shelve_storage_group')))
+
+    def test_blank_aggregate_is_ignored_beside_a_real_group(self):
+        # Warned once per request, although two hosts carry the aggregate.
+        self.offloaded(shelved_host='A')
+        aggs = [self.aggregate('g1', ['A', 'B'], 'g1', agg_id=1),
+                self.aggregate('typo', ['A', 'C'], '', agg_id=2)]
+        self.assertEqual(['A', 'B'],
+                         self.passing(self.hosts('ABC', aggs), self.spec()))
+        self.assertEqual(1, len(self.warnings('Aggregate typo (id 2)')))
+
+    def test_surrounding_whitespace_is_not_part_of_the_name(self):
+        self.offloaded(shelved_host='A')
+        aggs = [self.aggregate('g1-a', ['A'], ' g1', agg_id=1),
+                self.aggregate('g1-b', ['B'], 'g1 ', agg_id=2)]
+        self.assertEqual(['A', 'B'],
+                         self.passing(self.hosts('ABC', aggs), self.spec()))
+        self.assertEqual([], self.warnings(''))
+
+    def test_shelving_host_in_two_groups_is_warned_once(self):
+        self.offloaded(shelved_host='A')
+        aggs = [self.aggregate('g1', ['A', 'B'], 'g1', agg_id=1),
+                self.aggregate('g2', ['A', 'D'], 'g2', agg_id=2)]
+        self.assertEqual(['A', 'B', 'D'],
+                         self.passing(self.hosts('ABCD', aggs), self.spec()))
+        self.assertEqual(1, len(self.warnings(
+            'Host A is in several storage groups (g1, g2)')))
+        self.assertEqual(1, len(self.warnings('several storage groups')))
+
+    def test_candidate_in_two_groups_passes_with_a_warning(self):
+        self.offloaded(shelved_host='A')
+        aggs = [self.aggregate('g1', ['A', 'B'], 'g1', agg_id=1),
+                self.aggregate('g3', ['B', 'C'], 'g3', agg_id=2)]
+        self.assertEqual(['A', 'B'],
+                         self.passing(self.hosts('ABCD', aggs), self.spec()))
+        self.assertEqual(1, len(self.warnings(
+            'Host B is in several storage groups (g1, g3)')))
+
+    def test_aggregate_without_hosts_or_metadata_is_ignored(self):
+        # Both fields are nullable in the Aggregate object.
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        empty = objects.Aggregate(id=2, name='empty', hosts=None,
+                                  metadata=None)
+        for h in hosts:
+            h.aggregates.append(empty)
+        self.assertEqual(['A', 'B'], self.passing(hosts, self.spec()))
+
+    def test_group_that_does_not_share_storage_still_narrows_the_hosts(self):
+        # The aggregate says A and B share storage, but B mounts another
+        # one. The filter cannot see that and sends the unshelve to A or B,
+        # never to C; on B the claim finds no kept disk and the compute
+        # host downloads the snapshot, as stock Nova does.
+        self.offloaded(shelved_host='A')
+        hosts = self.hosts('BC', [self.aggregate('g1', ['A', 'B'], 'g1')])
+        self.assertEqual(['B'], self.passing(hosts, self.spec()))
+
+    def test_each_aggregate_is_read_once_per_request(self):
+        # Host states share aggregate objects, as in Nova's host manager.
+        self.offloaded(shelved_host='h99')
+        names = ['h%d' % i for i in range(100)]
+        aggs = [self.aggregate('g1', names, 'g1', agg_id=1),
+                self.aggregate('az1', names, agg_id=2)]
+        hosts = self.hosts(names, aggs)
+        with mock.patch.object(filters, '_group_of_aggregate',
+                               wraps=filters._group_of_aggregate) as read:
+            self.assertEqual(names, self.passing(hosts, self.spec()))
+        self.assertEqual(2, read.call_count)
 
 
 class TestFilterLoading(test.NoDBTestCase):
