@@ -74,6 +74,9 @@ instance storage fails every spawn on it).
     cfg.StrOpt(
         'kept_disks_subdirectory',
         default='_shelve_kept',
+        # One plain name: no path separator, not '.' or '..', and not
+        # hidden (work in flight inside it uses hidden names).
+        regex=r'^(?!\.)[^/\x00]+$',
         help="""
 Name of the directory, inside ``[DEFAULT] instances_path``, that holds kept
 root disks.
@@ -83,7 +86,9 @@ Each kept disk is a subdirectory named
 config drive and a ``kept.json`` record. The directory must be on the same
 filesystem as ``instances_path`` (kept disks are moved in and out by rename,
 which is what makes claiming a disk atomic across hosts). Every compute host
-sharing the storage must use the same name.
+sharing the storage must use the same name. It must be one plain name: no
+``/``, not starting with a dot, and not the name of the image cache
+directory (``[image_cache] subdirectory_name``).
 """),
 ]
 

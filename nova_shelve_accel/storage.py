@@ -20,20 +20,34 @@ it. This module knows files and qemu-img, not Nova.
 
 Every change of state is a rename within one filesystem, which is atomic even
 between hosts of a shared filesystem: a kept disk appears whole or not at all,
-and of two hosts claiming the same disk exactly one rename succeeds.
+and of two hosts claiming the same disk exactly one rename succeeds. Work in
+flight lives under names that say which host does it
+(``.staging-<host tag>-<token>-<kept name>``, ``.reclaiming-…``), so a
+host that restarts knows what it left behind, and ages are read from the
+storage's own clock, so hosts whose clocks differ agree on them.
+
+Anyone who can write the shared storage could plant links or odd files in
+it: nothing here follows a symbolic link, every entry is checked with
+``lstat`` and every name against the pattern it must have, and whatever
+does not match is reported once and left alone.
 """
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
-import time
+import stat
 import uuid
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils import timeutils
+from oslo_utils import units
+
+from nova_shelve_accel import faults
 
 LOG = logging.getLogger(__name__)
 
@@ -44,11 +58,31 @@ ROOT_DISK = 'disk'
 # and swap disks are not kept: stock unshelve gives the guest fresh ones.
 KEPT_FILES = (ROOT_DISK, 'disk.info', 'disk.config')
 DISK_FORMATS = ('qcow2', 'raw')
-# Prefixes of in-flight work inside the kept-disks directory; never claimed.
-_STAGING = '.staging-'
-_TRASH = '.reclaiming-'
-# A keep or release moves a disk through staging in well under a minute.
-STALE_STAGING_SECONDS = 3600
+# Kept disks and their records are the service user's alone; QEMU reads a
+# disk only once it is claimed back into an instance directory.
+KEPT_DIR_MODE = 0o700
+RECORD_MODE = 0o600
+# A keep, release or reclaim moves a disk through staging or trash in well
+# under a minute; work in flight older than this was interrupted.
+STALE_SECONDS = 3600
+# The limits Nova puts on qemu-img for images it does not trust, and a
+# wall-clock bound for a storage that hangs.
+QEMU_IMG_LIMITS = processutils.ProcessLimits(cpu_time=30,
+                                             address_space=1 * units.Gi)
+QEMU_IMG_TIMEOUT = 120
+
+_UUID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+_KEPT_NAME = re.compile(r'^(?P<instance>%s)\.(?P<snapshot>%s)$'
+                        % (_UUID, _UUID))
+_IN_FLIGHT_NAME = re.compile(
+    r'^\.(?P<kind>staging|reclaiming|quarantine)-(?P<host>[0-9a-f]{8})-'
+    r'(?P<token>[0-9a-f]{8})-(?P<kept>%s\.%s)$' % (_UUID, _UUID))
+STAGING = 'staging'
+TRASH = 'reclaiming'
+# A claimed disk whose guest could not be removed after a failed spawn: no
+# claim and no stock spawn may use it until its host has removed the guest.
+QUARANTINE = 'quarantine'
+_CLOCK_PROBE = '.clock-%s'
 
 
 class KeepRefused(Exception):
@@ -72,6 +106,9 @@ class KeptDiskRecord:
     files: tuple
     kept_by: str
     kept_at: str
+    # Bytes the kept files occupy; a kept disk does not change, so this is
+    # what the storage's accounting adds up instead of walking the files.
+    allocated_bytes: int = 0
     version: int = RECORD_VERSION
 
     def to_json(self):
@@ -85,11 +122,61 @@ class KeptDiskRecord:
         if data.get('version') != RECORD_VERSION:
             raise ValueError('unknown record version %r' % data.get('version'))
         data['files'] = tuple(data['files'])
-        return cls(**data)
+        record = cls(**data)
+        record.check()
+        return record
+
+    def check(self):
+        """Raise ValueError unless every field has a value we can trust."""
+        name = kept_name(self.instance_uuid, self.snapshot_id)
+        if not isinstance(name, str) or not _KEPT_NAME.match(name):
+            raise ValueError('instance %r or snapshot %r is not a UUID'
+                             % (self.instance_uuid, self.snapshot_id))
+        if self.disk_format not in DISK_FORMATS:
+            raise ValueError('disk format %r' % (self.disk_format,))
+        if not set(self.files) <= set(KEPT_FILES) or (
+                ROOT_DISK not in self.files):
+            raise ValueError('files %r' % (self.files,))
+        if self.backing_file is not None and (
+                not isinstance(self.backing_file, str) or
+                self.backing_file in ('', '.', '..') or
+                '/' in self.backing_file):
+            raise ValueError('backing file %r is not a name in the image '
+                             'cache' % (self.backing_file,))
+        for field in ('disk_size', 'disk_mtime_ns', 'allocated_bytes'):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError('%s %r' % (field, value))
+
+
+@dataclasses.dataclass(frozen=True)
+class InFlight:
+    """A staging or trash directory: a keep, release or reclaim under way."""
+
+    path: str
+    kind: str
+    host_tag: str
+    instance_uuid: str
+    snapshot_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Damaged:
+    """A kept-disk directory whose record cannot be trusted."""
+
+    path: str
+    instance_uuid: str
+    snapshot_id: str
+    problem: str
 
 
 def kept_name(instance_uuid, snapshot_id):
     return '%s.%s' % (instance_uuid, snapshot_id)
+
+
+def host_tag(host):
+    """Eight hex digits naming a host in file names, whatever its name."""
+    return hashlib.sha256(host.encode('utf-8')).hexdigest()[:8]
 
 
 def qemu_img_info(path, disk_format):
@@ -99,29 +186,68 @@ def qemu_img_info(path, disk_format):
     qcow2 header cannot be mistaken for a qcow2 disk with a backing file.
     """
     out, _err = processutils.execute(
-        'qemu-img', 'info', '--output=json', '--force-share',
-        '-f', disk_format, path)
+        'env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'info', '--output=json',
+        '--force-share', '-f', disk_format, path,
+        prlimit=QEMU_IMG_LIMITS, timeout=QEMU_IMG_TIMEOUT)
     return json.loads(out)
 
 
-def _allocated_bytes(path):
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
-    return total
+def is_real_dir(path):
+    """True for a directory that is not a symbolic link."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _is_regular_file(path):
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _allocated_bytes(directory, names):
+    return sum(os.lstat(os.path.join(directory, n)).st_blocks * 512
+               for n in names)
+
+
+def remove_tree(path):
+    """Delete ``path`` without following links; False if it was gone.
+
+    Another host of the storage may delete the same tree at the same time
+    (an interrupted reclaim that both see as abandoned): entries vanishing
+    under us are expected, any other error is raised.
+    """
+    def vanished_is_fine(function, failed_path, excinfo):
+        if not isinstance(excinfo[1], FileNotFoundError):
+            raise excinfo[1]
+
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+            return True
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(path, onerror=vanished_is_fine)
+    return True
 
 
 class KeptDiskStore:
     """The kept disks of one instance storage, as one host sees it."""
 
-    def __init__(self, instances_path, subdirectory, image_cache_subdirectory):
+    def __init__(self, instances_path, subdirectory, image_cache_subdirectory,
+                 host):
         self.instances_path = instances_path
         self.path = os.path.join(instances_path, subdirectory)
         self.base_dir = os.path.join(instances_path, image_cache_subdirectory)
+        self.host = host
+        self.host_tag = host_tag(host)
+        # Bytes kept disks occupy, as of the last inventory plus what this
+        # host kept, claimed and reclaimed since: reading it costs nothing.
+        self._used_bytes = None
+        # Paths already reported as foreign or damaged: reported once.
+        self._reported = set()
 
     def instance_dir(self, instance_uuid):
         return os.path.join(self.instances_path, instance_uuid)
@@ -129,9 +255,25 @@ class KeptDiskStore:
     def kept_dir(self, instance_uuid, snapshot_id):
         return os.path.join(self.path, kept_name(instance_uuid, snapshot_id))
 
-    def _unique(self, prefix, name):
-        return os.path.join(self.path, '%s%s.%s' % (
-            prefix, name, uuid.uuid4().hex[:8]))
+    def _in_flight_path(self, kind, instance_uuid, snapshot_id):
+        return os.path.join(self.path, '.%s-%s-%s-%s' % (
+            kind, self.host_tag, uuid.uuid4().hex[:8],
+            kept_name(instance_uuid, snapshot_id)))
+
+    def _report_once(self, path, message, *args):
+        if path not in self._reported:
+            self._reported.add(path)
+            LOG.warning(message, *args)
+
+    def ensure_directory(self):
+        """Create the kept-disks directory, the service user's alone."""
+        if not os.path.lexists(self.path):
+            os.makedirs(self.path, mode=KEPT_DIR_MODE, exist_ok=True)
+        if not is_real_dir(self.path):
+            raise KeepRefused('%s is not a directory (a link or a file '
+                              'stands there)' % self.path)
+        if stat.S_IMODE(os.lstat(self.path).st_mode) != KEPT_DIR_MODE:
+            os.chmod(self.path, KEPT_DIR_MODE)
 
     # -- space -------------------------------------------------------------
 
@@ -143,56 +285,82 @@ class KeptDiskStore:
         return 100.0 * st.f_bavail / st.f_blocks
 
     def used_bytes(self):
-        """Bytes that kept disks, including ones being reclaimed, occupy."""
-        if not os.path.isdir(self.path):
-            return 0
-        return _allocated_bytes(self.path)
+        """Bytes kept disks occupy, from the last inventory.
+
+        ``inventory()`` refreshes it (the periodic pass runs one); keeps,
+        claims and reclaims of this host adjust it in between, so that
+        reading it costs no file I/O once the first inventory ran.
+        """
+        if self._used_bytes is None:
+            self.inventory()
+        return self._used_bytes
+
+    def _account(self, delta):
+        if self._used_bytes is not None:
+            self._used_bytes = max(0, self._used_bytes + delta)
 
     # -- keep --------------------------------------------------------------
 
-    def keep(self, instance_uuid, snapshot_id, disk_format, host):
+    def keep(self, instance_uuid, snapshot_id, disk_format, source=None):
         """Turn the instance directory into a kept disk and return its record.
 
-        On success the instance directory no longer exists. On KeepRefused
-        nothing was changed.
+        On success the instance directory (or ``source``, a quarantined one)
+        no longer exists. On KeepRefused nothing was changed. A disk already
+        kept for this very shelve (an offload run again after an
+        interruption) is adopted as it is.
         """
-        inst_dir = self.instance_dir(instance_uuid)
+        inst_dir = source or self.instance_dir(instance_uuid)
+        if not source and not os.path.lexists(inst_dir):
+            adopted = self.find(instance_uuid, snapshot_id)
+            if adopted is not None:
+                return adopted
+        if not is_real_dir(inst_dir):
+            raise KeepRefused('instance directory %s does not exist or is '
+                              'not a directory' % inst_dir)
         record = self._describe(inst_dir, instance_uuid, snapshot_id,
-                                disk_format, host)
-        os.makedirs(self.path, exist_ok=True)
-        # Disks kept at an earlier shelve of this instance are stale: the
-        # instance ran since, elsewhere, and its data moved on.
-        for stale in self.list_kept():
-            if stale.instance_uuid == instance_uuid:
-                self.reclaim(stale, 'superseded by a newer shelve')
+                                disk_format)
+        self.ensure_directory()
         _write_record(inst_dir, record)
+        faults.cut_point('keep.record_written')
         self._move_in(inst_dir, record)
+        self._account(record.allocated_bytes)
         return record
 
     def _move_in(self, directory, record):
         """Make ``directory`` the kept disk of ``record``, pruned."""
-        staging = self._unique(
-            _STAGING, kept_name(record.instance_uuid, record.snapshot_id))
+        staging = self._in_flight_path(STAGING, record.instance_uuid,
+                                       record.snapshot_id)
         os.rename(directory, staging)
+        faults.cut_point('keep.staged')
         try:
-            _prune(staging, record.files)
-            # The kept disk becomes visible, whole, with this rename.
-            os.rename(staging, self.kept_dir(record.instance_uuid,
-                                             record.snapshot_id))
+            self._publish(staging, record)
         except OSError:
             # Half-kept is never claimable: drop it. The snapshot holds the
-            # data, and empty_trash() removes what rmtree cannot.
-            shutil.rmtree(staging, ignore_errors=True)
+            # data, and the recovery pass removes what this cannot.
+            try:
+                remove_tree(staging)
+            except OSError:
+                LOG.exception('Could not remove %s; the next recovery pass '
+                              'will.', staging)
             raise
 
-    def _describe(self, inst_dir, instance_uuid, snapshot_id, disk_format,
-                  host):
+    def _publish(self, staging, record):
+        _prune(staging, record.files)
+        os.chmod(staging, KEPT_DIR_MODE)
+        faults.cut_point('keep.pruned')
+        # The kept disk becomes visible, whole, with this rename; rename()
+        # never replaces a directory that has files in it.
+        os.rename(staging, self.kept_dir(record.instance_uuid,
+                                         record.snapshot_id))
+
+    def _describe(self, inst_dir, instance_uuid, snapshot_id, disk_format):
         if disk_format not in DISK_FORMATS:
             raise KeepRefused('disk format %s is not a file format we keep '
                               '(%s)' % (disk_format, ', '.join(DISK_FORMATS)))
         disk = os.path.join(inst_dir, ROOT_DISK)
-        if not os.path.isfile(disk):
-            raise KeepRefused('root disk %s does not exist' % disk)
+        if not _is_regular_file(disk):
+            raise KeepRefused('root disk %s does not exist or is not a '
+                              'regular file' % disk)
         info = _read_disk_info(inst_dir)
         if info.get(disk) not in (None, disk_format):
             raise KeepRefused('disk.info says %s is %s, the image backend '
@@ -203,14 +371,16 @@ class KeptDiskStore:
             raise KeepRefused('qemu-img cannot read %s as %s: %s'
                               % (disk, disk_format, e.stderr.strip()))
         backing = self._backing_name(disk, details)
-        st = os.stat(disk)
+        st = os.lstat(disk)
+        files = tuple(f for f in KEPT_FILES
+                      if _is_regular_file(os.path.join(inst_dir, f)))
         return KeptDiskRecord(
             instance_uuid=instance_uuid, snapshot_id=snapshot_id,
             disk_format=disk_format, backing_file=backing,
             disk_size=st.st_size, disk_mtime_ns=st.st_mtime_ns,
-            files=tuple(f for f in KEPT_FILES
-                        if os.path.exists(os.path.join(inst_dir, f))),
-            kept_by=host, kept_at=timeutils.utcnow().isoformat())
+            files=files, kept_by=self.host,
+            kept_at=timeutils.utcnow().isoformat(),
+            allocated_bytes=_allocated_bytes(inst_dir, files))
 
     def _backing_name(self, disk, details):
         backing = details.get('full-backing-filename') or details.get(
@@ -224,33 +394,44 @@ class KeptDiskStore:
             raise KeepRefused('root disk %s is backed by %s, outside the '
                               'image cache %s' % (disk, backing,
                                                   self.base_dir))
-        if not os.path.exists(backing):
-            raise KeepRefused('backing file %s of %s is missing'
-                              % (backing, disk))
+        if not _is_regular_file(backing):
+            raise KeepRefused('backing file %s of %s is missing or not a '
+                              'regular file' % (backing, disk))
         return os.path.basename(backing)
 
     # -- reuse -------------------------------------------------------------
 
     def find(self, instance_uuid, snapshot_id):
         """Return the record of the kept disk of this shelve, or None."""
-        return _read_record(self.kept_dir(instance_uuid, snapshot_id))
+        where = self.kept_dir(instance_uuid, snapshot_id)
+        if not is_real_dir(where):
+            return None
+        record = _read_record(where)
+        if record is None or (record.instance_uuid,
+                              record.snapshot_id) != (instance_uuid,
+                                                      snapshot_id):
+            return None
+        return record
 
-    def verify(self, record, instance_uuid, snapshot_id):
+    def verify(self, record, instance_uuid, snapshot_id, where=None):
         """Raise VerificationFailed unless the kept disk is safe to reuse."""
-        where = self.kept_dir(record.instance_uuid, record.snapshot_id)
+        where = where or self.kept_dir(record.instance_uuid,
+                                       record.snapshot_id)
         if (record.instance_uuid, record.snapshot_id) != (instance_uuid,
                                                           snapshot_id):
             raise VerificationFailed(
                 '%s was kept for instance %s at snapshot %s, not for %s at '
                 '%s' % (where, record.instance_uuid, record.snapshot_id,
                         instance_uuid, snapshot_id))
-        missing = [f for f in record.files
-                   if not os.path.exists(os.path.join(where, f))]
-        if missing:
-            raise VerificationFailed('%s lacks %s' % (where,
-                                                      ', '.join(missing)))
+        if not is_real_dir(where):
+            raise VerificationFailed('%s is not a directory' % where)
+        odd = [f for f in record.files
+               if not _is_regular_file(os.path.join(where, f))]
+        if odd:
+            raise VerificationFailed('%s lacks %s (or has links or special '
+                                     'files there)' % (where, ', '.join(odd)))
         disk = os.path.join(where, ROOT_DISK)
-        st = os.stat(disk)
+        st = os.lstat(disk)
         if (st.st_size, st.st_mtime_ns) != (record.disk_size,
                                             record.disk_mtime_ns):
             raise VerificationFailed('%s changed after it was kept' % disk)
@@ -259,15 +440,18 @@ class KeptDiskStore:
         except processutils.ProcessExecutionError as e:
             raise VerificationFailed('qemu-img cannot read %s as %s: %s' % (
                 disk, record.disk_format, e.stderr.strip()))
-        backing = details.get('backing-filename')
-        if (os.path.basename(backing) if backing else None) != (
-                record.backing_file):
+        backing = details.get('full-backing-filename') or details.get(
+            'backing-filename')
+        expected = (os.path.join(self.base_dir, record.backing_file)
+                    if record.backing_file else None)
+        if backing != expected and not (
+                backing and expected and
+                os.path.realpath(backing) == os.path.realpath(expected)):
             raise VerificationFailed('%s is backed by %s, the record says %s'
-                                     % (disk, backing, record.backing_file))
-        if backing and not os.path.exists(
-                os.path.join(self.base_dir, record.backing_file)):
-            raise VerificationFailed('backing file %s of %s is missing' % (
-                os.path.join(self.base_dir, record.backing_file), disk))
+                                     % (disk, backing, expected))
+        if expected and not _is_regular_file(expected):
+            raise VerificationFailed('backing file %s of %s is missing or '
+                                     'not a regular file' % (expected, disk))
 
     def claim(self, instance_uuid, snapshot_id):
         """Move the kept disk into the instance directory; True if we won.
@@ -276,29 +460,54 @@ class KeptDiskStore:
         one rename succeeds and the others find the source gone.
         """
         inst_dir = self.instance_dir(instance_uuid)
+        source = self.kept_dir(instance_uuid, snapshot_id)
+        if not is_real_dir(source):
+            return False
         try:
             # rename() replaces an empty directory but never a populated one,
             # so files left by an earlier attempt are never overwritten.
-            os.rename(self.kept_dir(instance_uuid, snapshot_id), inst_dir)
+            os.rename(source, inst_dir)
         except FileNotFoundError:
             return False
         except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                 raise VerificationFailed(
                     'instance directory %s already exists and is not empty'
                     % inst_dir)
             raise
+        record = _read_record(inst_dir)
+        self._account(-(record.allocated_bytes if record else 0))
         return True
+
+    def check_claimed(self, record, instance_uuid, snapshot_id):
+        """Verify the disk again where it now is, in the instance dir.
+
+        What was checked before the rename could have been swapped by
+        another writer of the storage in between.
+        """
+        self.verify(record, instance_uuid, snapshot_id,
+                    where=self.instance_dir(instance_uuid))
 
     def release(self, instance_uuid, snapshot_id):
         """Give a claimed disk back to the storage after a failed spawn."""
         inst_dir = self.instance_dir(instance_uuid)
-        record = _read_record(inst_dir)
+        record = _read_record(inst_dir) if is_real_dir(inst_dir) else None
         if record is None or (record.instance_uuid, record.snapshot_id) != (
                 instance_uuid, snapshot_id):
             raise VerificationFailed('%s holds no claimed disk of snapshot '
                                      '%s' % (inst_dir, snapshot_id))
+        self.ensure_directory()
         self._move_in(inst_dir, record)
+        self._account(record.allocated_bytes)
+
+    def quarantine(self, instance_uuid, snapshot_id):
+        """Move a claimed instance directory out of every code path's way.
+
+        Returns the new path; only this host resolves it (``abandoned``).
+        """
+        path = self._in_flight_path(QUARANTINE, instance_uuid, snapshot_id)
+        os.rename(self.instance_dir(instance_uuid), path)
+        return path
 
     def finish_claim(self, instance_uuid):
         """The instance runs on the disk now: it is no longer a kept disk."""
@@ -308,96 +517,213 @@ class KeptDiskStore:
         except FileNotFoundError:
             pass
 
+    def claimed_record(self, instance_uuid):
+        """The record left in an instance directory by a claim, or None."""
+        inst_dir = self.instance_dir(instance_uuid)
+        return _read_record(inst_dir) if is_real_dir(inst_dir) else None
+
     # -- inventory and reclaim ---------------------------------------------
+
+    def inventory(self):
+        """(kept, damaged, in_flight) entries of the kept-disks directory.
+
+        Reads each kept disk's record once and refreshes ``used_bytes``.
+        Entries that are not ours (links, files, other names) are reported
+        once and left alone.
+        """
+        kept, damaged, in_flight = [], [], []
+        if not is_real_dir(self.path):
+            self._used_bytes = 0
+            return kept, damaged, in_flight
+        used = 0
+        with os.scandir(self.path) as entries:
+            names = sorted((e.name, e.is_dir(follow_symlinks=False))
+                           for e in entries)
+        for name, is_dir in names:
+            path = os.path.join(self.path, name)
+            if name.startswith(_CLOCK_PROBE % ''):
+                continue
+            kept_match = _KEPT_NAME.match(name)
+            flight_match = _IN_FLIGHT_NAME.match(name)
+            if not is_dir or not (kept_match or flight_match):
+                self._report_once(
+                    path, 'Ignoring %s in the kept-disks directory: it is '
+                    'not a kept disk (a link, a file or an unknown name). '
+                    'Nothing reads or deletes it; remove it by hand.', path)
+                continue
+            if flight_match:
+                instance, snapshot = flight_match.group('kept').split('.')
+                in_flight.append(InFlight(
+                    path, flight_match.group('kind'),
+                    flight_match.group('host'), instance, snapshot))
+                continue
+            instance = kept_match.group('instance')
+            snapshot = kept_match.group('snapshot')
+            try:
+                record = _load_record(path)
+            except FileNotFoundError:
+                if is_real_dir(path):
+                    damaged.append(Damaged(path, instance, snapshot,
+                                           'it has no %s' % RECORD_NAME))
+                # Otherwise claimed or reclaimed while we listed: not ours
+                # to report.
+                continue
+            except (ValueError, TypeError, KeyError, OSError) as e:
+                damaged.append(Damaged(path, instance, snapshot,
+                                       'its %s is unreadable: %s'
+                                       % (RECORD_NAME, e)))
+                continue
+            if (record.instance_uuid, record.snapshot_id) != (instance,
+                                                              snapshot):
+                damaged.append(Damaged(
+                    path, instance, snapshot,
+                    'its record names instance %s at snapshot %s'
+                    % (record.instance_uuid, record.snapshot_id)))
+                continue
+            used += record.allocated_bytes
+            kept.append(record)
+        self._used_bytes = used
+        return kept, damaged, in_flight
 
     def list_kept(self):
         """Records of every kept disk of the storage, oldest name first."""
-        if not os.path.isdir(self.path):
-            return []
-        records = []
-        for name in sorted(os.listdir(self.path)):
-            if name.startswith('.'):
-                continue
-            record = _read_record(os.path.join(self.path, name))
-            if record is None or kept_name(
-                    record.instance_uuid, record.snapshot_id) != name:
-                LOG.warning('Ignoring %s: it is not a kept disk with a valid '
-                            '%s record; move it away or delete it by hand.',
-                            os.path.join(self.path, name), RECORD_NAME)
-                continue
-            records.append(record)
-        return records
+        return self.inventory()[0]
 
-    def protect_backing_file(self, record):
+    def report_damaged(self, damaged):
+        self._report_once(
+            damaged.path, 'Not reusing %s: %s. It stays until instance %s '
+            'no longer needs it (deleted, or shelved again), then it is '
+            'reclaimed.', damaged.path, damaged.problem,
+            damaged.instance_uuid)
+
+    def protect_backing_file(self, record, touch=None):
         """Keep the kept disk's backing file young for the image cache.
 
         Nova's image cache pass removes base files that no instance on the
         storage uses once they are old enough, and it cannot see kept disks.
         Touching the file, as Nova does for the images it uses, keeps it.
+        ``touch`` is how to touch it (Nova's privileged helper on a compute
+        host, whose base files may belong to the QEMU user). Raises OSError.
         """
-        if record.backing_file:
-            try:
-                os.utime(os.path.join(self.base_dir, record.backing_file))
-            except FileNotFoundError:
-                pass
+        if not record.backing_file:
+            return
+        path = os.path.join(self.base_dir, record.backing_file)
+        if not _is_regular_file(path):
+            return
+        (touch or (lambda p: os.utime(p, None)))(path)
 
     def reclaim(self, record, reason):
         """Delete a kept disk; False if another host reclaimed it first."""
-        source = self.kept_dir(record.instance_uuid, record.snapshot_id)
-        trash = self._unique(_TRASH, os.path.basename(source))
+        return self.reclaim_path(
+            self.kept_dir(record.instance_uuid, record.snapshot_id),
+            record.instance_uuid, record.snapshot_id, reason,
+            record.allocated_bytes)
+
+    def reclaim_path(self, source, instance_uuid, snapshot_id, reason,
+                     allocated_bytes=0):
+        """Delete the kept-disk directory ``source`` (damaged ones too)."""
+        if not is_real_dir(source):
+            return False
+        trash = self._in_flight_path(TRASH, instance_uuid, snapshot_id)
         try:
             os.rename(source, trash)
         except FileNotFoundError:
             return False
+        self._account(-allocated_bytes)
         LOG.info('Reclaiming kept root disk %s of instance %s: %s',
-                 source, record.instance_uuid, reason)
-        shutil.rmtree(trash)
+                 source, instance_uuid, reason)
+        faults.cut_point('reclaim.trashed')
+        remove_tree(trash)
         return True
 
-    def empty_trash(self):
-        """Remove what interrupted keeps, releases and reclaims left.
+    # -- interrupted work --------------------------------------------------
 
-        A staging directory younger than STALE_STAGING_SECONDS may belong to
-        a keep in progress on another host of the storage, so it stays.
+    def storage_now(self):
+        """The storage's own clock, read from a file this host touches.
+
+        An NFS server stamps a touched file with its time, not the client's:
+        comparing that with the ctime the server gave a renamed directory
+        tells its age even when this host's clock is off.
         """
-        if not os.path.isdir(self.path):
-            return
-        now = time.time()
-        for name in os.listdir(self.path):
-            path = os.path.join(self.path, name)
-            if name.startswith(_TRASH) or (
-                    name.startswith(_STAGING) and
-                    now - _mtime(path) > STALE_STAGING_SECONDS):
-                LOG.info('Removing %s, left by an interrupted operation on '
-                         'kept disks.', path)
-                shutil.rmtree(path, ignore_errors=True)
+        self.ensure_directory()
+        probe = os.path.join(self.path, _CLOCK_PROBE % self.host_tag)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                     RECORD_MODE)
+        try:
+            os.utime(fd, None)
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
 
+    def abandoned(self, in_flight, at_start):
+        """Work in flight that nobody will finish, of all ``in_flight``.
 
-def _mtime(path):
-    try:
-        return os.stat(path).st_mtime
-    except FileNotFoundError:
-        return time.time()
+        Ours at start-up (this host runs nothing yet), and anyone's older
+        than STALE_SECONDS by the storage's clock; a quarantined disk only
+        ever to the host that quarantined it, which alone can tell whether
+        its guest is gone.
+        """
+        if not in_flight:
+            return []
+        now = self.storage_now()
+        found = []
+        for item in in_flight:
+            try:
+                age = now - os.lstat(item.path).st_ctime
+            except FileNotFoundError:
+                continue
+            mine = item.host_tag == self.host_tag
+            if item.kind == QUARANTINE:
+                if mine:
+                    found.append(item)
+            elif (at_start and mine) or age > STALE_SECONDS:
+                found.append(item)
+        return found
+
+    def finish_staging(self, item):
+        """Publish an interrupted keep or release; False if it cannot be."""
+        record = _read_record(item.path)
+        if record is None or (record.instance_uuid, record.snapshot_id) != (
+                item.instance_uuid, item.snapshot_id):
+            return False
+        self._publish(item.path, record)
+        self._account(record.allocated_bytes)
+        return True
 
 
 def _read_disk_info(directory):
-    try:
-        with open(os.path.join(directory, 'disk.info')) as f:
-            return json.load(f)
-    except FileNotFoundError:
+    path = os.path.join(directory, 'disk.info')
+    if not os.path.lexists(path):
         return {}
+    if not _is_regular_file(path):
+        raise KeepRefused('%s is not a regular file' % path)
+    try:
+        with open(path) as f:
+            info = json.load(f)
     except ValueError:
-        raise KeepRefused('%s is not valid JSON'
-                          % os.path.join(directory, 'disk.info'))
+        raise KeepRefused('%s is not valid JSON' % path)
+    if not isinstance(info, dict):
+        raise KeepRefused('%s is not a JSON object' % path)
+    return info
+
+
+def _load_record(directory):
+    """The record in ``directory``; raises on anything but a good record."""
+    fd = os.open(os.path.join(directory, RECORD_NAME),
+                 os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError('not a regular file')
+        # A record is a few hundred bytes; do not read a planted giant.
+        return KeptDiskRecord.from_json(f.read(64 * 1024))
 
 
 def _read_record(directory):
     try:
-        with open(os.path.join(directory, RECORD_NAME)) as f:
-            return KeptDiskRecord.from_json(f.read())
+        return _load_record(directory)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, OSError) as e:
         LOG.warning('Kept disk record %s is unreadable: %s',
                     os.path.join(directory, RECORD_NAME), e)
         return None
@@ -405,20 +731,23 @@ def _read_record(directory):
 
 def _write_record(directory, record):
     path = os.path.join(directory, RECORD_NAME)
-    with open(path + '.tmp', 'w') as f:
+    tmp = path + '.tmp'
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 RECORD_MODE)
+    with os.fdopen(fd, 'w') as f:
         f.write(record.to_json())
         f.flush()
         os.fsync(f.fileno())
-    os.rename(path + '.tmp', path)
+    os.rename(tmp, path)
 
 
 def _prune(directory, keep):
     """Delete what an unshelve does not need: swap, ephemerals, logs."""
-    for name in os.listdir(directory):
+    with os.scandir(directory) as entries:
+        names = [e.name for e in entries]
+    for name in names:
         if name in keep or name == RECORD_NAME:
             continue
-        path = os.path.join(directory, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+        remove_tree(os.path.join(directory, name))

@@ -14,14 +14,16 @@
 
 Load it with ``compute_driver =
 nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver``. It behaves as
-Nova's ``LibvirtDriver`` except at four points:
+Nova's ``LibvirtDriver`` except at these points:
 
 * shelve-offload of an image-backed instance keeps the root disk on the
   instance storage instead of deleting it (``destroy``);
 * unshelve on a host whose storage holds that disk claims it and spawns on it
   without downloading the Glance snapshot (``spawn``);
-* the image cache pass protects the backing files of kept disks and reclaims
-  the kept disks no instance can use any more (``manage_image_cache``);
+* at start-up and in the image cache pass, work that a crash interrupted is
+  resolved, the backing files of kept disks are protected and the kept disks
+  no instance can use any more are reclaimed (``init_host``,
+  ``manage_image_cache``, see ``recovery``);
 * the space kept disks use is reserved DISK_GB in Placement
   (``update_provider_tree``).
 
@@ -38,15 +40,17 @@ from nova.compute import task_states
 from nova.compute import utils as compute_utils
 from nova.compute import vm_states
 import nova.conf
+from nova import context as nova_context
 from nova import exception
-from nova import objects
 from nova.virt import driver as virt_driver
 from nova.virt import hardware
 from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel import faults
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel.virt import recovery
 
 CONF = nova.conf.CONF
 accel_conf.register_opts(CONF)
@@ -61,19 +65,47 @@ _FILE_FORMATS = {'qcow2': 'qcow2', 'raw': 'raw', 'flat': 'raw'}
 _OFFLOADING = (task_states.SHELVING_OFFLOADING, task_states.SHELVING)
 
 
+def root_disk_format():
+    """The file format this host's image backend gives root disks, or None.
+
+    None for backends that do not keep the root disk in a file of the
+    instance directory (rbd, lvm, ploop).
+    """
+    images_type = CONF.libvirt.images_type
+    if images_type == 'default':
+        images_type = 'qcow2' if CONF.use_cow_images else 'flat'
+    return _FILE_FORMATS.get(images_type)
+
+
 class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only=read_only)
+        if CONF.shelve_accel.kept_disks_subdirectory == (
+                CONF.image_cache.subdirectory_name):
+            raise exception.InvalidConfiguration(
+                '[shelve_accel] kept_disks_subdirectory and [image_cache] '
+                'subdirectory_name are both %r: kept disks and the image '
+                'cache need directories of their own; set another '
+                'kept_disks_subdirectory on every host of the storage.'
+                % CONF.image_cache.subdirectory_name)
         # The storage this host sees is the one it was started with.
         self._kept_disks = storage.KeptDiskStore(
             CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
-            CONF.image_cache.subdirectory_name)
+            CONF.image_cache.subdirectory_name, CONF.host)
+        self._recovery = recovery.Recovery(self, self._kept_disks,
+                                           root_disk_format)
         # Instances whose instance directory is kept instead of deleted by
         # the destroy in progress.
         self._keeping = set()
         # Instances being spawned on a claimed kept disk.
         self._reusing = set()
+
+    def init_host(self, host):
+        super().init_host(host)
+        # Before Nova looks at this host's instances: an unshelve that a
+        # crash interrupted is rolled back here rather than set to ERROR.
+        self._recovery.run(nova_context.get_admin_context(), at_start=True)
 
     # -- shelve-offload ----------------------------------------------------
 
@@ -82,9 +114,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         if destroy_disks and instance.task_state in _OFFLOADING:
             reason = self._reason_not_to_keep(instance, block_device_info)
             if reason:
-                LOG.info('Not keeping the root disk at shelve-offload: %s. '
-                         'Unshelve will download the snapshot.', reason,
-                         instance=instance)
+                self._log_not_kept(instance, reason)
             else:
                 self._keeping.add(instance.uuid)
         try:
@@ -100,9 +130,15 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         if not CONF.shelve_accel.partial_offload:
             return 'partial offload is disabled ([shelve_accel] ' \
                    'partial_offload = False)'
+        # The task state alone does not say whose disk this is: a host
+        # cleaning up an instance evacuated away from it sees the task state
+        # of a shelve running on the instance's new host.
+        if instance.host != CONF.host:
+            return ('the instance belongs to host %s, not to this host %s'
+                    % (instance.host, CONF.host))
         if self._is_booted_from_volume(block_device_info):
             return 'the instance is volume-backed'
-        if self._root_disk_format() is None:
+        if root_disk_format() is None:
             return ('[libvirt] images_type = %s does not store the root disk '
                     'as a file' % CONF.libvirt.images_type)
         if not instance.system_metadata.get('shelved_image_id'):
@@ -127,11 +163,20 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                     % (self._kept_disks.instances_path, free, floor))
         return None
 
-    def _root_disk_format(self):
-        images_type = CONF.libvirt.images_type
-        if images_type == 'default':
-            images_type = 'qcow2' if CONF.use_cow_images else 'flat'
-        return _FILE_FORMATS.get(images_type)
+    def _log_not_kept(self, instance, reason):
+        snapshot_id = instance.system_metadata.get('shelved_image_id')
+        earlier = snapshot_id and self._kept_disks.find(instance.uuid,
+                                                        snapshot_id)
+        if earlier:
+            # An offload run again for the same shelve: its disk is kept.
+            LOG.info('Not keeping the root disk again (%s); the disk kept '
+                     'for this shelve stays in %s for unshelve.', reason,
+                     self._kept_disks.kept_dir(instance.uuid, snapshot_id),
+                     instance=instance)
+        else:
+            LOG.info('Not keeping the root disk at shelve-offload: %s. '
+                     'Unshelve will download the snapshot.', reason,
+                     instance=instance)
 
     def delete_instance_files(self, instance):
         if instance.uuid in self._keeping:
@@ -142,7 +187,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         snapshot_id = instance.system_metadata['shelved_image_id']
         try:
             self._kept_disks.keep(instance.uuid, snapshot_id,
-                                  self._root_disk_format(), CONF.host)
+                                  root_disk_format())
         except (storage.KeepRefused, OSError,
                 processutils.ProcessExecutionError) as e:
             # The snapshot holds the data: deleting the disk as stock Nova
@@ -151,6 +196,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                         'Unshelve will download snapshot %s.', e,
                         snapshot_id, instance=instance)
             return
+        faults.cut_point('keep.moved_in')
         instance.system_metadata[shelved.KEPT_DISK_KEY] = snapshot_id
         LOG.info('Kept the root disk in %s for unshelve.',
                  self._kept_disks.kept_dir(instance.uuid, snapshot_id),
@@ -166,7 +212,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         kwargs = dict(network_info=network_info,
                       block_device_info=block_device_info,
                       power_on=power_on, accel_info=accel_info)
-        snapshot_id = self._unshelving_kept_snapshot(instance)
+        snapshot_id = self._unshelving_snapshot(instance)
         if not snapshot_id or not self._claim_kept_disk(instance, snapshot_id):
             super().spawn(*args, **kwargs)
             instance.system_metadata.pop(shelved.KEPT_DISK_KEY, None)
@@ -175,32 +221,58 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         self._reusing.add(instance.uuid)
         try:
             super().spawn(*args, **kwargs)
+            faults.cut_point('spawn.guest_started')
         except Exception:
             with excutils.save_and_reraise_exception():
                 self._release_kept_disk(instance, snapshot_id)
         finally:
             self._reusing.discard(instance.uuid)
-        self._kept_disks.finish_claim(instance.uuid)
+        # The guest runs on the disk: from here on the unshelve succeeds.
+        # A record left behind is harmless (nothing claims from an instance
+        # directory) and the recovery pass removes it.
+        try:
+            self._kept_disks.finish_claim(instance.uuid)
+        except OSError as e:
+            LOG.warning('Could not remove %s from the instance directory: '
+                        '%s. The image cache pass removes it.',
+                        storage.RECORD_NAME, e, instance=instance)
+        faults.cut_point('spawn.finished')
         instance.system_metadata.pop(shelved.KEPT_DISK_KEY, None)
         LOG.info('Unshelved on the kept root disk; no image data was '
                  'downloaded.', instance=instance)
 
     @staticmethod
-    def _unshelving_kept_snapshot(instance):
+    def _unshelving_snapshot(instance):
+        # The marker is what the scheduler routes by; a disk kept by a
+        # shelve whose marker a crash lost is still this shelve's disk.
         if instance.vm_state != vm_states.SHELVED_OFFLOADED:
             return None
-        return shelved.kept_snapshot_id(instance)
+        return instance.system_metadata.get('shelved_image_id')
 
     def _claim_kept_disk(self, instance, snapshot_id):
         """Take the kept disk of this shelve if it is here and sound."""
         record = self._kept_disks.find(instance.uuid, snapshot_id)
         if record is None:
-            LOG.info('No kept root disk for snapshot %s on storage %s; '
-                     'unshelving from the snapshot.', snapshot_id,
-                     self._kept_disks.path, instance=instance)
+            if shelved.kept_snapshot_id(instance):
+                LOG.info('No kept root disk for snapshot %s on storage %s; '
+                         'unshelving from the snapshot.', snapshot_id,
+                         self._kept_disks.path, instance=instance)
+            return False
+        host_format = root_disk_format()
+        if host_format != record.disk_format:
+            LOG.warning('Not reusing the kept root disk in %s: it is a %s '
+                        'disk and this host ([libvirt] images_type = %s) '
+                        'stores root disks as %s. Unshelving from snapshot '
+                        '%s; the kept disk is reclaimed once the instance '
+                        'runs.', self._kept_disks.kept_dir(instance.uuid,
+                                                           snapshot_id),
+                        record.disk_format, CONF.libvirt.images_type,
+                        host_format or 'no file', snapshot_id,
+                        instance=instance)
             return False
         try:
             self._kept_disks.verify(record, instance.uuid, snapshot_id)
+            faults.cut_point('claim.verified')
             claimed = self._kept_disks.claim(instance.uuid, snapshot_id)
         except (storage.VerificationFailed, OSError,
                 processutils.ProcessExecutionError) as e:
@@ -212,20 +284,42 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         if not claimed:
             LOG.info('Another host claimed the kept root disk first; '
                      'unshelving from the snapshot.', instance=instance)
-        return claimed
+            return False
+        faults.cut_point('claim.renamed')
+        try:
+            self._kept_disks.check_claimed(record, instance.uuid, snapshot_id)
+        except (storage.VerificationFailed, OSError,
+                processutils.ProcessExecutionError) as e:
+            LOG.warning('The claimed root disk changed under us: %s. Giving '
+                        'it back and unshelving from snapshot %s.', e,
+                        snapshot_id, instance=instance)
+            self._give_back(instance, snapshot_id)
+            return False
+        return True
 
     def _release_kept_disk(self, instance, snapshot_id):
-        # A guest left behind by the failed spawn must not keep writing to
-        # the disk once it is claimable again.
+        """After a failed spawn: remove the guest, then give the disk back.
+
+        Never two writers on one disk: if the guest cannot be removed, the
+        disk is quarantined where neither a claim nor a stock spawn can
+        find it, until this host has removed the guest.
+        """
         try:
-            self._destroy(instance)
-            self._undefine_domain(instance)
+            self.remove_guest(instance)
         except Exception:
-            LOG.exception('Could not remove the guest of the failed spawn; '
-                          'the kept disk stays in %s for the operator.',
-                          self._kept_disks.instance_dir(instance.uuid),
+            LOG.exception('Could not remove the guest of the failed spawn.',
                           instance=instance)
+            self._quarantine(instance, snapshot_id)
             return
+        faults.cut_point('release.guest_removed')
+        self._give_back(instance, snapshot_id)
+
+    def remove_guest(self, instance):
+        """Destroy and undefine the instance's domain here, if it has one."""
+        self._destroy(instance)
+        self._undefine_domain(instance)
+
+    def _give_back(self, instance, snapshot_id):
         try:
             self._kept_disks.release(instance.uuid, snapshot_id)
         except (storage.VerificationFailed, OSError) as e:
@@ -233,11 +327,27 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                       'storage: %s. The snapshot %s still holds the data; '
                       'the next unshelve downloads it.', e, snapshot_id,
                       instance=instance)
+            self._quarantine(instance, snapshot_id)
             return
         LOG.info('Spawn failed; the kept root disk is back in %s for the '
                  'next unshelve.',
                  self._kept_disks.kept_dir(instance.uuid, snapshot_id),
                  instance=instance)
+
+    def _quarantine(self, instance, snapshot_id):
+        try:
+            path = self._kept_disks.quarantine(instance.uuid, snapshot_id)
+        except OSError:
+            LOG.exception('Could not quarantine the instance directory %s; '
+                          'disable this compute service until it is '
+                          'removed by hand.',
+                          self._kept_disks.instance_dir(instance.uuid),
+                          instance=instance)
+            return
+        LOG.error('The root disk is quarantined in %s until this host has '
+                  'removed the guest of the failed spawn; the next unshelve '
+                  'downloads snapshot %s.', path, snapshot_id,
+                  instance=instance)
 
     def _create_and_inject_local_root(self, context, instance, disk_mapping,
                                       booted_from_volume, suffix, disk_images,
@@ -254,41 +364,18 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
     # -- periodic ----------------------------------------------------------
 
     def manage_image_cache(self, context, all_instances):
-        still_kept = self._reclaim_unusable_kept_disks(context)
+        still_kept = self._recovery.run(context, at_start=False,
+                                        busy=self._reusing | self._keeping)
         # An offloaded instance has no host, so Nova counts it as using no
         # image: passing it in keeps the base of its image_ref alive, and
-        # the reclaim above touched each kept disk's actual backing file.
+        # the pass above touched each kept disk's actual backing file.
         super().manage_image_cache(context, list(all_instances) + still_kept)
-
-    def _reclaim_unusable_kept_disks(self, context):
-        """Reclaim kept disks no instance can use; return their owners."""
-        self._kept_disks.empty_trash()
-        records = self._kept_disks.list_kept()
-        if not records:
-            return []
-        instances = {
-            inst.uuid: inst for inst in objects.InstanceList.get_by_filters(
-                context, {'uuid': [r.instance_uuid for r in records],
-                          'deleted': False},
-                expected_attrs=['system_metadata'])}
-        owners = []
-        for record in records:
-            instance = instances.get(record.instance_uuid)
-            if instance is None:
-                self._kept_disks.reclaim(record, 'the instance was deleted')
-            elif instance.system_metadata.get(
-                    'shelved_image_id') != record.snapshot_id:
-                self._kept_disks.reclaim(
-                    record, 'the instance is no longer shelved with '
-                    'snapshot %s' % record.snapshot_id)
-            else:
-                self._kept_disks.protect_backing_file(record)
-                owners.append(instance)
-        return owners
 
     def update_provider_tree(self, provider_tree, nodename, allocations=None):
         super().update_provider_tree(provider_tree, nodename,
                                      allocations=allocations)
+        # From the last inventory: this runs under the resource tracker's
+        # lock and must not walk the storage.
         kept_gb = compute_utils.convert_mb_to_ceil_gb(
             self._kept_disks.used_bytes() / units.Mi)
         inventory = provider_tree.data(nodename).inventory

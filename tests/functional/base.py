@@ -75,10 +75,11 @@ HOST_RESERVED_MEMORY_MB = 512
 
 
 class InstancesPathRouter(fixtures.Fixture):
-    """Give each compute service its own ``[DEFAULT] instances_path``.
+    """Give each compute service its own ``instances_path`` and ``host``.
 
     All services of a functional test share one process and one CONF, but
-    host C must see a storage of its own. This fixture labels the thread that
+    host C must see a storage of its own, and each driver must know which
+    host it is, as in a process of its own. This fixture labels the thread that
     handles an RPC request of a compute service with that service's host,
     carries the label into the threads Nova spawns for the request, and
     answers ``CONF.instances_path`` from the label. Work a test runs itself
@@ -98,10 +99,12 @@ class InstancesPathRouter(fixtures.Fixture):
         router = self
 
         def routed_get(conf, name, group=None, namespace=None):
-            if name == 'instances_path' and group is None and conf is CONF:
+            if name in ('instances_path', 'host') and group is None and (
+                    conf is CONF):
                 host = router.current_host()
                 if host in router.paths:
-                    return router.paths[host]
+                    return {'instances_path': router.paths[host],
+                            'host': host}[name]
             return real_get(conf, name, group, namespace)
 
         def labelled_spawn_on(executor_type, func, *args, **kwargs):

@@ -68,10 +68,15 @@ class TestPartialOffload(base.ShelveAccelTestBase):
 
         server = self._shelve_keeping(server, self.g1_path)
         snapshot_id = self.snapshot_id(server)
-        # The kept disk's space is reserved on the hosts of its storage.
+        # The kept disk's space is reserved on the hosts of its storage: at
+        # once on the host that kept it, from its next image cache pass on
+        # the others (which count kept space then, not at every update).
         self.update_resources('A')
         self.update_resources('B')
         self.assertEqual(reserved_before + 1, self.reserved_disk_gb('A'))
+        self.assertEqual(reserved_before, self.reserved_disk_gb('B'))
+        self.run_image_cache_pass('B')
+        self.update_resources('B')
         self.assertEqual(reserved_before + 1, self.reserved_disk_gb('B'))
         self.assertEqual(reserved_before, self.reserved_disk_gb('C'))
 

@@ -32,8 +32,9 @@ DISK_SIZE = 1024 * 1024
 AGE_SECONDS = 3600
 
 
-def make_store(instances_path):
-    return storage.KeptDiskStore(instances_path, KEPT_SUBDIR, BASE_SUBDIR)
+def make_store(instances_path, host='compute-a'):
+    return storage.KeptDiskStore(instances_path, KEPT_SUBDIR, BASE_SUBDIR,
+                                 host)
 
 
 def qemu_img(*args):

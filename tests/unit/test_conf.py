@@ -70,6 +70,17 @@ class TestOptions(testtools.TestCase):
             self.assertEqual(good,
                              self.conf.shelve_accel.free_space_floor_percent)
 
+    def test_kept_disks_subdirectory_is_one_plain_name(self):
+        for bad in ('', '.', '..', '../elsewhere', 'a/b', '/var/lib',
+                    '.hidden'):
+            self.assertRaises(ValueError, self.conf.set_override,
+                              'kept_disks_subdirectory', bad,
+                              group='shelve_accel')
+        self.conf.set_override('kept_disks_subdirectory', 'kept-disks',
+                               group='shelve_accel')
+        self.assertEqual('kept-disks',
+                         self.conf.shelve_accel.kept_disks_subdirectory)
+
 
 class TestSampleConfig(testtools.TestCase):
 

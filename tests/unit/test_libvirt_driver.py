@@ -16,9 +16,11 @@ The driver is built as Nova's own libvirt unit tests build theirs; its
 instance storage is a temporary directory holding real disks.
 """
 
+import dataclasses
 import math
 import os
 import shutil
+from unittest import mock
 
 import fixtures
 import os_resource_classes as orc
@@ -26,7 +28,11 @@ from oslo_utils.fixture import uuidsentinel as uuids
 from oslo_utils import units
 
 from nova.compute import provider_tree
+from nova.compute import task_states
+from nova.compute import vm_states
+import nova.conf
 from nova import context as nova_context
+from nova import exception
 from nova import objects
 from nova import test
 from nova.tests import fixtures as nova_fixtures
@@ -37,6 +43,7 @@ from nova_shelve_accel import shelved
 from nova_shelve_accel.virt import libvirt
 from tests.unit import disks
 
+CONF = nova.conf.CONF
 SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
 OLD_SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000000'
 NODE = 'compute-a'
@@ -54,12 +61,15 @@ class DriverTestCase(test.NoDBTestCase):
         self.flags(free_space_floor_percent=0, group='shelve_accel')
         self.useFixture(nova_fixtures.LibvirtFixture())
         self.context = nova_context.get_admin_context()
+        self.flags_host = CONF.host
         self.drvr = libvirt.PartialOffloadLibvirtDriver(
             fake.FakeVirtAPI(), False)
 
     def instance(self, flavor=None, **updates):
         updates.setdefault('system_metadata',
                            {'shelved_image_id': SNAPSHOT})
+        # The host that offloads the instance owns it.
+        updates.setdefault('host', self.flags_host)
         return fake_instance.fake_instance_obj(
             self.context, flavor=flavor, expected_attrs=['system_metadata'],
             **updates)
@@ -68,7 +78,7 @@ class DriverTestCase(test.NoDBTestCase):
         """A real kept disk for the instance on the driver's storage."""
         disks.make_qcow2_instance(self.instances_path, instance_uuid)
         return self.drvr._kept_disks.keep(instance_uuid, snapshot_id,
-                                          'qcow2', NODE)
+                                          'qcow2')
 
 
 class TestDriverStorage(DriverTestCase):
@@ -86,6 +96,13 @@ class TestDriverStorage(DriverTestCase):
         drvr = libvirt.PartialOffloadLibvirtDriver(fake.FakeVirtAPI(), False)
         self.assertEqual(os.path.join(self.instances_path, 'kept'),
                          drvr._kept_disks.path)
+
+    def test_kept_disks_cannot_share_the_image_cache_directory(self):
+        self.flags(kept_disks_subdirectory='_base', group='shelve_accel')
+        error = self.assertRaises(
+            exception.InvalidConfiguration,
+            libvirt.PartialOffloadLibvirtDriver, fake.FakeVirtAPI(), False)
+        self.assertIn('kept_disks_subdirectory', str(error))
 
 
 class TestReasonNotToKeep(DriverTestCase):
@@ -181,7 +198,7 @@ class TestRootDiskFormat(DriverTestCase):
     def assert_format(self, expected, images_type, use_cow_images=True):
         self.flags(images_type=images_type, group='libvirt')
         self.flags(use_cow_images=use_cow_images)
-        self.assertEqual(expected, self.drvr._root_disk_format())
+        self.assertEqual(expected, libvirt.root_disk_format())
 
     def test_qcow2(self):
         self.assert_format('qcow2', 'qcow2')
@@ -260,7 +277,7 @@ class TestUpdateProviderTree(DriverTestCase):
             os.posix_fallocate(fd, 0, int(1.2 * units.Gi))
         finally:
             os.close(fd)
-        self.drvr._kept_disks.keep(uuids.instance, SNAPSHOT, 'raw', NODE)
+        self.drvr._kept_disks.keep(uuids.instance, SNAPSHOT, 'raw')
         used = self.drvr._kept_disks.used_bytes()
         self.assertEqual(2, math.ceil(used / units.Gi))
 
@@ -291,35 +308,51 @@ class TestUpdateProviderTree(DriverTestCase):
         self.assertEqual(4, self.inventory()[orc.DISK_GB]['reserved'])
 
 
-class TestReclaimUnusableKeptDisks(DriverTestCase):
+class TestPeriodicPass(DriverTestCase):
+    """The image cache pass: reclaim, protect, repair, on real files."""
 
     def setUp(self):
         super().setUp()
+        self.useFixture(nova_fixtures.PrivsepFixture())
         # The cell database, as far as the driver asks it.
         self.db = {}
         self.queries = []
 
-        # MonkeyPatch keeps it a classmethod, as the real one is.
+        # MonkeyPatch keeps them classmethods, as the real ones are.
         def get_by_filters(cls, context, filters, expected_attrs=None):
             self.queries.append((filters, expected_attrs))
-            self.assertFalse(filters['deleted'])
+            self.assertEqual('yes', context.read_deleted)
             return objects.InstanceList(objects=[
                 self.db[u] for u in filters['uuid'] if u in self.db])
 
+        def get_by_host(cls, context, host, expected_attrs=None):
+            return objects.InstanceList(objects=[
+                i for i in self.db.values() if i.host == host])
+
         self.stub_out('nova.objects.InstanceList.get_by_filters',
                       get_by_filters)
+        self.stub_out('nova.objects.InstanceList.get_by_host', get_by_host)
+        self.saved = []
+        self.stub_out('nova.objects.Instance.save',
+                      lambda inst, expected_task_state=None:
+                      self.saved.append((inst.uuid, expected_task_state)))
 
-    def in_db(self, instance_uuid, shelved_image_id):
+    def in_db(self, instance_uuid, shelved_image_id, marked=True, **updates):
         sysmeta = {}
         if shelved_image_id:
-            sysmeta = {'shelved_image_id': shelved_image_id,
-                       shelved.KEPT_DISK_KEY: shelved_image_id}
+            sysmeta = {'shelved_image_id': shelved_image_id}
+            if marked:
+                sysmeta[shelved.KEPT_DISK_KEY] = shelved_image_id
+        updates.setdefault('host', None)
+        updates.setdefault('vm_state', vm_states.SHELVED_OFFLOADED
+                           if shelved_image_id else vm_states.ACTIVE)
         self.db[instance_uuid] = self.instance(uuid=instance_uuid,
-                                               system_metadata=sysmeta)
+                                               system_metadata=sysmeta,
+                                               **updates)
         return self.db[instance_uuid]
 
     def reclaim(self):
-        return self.drvr._reclaim_unusable_kept_disks(self.context)
+        return self.drvr._recovery.run(self.context, at_start=False)
 
     def kept(self):
         return sorted((r.instance_uuid, r.snapshot_id)
@@ -327,6 +360,12 @@ class TestReclaimUnusableKeptDisks(DriverTestCase):
 
     def test_kept_disk_of_a_deleted_instance_is_reclaimed(self):
         self.keep(uuids.deleted)
+        self.assertEqual([], self.reclaim())
+        self.assertEqual([], self.kept())
+
+    def test_kept_disk_of_a_soft_deleted_row_is_reclaimed(self):
+        self.keep(uuids.deleted)
+        self.in_db(uuids.deleted, SNAPSHOT, deleted=True)
         self.assertEqual([], self.reclaim())
         self.assertEqual([], self.kept())
 
@@ -347,6 +386,7 @@ class TestReclaimUnusableKeptDisks(DriverTestCase):
         owner = self.in_db(uuids.shelved, SNAPSHOT)
         self.assertEqual([owner], self.reclaim())
         self.assertEqual([(uuids.shelved, SNAPSHOT)], self.kept())
+        self.assertEqual([], self.saved)
 
     def test_backing_file_of_a_kept_disk_is_kept_young(self):
         record = self.keep(uuids.shelved)
@@ -380,15 +420,251 @@ class TestReclaimUnusableKeptDisks(DriverTestCase):
         self.assertEqual([], self.reclaim())
         self.assertEqual([], self.queries)
 
+    def test_an_error_on_one_disk_does_not_stop_the_pass(self):
+        # Base files owned by the QEMU user: touching them fails with
+        # EACCES. The disk of the deleted instance is still reclaimed and
+        # Nova's own image cache pass still runs.
+        self.keep(uuids.shelved)
+        owner = self.in_db(uuids.shelved, SNAPSHOT)
+        self.keep(uuids.deleted)
+        nova_pass = self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.manage_image_cache'))
+
+        with mock.patch('nova.privsep.path.utime',
+                        side_effect=PermissionError(13, 'Permission denied')):
+            self.drvr.manage_image_cache(self.context, [])
+
+        self.assertEqual([(uuids.shelved, SNAPSHOT)], self.kept())
+        nova_pass.mock.assert_called_once_with(self.context, [])
+        self.assertIn('Permission denied', self.stdlog.logger.output)
+        del owner
+
+    def test_a_kept_disk_without_its_marker_is_marked(self):
+        # A restart between keeping the disk and saving the instance.
+        self.keep(uuids.shelved)
+        owner = self.in_db(uuids.shelved, SNAPSHOT, marked=False)
+
+        self.assertEqual([owner], self.reclaim())
+
+        self.assertEqual(SNAPSHOT,
+                         owner.system_metadata[shelved.KEPT_DISK_KEY])
+        self.assertEqual([(uuids.shelved, [None])], self.saved)
+
+    def test_a_busy_instance_is_not_marked(self):
+        self.keep(uuids.shelved)
+        self.in_db(uuids.shelved, SNAPSHOT, marked=False,
+                   task_state=task_states.UNSHELVING)
+        self.reclaim()
+        self.assertEqual([], self.saved)
+
     def test_interrupted_reclaims_are_finished(self):
         self.keep(uuids.shelved)
         self.in_db(uuids.shelved, SNAPSHOT)
-        trash = os.path.join(self.drvr._kept_disks.path,
-                             '.reclaiming-x.y.1234abcd')
+        trash = os.path.join(
+            self.drvr._kept_disks.path, '.reclaiming-%s-1234abcd-%s.%s' % (
+                self.drvr._kept_disks.host_tag, uuids.gone, SNAPSHOT))
         os.makedirs(trash)
         disks.add_files(trash, 'disk')
 
-        self.reclaim()
+        self.drvr._recovery.run(self.context, at_start=True)
 
         self.assertFalse(os.path.exists(trash))
         self.assertEqual([(uuids.shelved, SNAPSHOT)], self.kept())
+
+    def damage(self, instance_uuid, text):
+        path = self.drvr._kept_disks.kept_dir(instance_uuid, SNAPSHOT)
+        with open(os.path.join(path, 'kept.json'), 'w') as f:
+            f.write(text)
+        return path
+
+    def test_a_damaged_kept_disk_is_reported_once_while_needed(self):
+        self.keep(uuids.shelved)
+        self.in_db(uuids.shelved, SNAPSHOT)
+        path = self.damage(uuids.shelved, '{"broken')
+
+        self.reclaim()
+        self.reclaim()
+
+        self.assertTrue(os.path.isdir(path))
+        self.assertEqual(1, self.stdlog.logger.output.count(
+            'Not reusing %s' % path))
+
+    def test_a_damaged_kept_disk_is_reclaimed_once_not_needed(self):
+        self.keep(uuids.deleted)
+        path = self.damage(uuids.deleted, '{"broken')
+        self.reclaim()
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual([], os.listdir(self.drvr._kept_disks.path))
+
+    def test_a_record_naming_another_instance_is_reclaimed_by_its_name(self):
+        record = self.keep(uuids.deleted)
+        path = self.damage(uuids.deleted, dataclasses.replace(
+            record, instance_uuid=uuids.victim).to_json())
+        self.in_db(uuids.victim, SNAPSHOT)
+        self.reclaim()
+        self.assertFalse(os.path.exists(path))
+
+    def test_a_record_left_in_a_running_instance_dir_is_removed(self):
+        self.keep(uuids.running)
+        self.drvr._kept_disks.claim(uuids.running, SNAPSHOT)
+        self.in_db(uuids.running, None, host=CONF.host)
+        record_file = os.path.join(self.instances_path, uuids.running,
+                                   'kept.json')
+
+        self.reclaim()
+
+        self.assertFalse(os.path.exists(record_file))
+        self.assertTrue(os.path.exists(os.path.join(
+            self.instances_path, uuids.running, 'disk')))
+
+
+class TestUnshelveOnKeptDisk(DriverTestCase):
+    """spawn() on a claimed disk: real files, the stock spawn stubbed."""
+
+    def setUp(self):
+        super().setUp()
+        self.stock_spawn = self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.spawn')).mock
+        self.store = self.drvr._kept_disks
+        self.inst_dir = os.path.join(self.instances_path, uuids.instance)
+
+    def offloaded(self, **updates):
+        return self.instance(
+            uuid=uuids.instance, vm_state=vm_states.SHELVED_OFFLOADED,
+            system_metadata={'shelved_image_id': SNAPSHOT,
+                             shelved.KEPT_DISK_KEY: SNAPSHOT}, **updates)
+
+    def spawn(self, instance):
+        self.drvr.spawn(self.context, instance, None, [], None, {})
+
+    def test_claims_and_spawns_on_the_kept_disk(self):
+        self.keep(uuids.instance)
+        instance = self.offloaded()
+        self.spawn(instance)
+        self.assertEqual(['disk', 'disk.info'], sorted(os.listdir(
+            self.inst_dir)))
+        self.assertEqual([], os.listdir(self.store.path))
+        self.assertNotIn(shelved.KEPT_DISK_KEY, instance.system_metadata)
+
+    def assert_not_claimed(self, images_type, use_cow_images=True):
+        self.flags(images_type=images_type, group='libvirt')
+        self.flags(use_cow_images=use_cow_images)
+        self.spawn(self.offloaded())
+        self.assertTrue(os.path.isdir(self.store.kept_dir(uuids.instance,
+                                                          SNAPSHOT)))
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.stock_spawn.assert_called_once()
+        self.assertIn('stores root disks as', self.stdlog.logger.output)
+
+    def test_a_raw_kept_disk_is_not_claimed_by_a_qcow2_host(self):
+        # A guest that wrote a qcow2 header into its raw disk must not get
+        # a backing file of its choice opened on the host.
+        disks.make_raw_instance(self.instances_path, uuids.instance)
+        self.store.keep(uuids.instance, SNAPSHOT, 'raw')
+        self.assert_not_claimed('qcow2')
+
+    def test_a_qcow2_kept_disk_is_not_claimed_by_a_flat_host(self):
+        self.keep(uuids.instance)
+        self.assert_not_claimed('flat')
+        self.assertIn('images_type = flat', self.stdlog.logger.output)
+
+    def test_a_qcow2_kept_disk_is_not_claimed_without_cow_images(self):
+        self.keep(uuids.instance)
+        self.assert_not_claimed('default', use_cow_images=False)
+
+    def test_a_kept_disk_is_not_claimed_by_an_rbd_host(self):
+        self.keep(uuids.instance)
+        self.assert_not_claimed('rbd')
+        self.assertIn('stores root disks as no file',
+                      self.stdlog.logger.output)
+
+    def test_a_kept_disk_without_its_marker_is_still_claimed(self):
+        self.keep(uuids.instance)
+        instance = self.offloaded()
+        del instance.system_metadata[shelved.KEPT_DISK_KEY]
+        self.spawn(instance)
+        self.assertFalse(os.path.exists(self.store.kept_dir(uuids.instance,
+                                                            SNAPSHOT)))
+
+    def test_a_record_that_cannot_be_removed_does_not_fail_the_unshelve(self):
+        # The guest runs on the disk: failing now would leave it running
+        # while the instance is offloaded again and its disk claimable.
+        self.keep(uuids.instance)
+        with mock.patch.object(self.store, 'finish_claim',
+                               side_effect=OSError(5, 'NFS hiccup')):
+            self.spawn(self.offloaded())
+        self.assertTrue(os.path.isfile(os.path.join(self.inst_dir,
+                                                    'kept.json')))
+        self.assertEqual([], os.listdir(self.store.path))
+        self.assertIn('NFS hiccup', self.stdlog.logger.output)
+
+    def test_a_failed_spawn_removes_the_guest_then_gives_the_disk_back(self):
+        self.keep(uuids.instance)
+        self.stock_spawn.side_effect = ValueError('guest crashed')
+        with mock.patch.object(self.drvr, 'remove_guest') as remove_guest:
+            self.assertRaises(ValueError, self.spawn, self.offloaded())
+        remove_guest.assert_called_once()
+        self.assertIsNotNone(self.store.find(uuids.instance, SNAPSHOT))
+        self.assertFalse(os.path.exists(self.inst_dir))
+
+    def test_a_guest_that_cannot_be_removed_quarantines_the_disk(self):
+        # Never two writers: neither a claim nor a stock spawn may find a
+        # disk whose guest may still run.
+        self.keep(uuids.instance)
+        self.stock_spawn.side_effect = ValueError('guest crashed')
+        with mock.patch.object(self.drvr, 'remove_guest',
+                               side_effect=ValueError('libvirt is stuck')):
+            self.assertRaises(ValueError, self.spawn, self.offloaded())
+        self.assertIsNone(self.store.find(uuids.instance, SNAPSHOT))
+        self.assertFalse(self.store.claim(uuids.instance, SNAPSHOT))
+        self.assertFalse(os.path.exists(self.inst_dir))
+        [quarantined] = os.listdir(self.store.path)
+        self.assertTrue(quarantined.startswith('.quarantine-'))
+        self.assertTrue(os.path.isfile(os.path.join(
+            self.store.path, quarantined, 'disk')))
+
+    def test_a_disk_swapped_for_a_link_after_the_claim_is_given_back(self):
+        self.keep(uuids.instance)
+        secret = os.path.join(self.instances_path, 'host-secret')
+        disks.add_files(os.path.dirname(secret), 'host-secret')
+        real_claim = self.store.claim
+
+        def claim_then_swap(*args):
+            won = real_claim(*args)
+            os.unlink(os.path.join(self.inst_dir, 'disk'))
+            os.symlink(secret, os.path.join(self.inst_dir, 'disk'))
+            return won
+
+        with mock.patch.object(self.store, 'claim', claim_then_swap):
+            self.spawn(self.offloaded())
+        # The stock path ran, on a fresh instance directory.
+        self.stock_spawn.assert_called_once()
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertIn('changed under us', self.stdlog.logger.output)
+
+
+class TestKeepAtOffload(DriverTestCase):
+
+    def test_a_host_that_does_not_own_the_instance_does_not_keep(self):
+        # A restarted host cleaning up an instance evacuated away from it,
+        # while the instance is being shelved on its new host.
+        instance = self.instance(host='elsewhere',
+                                 task_state=task_states.SHELVING_OFFLOADING)
+        self.assertIn('belongs to host elsewhere',
+                      self.drvr._reason_not_to_keep(instance, None))
+
+    def test_an_offload_run_again_adopts_the_disk_and_says_so(self):
+        self.keep(uuids.instance)
+        instance = self.instance(uuid=uuids.instance)
+        self.drvr._keep_root_disk(instance)
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.KEPT_DISK_KEY])
+        self.assertNotIn('will download', self.stdlog.logger.output)
+
+    def test_not_keeping_again_names_the_disk_kept_for_this_shelve(self):
+        self.keep(uuids.instance)
+        self.drvr._log_not_kept(self.instance(uuid=uuids.instance),
+                                'partial offload is disabled')
+        self.assertIn('stays in %s' % self.drvr._kept_disks.kept_dir(
+            uuids.instance, SNAPSHOT), self.stdlog.logger.output)
+        self.assertNotIn('will download', self.stdlog.logger.output)

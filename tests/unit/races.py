@@ -1,0 +1,164 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Processes racing for the same kept disk, as hosts of one storage would.
+
+Each worker is a separate process with a store of its own host name, as
+each compute host has. Every round the parent lays out a fresh kept disk,
+all workers are released at once by a barrier, each runs its operation on
+that disk, and the parent checks the outcome: the counts say how many
+rounds had exactly one winner, how many raised, and how many lost the
+disk's data (a disk neither claimed by its winner nor deleted by a
+reclaim that won).
+"""
+
+import collections
+import multiprocessing
+import os
+import traceback
+import uuid
+
+from nova_shelve_accel import storage
+
+SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
+SUBDIR = '_shelve_kept'
+DATA = b'kept disk data\n' * 64
+
+
+def lay_out_kept_disk(instances_path):
+    """A kept disk (files and record, no qemu-img) of a new instance."""
+    instance = str(uuid.uuid4())
+    store = storage.KeptDiskStore(instances_path, SUBDIR, '_base', 'parent')
+    store.ensure_directory()
+    where = store.kept_dir(instance, SNAPSHOT)
+    os.makedirs(where)
+    with open(os.path.join(where, 'disk'), 'wb') as f:
+        f.write(DATA)
+    st = os.lstat(os.path.join(where, 'disk'))
+    storage._write_record(where, storage.KeptDiskRecord(
+        instance_uuid=instance, snapshot_id=SNAPSHOT, disk_format='raw',
+        backing_file=None, disk_size=st.st_size,
+        disk_mtime_ns=st.st_mtime_ns, files=('disk',), kept_by='parent',
+        kept_at='2026-01-01T00:00:00', allocated_bytes=4096))
+    return instance
+
+
+def _claim(store, instance):
+    return store.claim(instance, SNAPSHOT)
+
+
+def _reclaim(store, instance):
+    record = store.find(instance, SNAPSHOT)
+    return bool(record) and store.reclaim(record, 'race')
+
+
+def _empty_trash(store, instance):
+    """Another host's pass deleting every in-flight entry as abandoned."""
+    _kept, _damaged, in_flight = store.inventory()
+    for item in in_flight:
+        if item.kind == storage.TRASH:
+            storage.remove_tree(item.path)
+    return False
+
+
+OPERATIONS = {'claim': _claim, 'reclaim': _reclaim,
+              'empty-trash': _empty_trash}
+
+
+def _worker(instances_path, host, operation, barrier, tasks, results):
+    store = storage.KeptDiskStore(instances_path, SUBDIR, '_base', host)
+    function = OPERATIONS[operation]
+    while True:
+        instance = tasks.get()
+        if instance is None:
+            return
+        barrier.wait()
+        try:
+            results.put((host, operation, function(store, instance), None))
+        except Exception:
+            results.put((host, operation, None, traceback.format_exc()))
+
+
+def _outcome(instances_path, instance, answers):
+    """'ok' or what went wrong in one round."""
+    errors = [error for _h, _op, _won, error in answers if error]
+    if errors:
+        return 'raised', errors[0]
+    winners = [(op, host) for host, op, won, _e in answers if won]
+    inst_dir = os.path.join(instances_path, instance)
+    kept = os.path.join(instances_path, SUBDIR,
+                        storage.kept_name(instance, SNAPSHOT))
+    claimed = [host for op, host in winners if op == 'claim']
+    reclaimed = [host for op, host in winners if op == 'reclaim']
+    if len(winners) != 1:
+        # Nobody won is right only when nobody could: no claim or reclaim
+        # in the race (cannot happen in the scenarios below).
+        return 'not one winner', '%d winners: %s' % (len(winners), winners)
+    if claimed:
+        with open(os.path.join(inst_dir, 'disk'), 'rb') as f:
+            if f.read() != DATA:
+                return 'data lost', 'claimed disk of %s differs' % instance
+        if os.path.lexists(kept):
+            return 'data lost', '%s still kept after its claim' % instance
+    if reclaimed and (os.path.lexists(kept) or os.path.lexists(inst_dir)):
+        return 'left behind', 'reclaimed %s still on the storage' % instance
+    leftovers = [n for n in os.listdir(os.path.join(instances_path, SUBDIR))
+                 if n.startswith('.') and not n.startswith('.clock-')]
+    if leftovers:
+        return 'left behind', 'in flight after the round: %s' % leftovers
+    return 'ok', None
+
+
+def race(instances_path, operations, rounds):
+    """Run ``rounds`` rounds of ``operations`` (one process each).
+
+    Returns a Counter of outcomes and the first problem seen, if any.
+    """
+    ctx = multiprocessing.get_context('fork')
+    barrier = ctx.Barrier(len(operations))
+    results = ctx.Queue()
+    queues, workers = [], []
+    for index, operation in enumerate(operations):
+        tasks = ctx.Queue()
+        worker = ctx.Process(target=_worker, args=(
+            instances_path, 'host-%d' % index, operation, barrier, tasks,
+            results))
+        worker.start()
+        queues.append(tasks)
+        workers.append(worker)
+    counts = collections.Counter()
+    first_problem = None
+    try:
+        for _ in range(rounds):
+            instance = lay_out_kept_disk(instances_path)
+            for tasks in queues:
+                tasks.put(instance)
+            answers = [results.get(timeout=60) for _ in operations]
+            outcome, problem = _outcome(instances_path, instance, answers)
+            counts[outcome] += 1
+            if problem and first_problem is None:
+                first_problem = problem
+            storage.remove_tree(os.path.join(instances_path, instance))
+    finally:
+        for tasks in queues:
+            tasks.put(None)
+        for worker in workers:
+            worker.join(timeout=60)
+    return counts, first_problem
+
+
+SCENARIOS = {
+    'claim x8': ['claim'] * 8,
+    'claim vs reclaim': ['claim', 'reclaim'],
+    'reclaim vs reclaim': ['reclaim', 'reclaim'],
+    'empty-trash vs reclaim': ['reclaim', 'empty-trash'],
+}

@@ -1,0 +1,61 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Race processes for the same kept disk and print the outcome counts.
+
+    python tools/race_kept_disks.py [--rounds 1000] [--dir PATH]
+
+Scenarios: eight claims of one disk; claim against reclaim; reclaim against
+reclaim; another host emptying the trash while a reclaim deletes. Each
+round must end with exactly one winner, nothing raised, no data lost and
+nothing left in flight. ``--dir`` puts the storage on a filesystem of your
+choice (an NFS mount shared by nothing else, say); the default is a
+temporary directory. Exits non-zero if any round went wrong.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+from tests.unit import races  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=1000)
+    parser.add_argument('--dir', help='where to make the storage')
+    args = parser.parse_args()
+    failed = False
+    print('%-24s %7s %7s %7s %7s %7s %8s' % (
+        'scenario', 'rounds', 'ok', 'raised', 'no-1', 'lost', 'seconds'))
+    for name, operations in races.SCENARIOS.items():
+        with tempfile.TemporaryDirectory(dir=args.dir) as path:
+            start = time.monotonic()
+            counts, problem = races.race(path, operations, args.rounds)
+            elapsed = time.monotonic() - start
+        print('%-24s %7d %7d %7d %7d %7d %8.1f' % (
+            name, args.rounds, counts['ok'], counts['raised'],
+            counts['not one winner'],
+            counts['data lost'] + counts['left behind'], elapsed))
+        if problem:
+            failed = True
+            print('  first problem: %s' % problem.strip().splitlines()[-1])
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
