@@ -29,10 +29,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from unittest import mock
 
 import fixtures
 from oslo_config import cfg
+from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 from oslo_utils.fixture import uuidsentinel as uuids
 from oslo_utils import timeutils
 
@@ -122,6 +124,19 @@ class InstancesPathRouter(fixtures.Fixture):
         self.useFixture(fixtures.MonkeyPatch(
             'nova.thread_pool_factory.spawn_on', labelled_spawn_on))
 
+        real_dispatch = rpc_dispatcher.RPCDispatcher._do_dispatch
+
+        def labelled_dispatch(dispatcher, endpoint, *args, **kwargs):
+            # A compute manager handles the requests sent to its host, from
+            # the first one on (a restarted service may receive requests it
+            # sent itself while starting).
+            with router.labelled(getattr(endpoint, 'host', None)):
+                return real_dispatch(dispatcher, endpoint, *args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'oslo_messaging.rpc.dispatcher.RPCDispatcher._do_dispatch',
+            labelled_dispatch))
+
     def current_host(self):
         return getattr(self._label, 'host', None)
 
@@ -137,20 +152,6 @@ class InstancesPathRouter(fixtures.Fixture):
     def add_host(self, host, path):
         os.makedirs(path, exist_ok=True)
         self.paths[host] = path
-
-    def label_rpc_server(self, service, host):
-        """Label the threads that handle RPC requests sent to ``service``."""
-        for server in (service.rpcserver, service.rpcserver_alt):
-            if server is None:
-                continue
-            dispatcher = server.dispatcher
-            real_dispatch = dispatcher._do_dispatch
-
-            def do_dispatch(*args, real_dispatch=real_dispatch, **kwargs):
-                with self.labelled(host):
-                    return real_dispatch(*args, **kwargs)
-
-            dispatcher._do_dispatch = do_dispatch
 
     @contextlib.contextmanager
     def on_host(self, host):
@@ -306,13 +307,26 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
 
     def start_compute(self, host, path):
         self.router.add_host(host, path)
-        connection = fakelibvirt.Connection(
+        self.connections[host] = fakelibvirt.Connection(
             'qemu:///system', version=fakelibvirt.FAKE_LIBVIRT_VERSION,
             hv_version=fakelibvirt.FAKE_QEMU_VERSION,
             host_info=fakelibvirt.HostInfo(
                 cpu_nodes=1, cpu_sockets=1, cpu_cores=4, cpu_threads=2,
                 kB_mem=HOST_MEMORY_MB * 1024),
             hostname=host)
+        return self._run_compute(
+            host, lambda: self.start_service('compute', host=host))
+
+    def restart_compute(self, host):
+        """Restart a compute service as after a crash of its process.
+
+        A new manager runs init_host; the hypervisor keeps its domains.
+        """
+        return self._run_compute(host, lambda: self.restart_compute_service(
+            self.computes[host]))
+
+    def _run_compute(self, host, start):
+        connection = self.connections[host]
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.router.on_host(host))
             stack.enter_context(mock.patch(
@@ -321,12 +335,10 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
             stack.enter_context(mock.patch(
                 'nova.virt.node.get_local_node_uuid',
                 return_value=str(getattr(uuids, 'node_%s' % host))))
-            compute = self.start_service('compute', host=host)
+            compute = start()
             compute.driver._host.get_node_uuid()
         compute.driver._host.get_connection = lambda: connection
-        self.router.label_rpc_server(compute, host)
         self.computes[host] = compute
-        self.connections[host] = connection
         return compute
 
     def _create_storage_group(self, name, hosts):
@@ -370,6 +382,14 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
         self.api.post_server_action(server['id'], body)
         return self._wait_for_state_change(server, expected_state,
                                            WAIT_RETRIES)
+
+    def _wait_for(self, predicate):
+        for _ in range(WAIT_RETRIES):
+            if predicate():
+                return
+            time.sleep(0.5)
+        self.fail('still not true after %d polls: %s'
+                  % (WAIT_RETRIES, predicate))
 
     def set_service_status(self, host, enabled):
         service = self.admin_api.get_services(
