@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import uuid
 
 from oslo_concurrency import processutils
@@ -62,6 +63,8 @@ DISK_FORMATS = ('qcow2', 'raw')
 # disk only once it is claimed back into an instance directory.
 KEPT_DIR_MODE = 0o700
 RECORD_MODE = 0o600
+# What Nova gives an instance directory, restored when a disk is claimed.
+INSTANCE_DIR_MODE = 0o755
 # A keep, release or reclaim moves a disk through staging or trash in well
 # under a minute; work in flight older than this was interrupted.
 STALE_SECONDS = 3600
@@ -185,15 +188,31 @@ def qemu_img_info(path, disk_format):
     The format is given, never probed, so that a raw disk whose guest wrote a
     qcow2 header cannot be mistaken for a qcow2 disk with a backing file.
     """
-    out, _err = processutils.execute(
-        'env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'info', '--output=json',
-        '--force-share', '-f', disk_format, path,
-        prlimit=QEMU_IMG_LIMITS, timeout=QEMU_IMG_TIMEOUT)
+    started = []
+    try:
+        out, _err = processutils.execute(
+            'env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'info',
+            '--output=json', '--force-share', '-f', disk_format, path,
+            prlimit=QEMU_IMG_LIMITS, timeout=QEMU_IMG_TIMEOUT,
+            on_execute=started.append)
+    except subprocess.TimeoutExpired:
+        # A hung storage: do not leave the process behind, and fail the
+        # way every other qemu-img failure fails.
+        for process in started:
+            process.kill()
+            process.wait()
+        raise processutils.ProcessExecutionError(
+            cmd='qemu-img info %s' % path,
+            stderr='no answer within %d seconds (is the storage hung?)'
+            % QEMU_IMG_TIMEOUT)
     return json.loads(out)
 
 
 def is_real_dir(path):
-    """True for a directory that is not a symbolic link."""
+    """True for a directory that is not a symbolic link.
+
+    Raises PermissionError when the storage does not let this host look.
+    """
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
@@ -292,7 +311,13 @@ class KeptDiskStore:
         reading it costs no file I/O once the first inventory ran.
         """
         if self._used_bytes is None:
-            self.inventory()
+            try:
+                self.inventory()
+            except OSError as e:
+                # Counted again at the next image cache pass.
+                LOG.warning('Cannot count the space kept disks use in %s: '
+                            '%s', self.path, e)
+                self._used_bytes = 0
         return self._used_bytes
 
     def _account(self, delta):
@@ -475,6 +500,9 @@ class KeptDiskStore:
                     'instance directory %s already exists and is not empty'
                     % inst_dir)
             raise
+        # Back to an ordinary instance directory: QEMU, which may run as
+        # another user, must reach the disk.
+        os.chmod(inst_dir, INSTANCE_DIR_MODE)
         record = _read_record(inst_dir)
         self._account(-(record.allocated_bytes if record else 0))
         return True

@@ -165,8 +165,11 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def _log_not_kept(self, instance, reason):
         snapshot_id = instance.system_metadata.get('shelved_image_id')
-        earlier = snapshot_id and self._kept_disks.find(instance.uuid,
-                                                        snapshot_id)
+        try:
+            earlier = snapshot_id and self._kept_disks.find(instance.uuid,
+                                                            snapshot_id)
+        except OSError:
+            earlier = None
         if earlier:
             # An offload run again for the same shelve: its disk is kept.
             LOG.info('Not keeping the root disk again (%s); the disk kept '
@@ -251,7 +254,13 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def _claim_kept_disk(self, instance, snapshot_id):
         """Take the kept disk of this shelve if it is here and sound."""
-        record = self._kept_disks.find(instance.uuid, snapshot_id)
+        try:
+            record = self._kept_disks.find(instance.uuid, snapshot_id)
+        except OSError as e:
+            LOG.warning('Cannot look for a kept root disk in %s: %s. '
+                        'Unshelving from snapshot %s.', self._kept_disks.path,
+                        e, snapshot_id, instance=instance)
+            return False
         if record is None:
             if shelved.kept_snapshot_id(instance):
                 LOG.info('No kept root disk for snapshot %s on storage %s; '
@@ -293,7 +302,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             LOG.warning('The claimed root disk changed under us: %s. Giving '
                         'it back and unshelving from snapshot %s.', e,
                         snapshot_id, instance=instance)
-            self._give_back(instance, snapshot_id)
+            self._give_back(instance, snapshot_id, 'it changed after it was '
+                            'claimed')
             return False
         return True
 
@@ -312,14 +322,14 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             self._quarantine(instance, snapshot_id)
             return
         faults.cut_point('release.guest_removed')
-        self._give_back(instance, snapshot_id)
+        self._give_back(instance, snapshot_id, 'the spawn failed')
 
     def remove_guest(self, instance):
         """Destroy and undefine the instance's domain here, if it has one."""
         self._destroy(instance)
         self._undefine_domain(instance)
 
-    def _give_back(self, instance, snapshot_id):
+    def _give_back(self, instance, snapshot_id, why):
         try:
             self._kept_disks.release(instance.uuid, snapshot_id)
         except (storage.VerificationFailed, OSError) as e:
@@ -327,10 +337,14 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                       'storage: %s. The snapshot %s still holds the data; '
                       'the next unshelve downloads it.', e, snapshot_id,
                       instance=instance)
-            self._quarantine(instance, snapshot_id)
+            # Whatever is left in the instance directory must not be found
+            # by a stock spawn there.
+            if storage.is_real_dir(self._kept_disks.instance_dir(
+                    instance.uuid)):
+                self._quarantine(instance, snapshot_id)
             return
-        LOG.info('Spawn failed; the kept root disk is back in %s for the '
-                 'next unshelve.',
+        LOG.info('Gave the kept root disk back (%s): it is in %s for the '
+                 'next unshelve.', why,
                  self._kept_disks.kept_dir(instance.uuid, snapshot_id),
                  instance=instance)
 

@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import stat
+import subprocess
 from unittest import mock
 
 import fixtures
@@ -358,3 +359,30 @@ class TestBrokenStorage(BadInputTestCase):
         self.assertEqual(storage.QEMU_IMG_LIMITS, kwargs['prlimit'])
         self.assertEqual(30, kwargs['prlimit'].cpu_time)
         self.assertEqual(storage.QEMU_IMG_TIMEOUT, kwargs['timeout'])
+
+    def test_a_hung_qemu_img_is_killed_and_fails_like_any_error(self):
+        record = self.keep()
+        process = mock.Mock()
+
+        def hang(*args, on_execute=None, **kwargs):
+            on_execute(process)
+            raise subprocess.TimeoutExpired(args, kwargs['timeout'])
+
+        with mock.patch('oslo_concurrency.processutils.execute', hang):
+            self.assert_not_reusable(record, 'no answer within 120 seconds')
+        process.kill.assert_called_once_with()
+        process.wait.assert_called_once_with()
+
+    def test_a_storage_this_host_may_not_read_counts_nothing(self):
+        self.keep()
+        store = disks.make_store(self.instances_path, 'compute-b')
+        with mock.patch('os.scandir', side_effect=PermissionError(
+                errno.EACCES, 'Permission denied')):
+            self.assertEqual(0, store.used_bytes())
+        self.assertIn('Permission denied', self.log.output)
+
+    def test_a_claimed_directory_is_reachable_by_qemu_again(self):
+        self.keep()
+        self.store.claim(INSTANCE, SNAPSHOT)
+        self.assertEqual(0o755, stat.S_IMODE(os.lstat(self.inst_dir)
+                                             .st_mode))

@@ -578,6 +578,15 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         self.assertIn('stores root disks as no file',
                       self.stdlog.logger.output)
 
+    def test_a_storage_this_host_may_not_read_falls_back(self):
+        self.keep(uuids.instance)
+        with mock.patch.object(self.store, 'find', side_effect=PermissionError(
+                13, 'Permission denied')):
+            self.spawn(self.offloaded())
+        self.stock_spawn.assert_called_once()
+        self.assertIn('Cannot look for a kept root disk',
+                      self.stdlog.logger.output)
+
     def test_a_kept_disk_without_its_marker_is_still_claimed(self):
         self.keep(uuids.instance)
         instance = self.offloaded()
@@ -641,6 +650,8 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         self.stock_spawn.assert_called_once()
         self.assertFalse(os.path.exists(self.inst_dir))
         self.assertIn('changed under us', self.stdlog.logger.output)
+        self.assertIn('Gave the kept root disk back (it changed after it '
+                      'was claimed)', self.stdlog.logger.output)
 
 
 class TestKeepAtOffload(DriverTestCase):
