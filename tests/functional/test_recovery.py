@@ -25,6 +25,7 @@ import os
 from unittest import mock
 
 from nova_shelve_accel import storage
+from nova_shelve_accel.virt import libvirt
 from tests.functional import base
 
 
@@ -42,14 +43,14 @@ class TestRecoveryAtStart(base.ShelveAccelTestBase):
         return server
 
     @contextlib.contextmanager
-    def _crash_on_a_at(self, target):
-        """Patch ``target`` (a KeptDiskStore method) to crash host A.
+    def _crash_on_a_at(self, owner, target):
+        """Patch ``owner.target`` to crash host A when it is called.
 
         Context managers on the way up would undo the resource claim (no
         ``__exit__`` runs in a killed process): that undoing is disabled
         for the crash.
         """
-        with mock.patch.object(storage.KeptDiskStore, target,
+        with mock.patch.object(owner, target,
                                side_effect=SimulatedCrash(target)), \
                 mock.patch('nova.compute.resource_tracker.ResourceTracker.'
                            'abort_instance_claim'):
@@ -64,9 +65,10 @@ class TestRecoveryAtStart(base.ShelveAccelTestBase):
         snapshot_id = self.snapshot_id(server)
         self.set_service_status('B', False)
 
-        # Host A dies right after renaming the kept disk into the instance
-        # directory: Nova would set the instance to ERROR at restart.
-        with self._crash_on_a_at('check_claimed'):
+        # Host A dies while spawning the guest on the claimed disk: Nova
+        # would set the instance to ERROR at restart.
+        with self._crash_on_a_at(libvirt.PartialOffloadLibvirtDriver,
+                                 '_create_and_inject_local_root'):
             self.api.post_server_action(server['id'], {'unshelve': None})
             self._wait_for_task_state(server, 'spawning')
             inst_dir = os.path.join(self.g1_path, server['id'])
@@ -92,7 +94,7 @@ class TestRecoveryAtStart(base.ShelveAccelTestBase):
         base.write_marker(self.instance_disk(server), 0x5a)
 
         # Host A dies with the instance directory renamed to staging.
-        with self._crash_on_a_at('_publish'):
+        with self._crash_on_a_at(storage, '_prune'):
             self.api.post_server_action(server['id'], {'shelve': {}})
             self._wait_for_task_state(server, 'shelving_offloading')
             self._wait_for(lambda: any(
