@@ -43,6 +43,7 @@ POINTS = (
     # a failed spawn gives the disk back
     'release.guest_removed',    # guest destroyed, disk not moved yet
     'release.staged',           # instance dir renamed to staging
+    'release.pruned',           # swap, ephemerals, logs deleted again
     # periodic pass
     'reclaim.trashed',          # kept disk renamed to trash, not deleted
     'recover.rekept',           # interrupted unshelve rolled back on disk

@@ -347,17 +347,22 @@ class KeptDiskStore:
         self.ensure_directory()
         _write_record(inst_dir, record)
         faults.cut_point('keep.record_written')
-        self._move_in(inst_dir, record)
+        self._move_in(inst_dir, record, 'keep')
         self._account(record.allocated_bytes)
         return record
 
-    def _move_in(self, directory, record):
-        """Make ``directory`` the kept disk of ``record``, pruned."""
+    def _move_in(self, directory, record, step):
+        """Make ``directory`` the kept disk of ``record``, pruned.
+
+        ``step`` (keep or release) names the cut points on the way.
+        """
         staging = self._in_flight_path(STAGING, record.instance_uuid,
                                        record.snapshot_id)
         os.rename(directory, staging)
-        faults.cut_point('keep.staged')
+        faults.cut_point(step + '.staged')
         try:
+            _prune(staging, record.files)
+            faults.cut_point(step + '.pruned')
             self._publish(staging, record)
         except OSError:
             # Half-kept is never claimable: drop it. The snapshot holds the
@@ -370,9 +375,7 @@ class KeptDiskStore:
             raise
 
     def _publish(self, staging, record):
-        _prune(staging, record.files)
         os.chmod(staging, KEPT_DIR_MODE)
-        faults.cut_point('keep.pruned')
         # The kept disk becomes visible, whole, with this rename; rename()
         # never replaces a directory that has files in it.
         os.rename(staging, self.kept_dir(record.instance_uuid,
@@ -525,7 +528,7 @@ class KeptDiskStore:
             raise VerificationFailed('%s holds no claimed disk of snapshot '
                                      '%s' % (inst_dir, snapshot_id))
         self.ensure_directory()
-        self._move_in(inst_dir, record)
+        self._move_in(inst_dir, record, 'release')
         self._account(record.allocated_bytes)
 
     def quarantine(self, instance_uuid, snapshot_id):
@@ -714,6 +717,7 @@ class KeptDiskStore:
         if record is None or (record.instance_uuid, record.snapshot_id) != (
                 item.instance_uuid, item.snapshot_id):
             return False
+        _prune(item.path, record.files)
         self._publish(item.path, record)
         self._account(record.allocated_bytes)
         return True

@@ -18,6 +18,7 @@ storage, read and written with qemu-io, and Glance's access log, which
 gunicorn writes with the number of body bytes it actually sent.
 """
 
+import configparser
 import json
 import os
 import re
@@ -41,6 +42,8 @@ STORAGE = {
 }
 KEPT_DIR = os.path.join(STORAGE['c1'], '_shelve_kept')
 GLANCE_ACCESS_LOG = os.path.join(STATE, 'logs', 'glance-access.log')
+PLACEMENT_URL = 'http://127.0.0.1:8778'
+COMPUTES = GROUP_HOSTS + (OUTSIDE_HOST,)
 # gunicorn access log: [time] "METHOD PATH PROTO" STATUS SENT_BYTES SECONDS
 _ACCESS_LINE = re.compile(
     r'"(?P<method>[A-Z]+) (?P<path>\S+) [^"]*" (?P<status>\d+) '
@@ -73,6 +76,16 @@ def openstack(*args, parse=True):
         raise CloudError('%s failed (%d): %s' % (
             ' '.join(cmd), proc.returncode, proc.stderr.strip()))
     return json.loads(proc.stdout) if parse else proc.stdout
+
+
+def placement(*args):
+    """The openstack client's placement commands, as an admin.
+
+    osc-placement takes Placement's address only from a service catalog,
+    and Placement's noauth2 makes a caller admin by its token alone.
+    """
+    return openstack('--os-auth-type', 'admin_token', '--os-token', 'admin',
+                     '--os-endpoint', PLACEMENT_URL, *args)
 
 
 def set_mode(mode):
@@ -123,6 +136,84 @@ def kept_disks(server_id):
     return sorted(os.path.join(KEPT_DIR, name)
                   for name in os.listdir(KEPT_DIR)
                   if name.startswith(server_id + '.'))
+
+
+# -- compute services -----------------------------------------------------
+
+def restart_compute(host, crash_at=None, fail_at=None):
+    """Restart nova-compute on host, with fault injection when given.
+
+    Returns (came back, cloud.sh's output): a cut point may kill the
+    service while it starts.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('NOVA_SHELVE_ACCEL_CRASH_AT',
+                        'NOVA_SHELVE_ACCEL_FAIL_AT')}
+    if crash_at:
+        env['NOVA_SHELVE_ACCEL_CRASH_AT'] = crash_at
+    if fail_at:
+        env['NOVA_SHELVE_ACCEL_FAIL_AT'] = fail_at
+    proc = subprocess.run(['bash', CLOUD_SH, 'compute-restart', host],
+                          env=env, capture_output=True, text=True)
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def compute_pid(host):
+    """The pid cloud.sh recorded for host's nova-compute, or None."""
+    pidfile = os.path.join(STATE, 'run', 'nova-compute-%s.pid' % host)
+    try:
+        with open(pidfile) as f:
+            return int(f.read().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def compute_alive(host):
+    return subprocess.run(['bash', CLOUD_SH, 'compute-alive', host],
+                          capture_output=True).returncode == 0
+
+
+def set_compute_enabled(host, enabled):
+    openstack('compute', 'service', 'set',
+              '--enable' if enabled else '--disable', host, 'nova-compute',
+              parse=False)
+
+
+def libvirt_uri(host):
+    """The libvirt URI host's nova-compute was configured with."""
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(os.path.join(STATE, 'etc', 'nova', '%s.conf' % host))
+    return conf['libvirt']['connection_uri']
+
+
+def virsh(host, *args):
+    return subprocess.run(['virsh', '-c', libvirt_uri(host)] + list(args),
+                          check=True, capture_output=True, text=True).stdout
+
+
+def domain_states(server_id):
+    """{host: state} of every libvirt domain of the server, on any host."""
+    states = {}
+    for host in COMPUTES:
+        if server_id in virsh(host, 'list', '--all', '--uuid').split():
+            states[host] = virsh(host, 'domstate', server_id).strip()
+    return states
+
+
+def image_cache_pass_starts():
+    """{host: time its last image cache pass started}.
+
+    Nova's pass first registers the host in the storage's compute_nodes
+    file, with the time; debug logging is off, so the file is the sign.
+    """
+    starts = {}
+    for path in sorted(set(STORAGE.values())):
+        try:
+            with open(os.path.join(path, 'compute_nodes')) as f:
+                starts.update(json.load(f))
+        except (FileNotFoundError, ValueError):
+            pass
+    return starts
 
 
 # -- disks ---------------------------------------------------------------

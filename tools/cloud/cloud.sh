@@ -9,6 +9,20 @@
 #                            scheduler runs HostAggregateGroupFilter (default)
 #   cloud.sh mode stock      computes run libvirt.LibvirtDriver, no filter
 #   cloud.sh status          what runs, where the logs are
+#   cloud.sh compute-restart HOST
+#                            stop nova-compute on HOST (c1, c2 or c3) as
+#                            'down' does (SIGTERM, then SIGKILL), start it
+#                            again and wait until its service is up and its
+#                            RPC queue has a consumer.
+#                            NOVA_SHELVE_ACCEL_CRASH_AT and
+#                            NOVA_SHELVE_ACCEL_FAIL_AT, when set in the
+#                            caller's environment, go to this one
+#                            nova-compute (see nova_shelve_accel/faults.py)
+#                            and to no other process. Fails, naming the
+#                            log, when the service does not come back (a
+#                            cut point may have killed it in start-up).
+#   cloud.sh compute-alive HOST
+#                            exit 0 if nova-compute on HOST runs, 1 if not
 #
 # Compute hosts c1 and c2 share one instances_path and form aggregate g1
 # (shelve_storage_group=g1); c3 has its own. Each compute host gets its own
@@ -21,6 +35,18 @@
 # /var/lib/nova-shelve-accel-cloud), SHELVE_ACCEL_VENV (default
 # /opt/nova-shelve-accel/venv).
 set -euo pipefail
+
+# Fault injection is for the one nova-compute that compute-restart starts:
+# take it out of the environment that every other process inherits.
+FAULT_VARS=(NOVA_SHELVE_ACCEL_CRASH_AT NOVA_SHELVE_ACCEL_FAIL_AT)
+FAULT_ENV=()
+for _var in "${FAULT_VARS[@]}"; do
+    if [ -n "${!_var+set}" ]; then
+        FAULT_ENV+=("$_var=${!_var}")
+        unset "$_var"
+    fi
+done
+unset _var
 
 TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$TOOLS/../.." && pwd)
@@ -698,10 +724,68 @@ cmd_status() {
     done
 }
 
+compute_host_arg() {
+    local host
+    for host in "${COMPUTES[@]}"; do
+        [ "$host" = "${1:-}" ] && return 0
+    done
+    die "unknown compute host '${1:-}': use one of ${COMPUTES[*]}"
+}
+
+# rpc_consumers QUEUE: how many consumers the queue has (0 if none); fails
+# when RabbitMQ does not answer.
+rpc_consumers() {
+    local queues
+    queues=$(rabbitmqctl -q list_queues -p "$RABBIT_VHOST" name consumers \
+        2>/dev/null) || return 1
+    awk -v q="$1" '$1 == q {n = $2} END {print n + 0}' <<<"$queues"
+}
+
+cmd_compute_restart() {
+    local host=${1:-}
+    compute_host_arg "$host"
+    [ -f "$STATE/mode" ] || die "no cloud in $STATE; run '$0 up' first"
+    stop "nova-compute-$host"
+    # The old process's consumer must be gone, or it would pass for the new
+    # one below.
+    RESTART_HOST=$host
+    # shellcheck disable=SC2317
+    _old_consumer_gone() {
+        local n
+        n=$(rpc_consumers "compute.$RESTART_HOST") && [ "$n" = 0 ]
+    }
+    wait_for "RPC consumer of the stopped nova-compute on $host" \
+        "$LOGS/nova-compute-$host.log" _old_consumer_gone 60
+    if [ ${#FAULT_ENV[@]} -gt 0 ]; then
+        say "nova-compute on $host: ${FAULT_ENV[*]}"
+        (export "${FAULT_ENV[@]}"; start_compute "$host")
+    else
+        start_compute "$host"
+    fi
+    # shellcheck disable=SC2317
+    _compute_ready() {
+        local n
+        service_state | awk -v h="$RESTART_HOST" \
+            '$1 == h && $3 == "up" {ok = 1} END {exit !ok}' &&
+            n=$(rpc_consumers "compute.$RESTART_HOST") && [ "$n" -gt 0 ]
+    }
+    wait_for "nova-compute on $host" "$LOGS/nova-compute-$host.log" \
+        _compute_ready 180 "nova-compute-$host"
+    say "nova-compute on $host restarted"
+}
+
+cmd_compute_alive() {
+    compute_host_arg "${1:-}"
+    running "nova-compute-$1"
+}
+
 case ${1:-} in
 up) cmd_up;;
 down) cmd_down;;
 mode) cmd_mode "${2:-}";;
 status) cmd_status;;
-*) echo "usage: $0 up|down|mode plugin|mode stock|status" >&2; exit 2;;
+compute-restart) cmd_compute_restart "${2:-}";;
+compute-alive) cmd_compute_alive "${2:-}";;
+*) printf 'usage: %s up|down|mode plugin|mode stock|status\n%s\n' "$0" \
+        "       $0 compute-restart HOST|compute-alive HOST" >&2; exit 2;;
 esac

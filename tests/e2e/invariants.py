@@ -1,0 +1,122 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""What the loopback cloud holds for a server, seen from outside.
+
+The fault matrix and the soak check the design's invariants with these:
+the server's files on every storage, its libvirt domains on every host,
+its allocations in Placement, and the waits for the image cache pass that
+resolves what a crash left behind.
+"""
+
+import os
+import time
+
+from tests.e2e import cloud
+
+# Prefixes of in-flight work on a storage (see nova_shelve_accel.storage):
+# none may outlive the operation that made it.
+IN_FLIGHT_PREFIXES = ('.staging-', '.reclaiming-')
+KEPT_SUBDIRECTORY = '_shelve_kept'
+
+
+def storages():
+    return sorted(set(cloud.STORAGE.values()))
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def in_flight_entries():
+    """Paths of every staging or trash entry on any storage."""
+    found = set()
+    for storage in storages():
+        for directory in (storage, os.path.join(storage, KEPT_SUBDIRECTORY)):
+            found.update(os.path.join(directory, name)
+                         for name in _listdir(directory)
+                         if name.startswith(IN_FLIGHT_PREFIXES))
+    return found
+
+
+def kept_entries(server_id):
+    """Paths of the server's kept disks on any storage."""
+    return sorted(
+        os.path.join(storage, KEPT_SUBDIRECTORY, name)
+        for storage in storages()
+        for name in _listdir(os.path.join(storage, KEPT_SUBDIRECTORY))
+        if name.startswith(server_id + '.'))
+
+
+def instance_dirs(server_id):
+    """Paths of the server's instance directory on any storage."""
+    return [os.path.join(storage, server_id) for storage in storages()
+            if os.path.exists(os.path.join(storage, server_id))]
+
+
+def storage_leftovers(server_id, host=None, before=()):
+    """What is on the storages for the server that should not be.
+
+    host: where the server runs (its instance directory there is not a
+    leftover). before: in-flight entries that existed before the caller
+    started; other entries count, and so does any named after the server.
+    """
+    found = kept_entries(server_id)
+    found += [path for path in instance_dirs(server_id)
+              if host is None or os.path.dirname(path) != cloud.STORAGE[host]]
+    found += sorted(path for path in in_flight_entries()
+                    if path not in before or server_id in path)
+    return found
+
+
+def provider_names():
+    return {rp['uuid']: rp['name']
+            for rp in cloud.placement('resource', 'provider', 'list')}
+
+
+def allocations(server_id, names=None):
+    """{provider name: resources} of the server's allocations."""
+    names = names or provider_names()
+    rows = cloud.placement('resource', 'provider', 'allocation', 'show',
+                           server_id)
+    return {names.get(row['resource_provider'], row['resource_provider']):
+            row['resources'] for row in rows}
+
+
+def wait_for_image_cache_passes(hosts, since, timeout=180):
+    """Wait until a pass of each host that started after since has ended.
+
+    A host's periodic tasks run one after the other, so a pass has ended
+    when the next one starts. Returns the hosts that ran no complete pass
+    within the timeout.
+    """
+    seen = {host: set() for host in hosts}
+    deadline = time.monotonic() + timeout
+    while True:
+        starts = cloud.image_cache_pass_starts()
+        for host in hosts:
+            if starts.get(host, 0) > since:
+                seen[host].add(starts[host])
+        missing = [host for host in hosts if len(seen[host]) < 2]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(1)
+
+
+def shelved_snapshots(server_name):
+    """Ids of the server's shelve snapshots left in Glance."""
+    return [image['ID'] for image in
+            cloud.openstack('image', 'list', '--name',
+                            server_name + '-shelved')]

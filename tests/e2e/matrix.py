@@ -1,0 +1,542 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The fault matrix: one row per cut point of nova_shelve_accel.faults.
+
+Each row boots a server on c1 with a marker in its disk and drives it to
+its cut point with a nova-compute started with NOVA_SHELVE_ACCEL_CRASH_AT
+(and NOVA_SHELVE_ACCEL_FAIL_AT where a step must fail first), so that the
+process kills itself there as ``kill -9`` would. Then the computes start
+normally, their image cache pass runs, a server left offloaded is unshelved
+again, and the row checks the design's invariants: the server is ACTIVE
+with its marker, one running guest, allocations on one provider, and
+nothing left on the storages; after its deletion, nothing at all.
+
+``tools/fault_matrix.py`` runs every row; the end-to-end tests run a few.
+"""
+
+import os
+import threading
+import time
+import uuid
+
+from nova_shelve_accel import faults
+from tests.e2e import cloud
+from tests.e2e import invariants
+
+TIMEOUT = 300
+# How long a periodic cut point gets to be reached.
+PERIODIC_CRASH_WAIT = 90
+# A cut point of the recovery at start may also be reached by the first
+# image cache pass after the start.
+RECOVERY_CRASH_WAIT = 60
+
+# The step of the kept disk's life each family of cut points belongs to.
+SCENARIOS = {
+    'keep': 'shelve',
+    'claim': 'unshelve',
+    'spawn': 'unshelve',
+    'release': 'failed_unshelve',
+    'reclaim': 'reclaim',
+    'recover': 'recover',
+}
+# The cut point whose crash leaves the interrupted unshelve that the
+# recovery rolls back, and the step made to fail so that a release runs.
+INTERRUPTED_UNSHELVE = 'spawn.guest_started'
+FAILED_STEP = 'spawn.guest_started'
+
+CHECKS = ('crashed', 'final state', 'marker', 'guests', 'allocations',
+          'leftovers', 'deleted')
+
+
+class RowError(Exception):
+    """The row cannot go on; the message says what happened."""
+
+
+class Row:
+    """The outcome of one cut point."""
+
+    def __init__(self, point):
+        self.point = point
+        self.crashed = None
+        self.after_restart = '-'
+        self.at_end = '-'
+        # check name -> (passed, what was seen)
+        self.checks = {}
+        self.notes = []
+        self.seconds = 0.0
+
+    def check(self, name, passed, seen):
+        self.checks[name] = (passed, seen)
+
+    def fail(self, message):
+        self.notes.append(message)
+
+    @property
+    def failures(self):
+        failed = ['%s: %s' % (name, seen)
+                  for name, (passed, seen) in self.checks.items()
+                  if not passed]
+        missing = [name for name in CHECKS if name not in self.checks]
+        if missing:
+            failed.append('not checked: %s' % ', '.join(missing))
+        return failed + [n for n in self.notes if n.startswith('FAIL ')]
+
+    @property
+    def passed(self):
+        return not self.failures
+
+    def cells(self):
+        def seen(name):
+            return self.checks.get(name, (None, '-'))[1]
+        return [self.point, seen('crashed'), self.after_restart, self.at_end,
+                seen('marker'), seen('leftovers'), seen('allocations'),
+                seen('guests'), seen('deleted'),
+                'PASS' if self.passed else 'FAIL']
+
+
+COLUMNS = ['point', 'crashed?', 'state after restart', 'state at end',
+           'marker', 'leftovers', 'allocations', 'guests', 'after delete',
+           'result']
+
+
+def table(rows):
+    lines = [COLUMNS] + [row.cells() for row in rows]
+    widths = [max(len(str(line[i])) for line in lines)
+              for i in range(len(COLUMNS))]
+    out = []
+    for n, line in enumerate(lines):
+        out.append('  '.join(str(cell).ljust(width)
+                             for cell, width in zip(line, widths)).rstrip())
+        if n == 0:
+            out.append('  '.join('-' * width for width in widths))
+    return '\n'.join(out)
+
+
+def scenario(point):
+    return SCENARIOS.get(point.split('.')[0])
+
+
+def describe(srv):
+    """STATUS[/task_state][@host] of a server."""
+    text = srv['status']
+    if srv.get('OS-EXT-STS:task_state'):
+        text += '/' + srv['OS-EXT-STS:task_state']
+    if cloud.host_of(srv):
+        text += '@' + cloud.host_of(srv)
+    return text
+
+
+def faults_of(host):
+    """The fault variables in the environment of host's nova-compute."""
+    try:
+        with open('/proc/%s/environ' % cloud.compute_pid(host), 'rb') as f:
+            environ = f.read().split(b'\0')
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [v.decode() for v in environ
+            if v.startswith((faults.CRASH_ENV.encode() + b'=',
+                             faults.FAIL_ENV.encode() + b'='))]
+
+
+class Matrix:
+    """Runs rows; one image for all of them, made in workdir."""
+
+    def __init__(self, workdir, log=None):
+        self.workdir = workdir
+        self.log = log or (lambda message: None)
+        self.image_id = None
+        self.providers = None
+        # host -> pid of the nova-compute this row started there
+        self._pids = {}
+
+    # -- set-up -------------------------------------------------------------
+
+    def set_up(self):
+        cloud.check_cloud_is_up()
+        if cloud.current_mode() != 'plugin':
+            raise cloud.CloudError('the cloud runs in mode %s; the fault '
+                                   'matrix needs the plugin'
+                                   % cloud.current_mode())
+        image_file = os.path.join(self.workdir, 'image.qcow2')
+        cloud.make_image_file(image_file)
+        self.image_id = cloud.openstack(
+            'image', 'create', '--disk-format', 'qcow2',
+            '--container-format', 'bare', '--file', image_file,
+            'fault-matrix-%s' % uuid.uuid4().hex[:8])['id']
+        os.unlink(image_file)
+        self.providers = invariants.provider_names()
+        self.normal_computes()
+
+    def tear_down(self):
+        try:
+            self.normal_computes()
+        finally:
+            if self.image_id:
+                cloud.openstack('image', 'delete', self.image_id,
+                                parse=False)
+                self.image_id = None
+
+    def __enter__(self):
+        self.set_up()
+        return self
+
+    def __exit__(self, *exc):
+        self.tear_down()
+
+    def normal_computes(self):
+        """Start every compute that is down or runs with faults, normally."""
+        for host in cloud.COMPUTES:
+            if not cloud.compute_alive(host) or faults_of(host):
+                self._restart(host)
+
+    # -- one row ------------------------------------------------------------
+
+    def run(self, point):
+        row = Row(point)
+        started = time.monotonic()
+        self._disabled = set()
+        self._in_flight_before = invariants.in_flight_entries()
+        self._pids = {host: cloud.compute_pid(host) for host in cloud.COMPUTES}
+        server = None
+        try:
+            if point not in faults.POINTS:
+                raise RowError('%s is not in nova_shelve_accel.faults.POINTS'
+                               % point)
+            drive = getattr(self, '_drive_%s' % scenario(point), None)
+            if drive is None:
+                raise RowError('no scenario for the cut point %s' % point)
+            server = self._boot_with_marker()
+            restarted, since = drive(row, server)
+            srv = cloud.server(server['id'])
+            row.after_restart = describe(srv)
+            self.log('%s: after restart %s; waiting for the image cache '
+                     'pass of %s' % (point, row.after_restart,
+                                     ', '.join(restarted)))
+            late = invariants.wait_for_image_cache_passes(restarted, since)
+            if late:
+                row.fail('FAIL no image cache pass of %s within 180 s'
+                         % ', '.join(late))
+            self._finish(row, server)
+            self.log('%s: at end %s' % (point, row.at_end))
+        except (RowError, cloud.CloudError) as e:
+            row.fail('FAIL %s' % e)
+        except Exception as e:
+            row.fail('FAIL %s: %s' % (type(e).__name__, e))
+        finally:
+            self._check_no_outside_restart(row)
+            self._clean_up(row, server)
+            row.seconds = time.monotonic() - started
+        return row
+
+    def _check_no_outside_restart(self, row):
+        """Fail the row if anyone else restarted a compute meanwhile."""
+        others = [host for host in cloud.COMPUTES
+                  if cloud.compute_pid(host) != self._pids.get(host)]
+        if others:
+            row.fail('FAIL nova-compute on %s was restarted outside the '
+                     'fault matrix during the row (cloud.sh mode?): the '
+                     'row says nothing; run the matrix while nobody else '
+                     'uses the cloud' % ', '.join(others))
+
+    def _boot_with_marker(self):
+        name = 'fm-%s' % uuid.uuid4().hex[:8]
+        srv = cloud.openstack(
+            'server', 'create', '--flavor', cloud.FLAVOR, '--image',
+            self.image_id, '--nic', 'none', '--host', 'c1', name)
+        srv = self._wait_done(srv['id'])
+        if srv['status'] != 'ACTIVE' or cloud.host_of(srv) != 'c1':
+            raise RowError('boot on c1 ended %s' % describe(srv))
+        cloud.openstack('server', 'stop', srv['id'], parse=False)
+        self._wait_done(srv['id'])
+        marker = ('fault matrix %s' % srv['id']).encode()
+        cloud.write_marker(cloud.disk_path('c1', srv['id']), marker,
+                           self.workdir)
+        self.log('booted %s (%s) on c1 with a marker' % (name, srv['id']))
+        return {'id': srv['id'], 'name': name, 'marker': marker}
+
+    # -- driving a server to a cut point -----------------------------------
+    #
+    # Each returns the hosts restarted normally last and the time the last
+    # of them was ready: the image cache passes to wait for.
+
+    def _drive_shelve(self, row, server):
+        self._restart('c1', crash_at=row.point)
+        cloud.openstack('server', 'shelve', server['id'], parse=False)
+        self._record_crash(row, self._await_cut(server['id'], ['c1']))
+        self._restart('c1')
+        return ['c1'], time.time()
+
+    def _drive_unshelve(self, row, server, fail_at=None):
+        self._shelve(row, server)
+        self._set_enabled('c2', False)
+        self._restart('c1', crash_at=row.point, fail_at=fail_at)
+        cloud.openstack('server', 'unshelve', server['id'], parse=False)
+        self._record_crash(row, self._await_cut(server['id'], ['c1']))
+        self._restart('c1')
+        self._set_enabled('c2', True)
+        return ['c1'], time.time()
+
+    def _drive_failed_unshelve(self, row, server):
+        return self._drive_unshelve(row, server, fail_at=FAILED_STEP)
+
+    def _drive_recover(self, row, server):
+        self._shelve(row, server)
+        self._set_enabled('c2', False)
+        self._restart('c1', crash_at=INTERRUPTED_UNSHELVE)
+        cloud.openstack('server', 'unshelve', server['id'], parse=False)
+        if not self._await_cut(server['id'], ['c1']):
+            row.fail('FAIL set-up: c1 did not crash at %s, so no unshelve '
+                     'was interrupted' % INTERRUPTED_UNSHELVE)
+            row.check('crashed', False, 'no (set-up)')
+        else:
+            self._restart('c1', crash_at=row.point, must_start=False)
+            self._record_crash(row, self._await_death(
+                ['c1'], RECOVERY_CRASH_WAIT))
+        self._restart('c1')
+        self._set_enabled('c2', True)
+        return ['c1'], time.time()
+
+    def _drive_reclaim(self, row, server):
+        self._shelve(row, server)
+        # The kept disk is still in use when the computes start with the cut
+        # point, so no pass can reach it before the unshelve elsewhere makes
+        # the disk stale.
+        self._set_enabled('c1', False)
+        self._set_enabled('c2', False)
+        self._restart_all(cloud.GROUP_HOSTS, crash_at=row.point)
+        cloud.openstack('server', 'unshelve', server['id'], parse=False)
+        srv = self._wait_done(server['id'])
+        if cloud.host_of(srv) != cloud.OUTSIDE_HOST:
+            raise RowError('unshelve with c1 and c2 disabled ended %s'
+                           % describe(srv))
+        self._set_enabled('c1', True)
+        self._set_enabled('c2', True)
+        self._record_crash(row, self._await_death(cloud.GROUP_HOSTS,
+                                                  PERIODIC_CRASH_WAIT))
+        self._restart_all(cloud.GROUP_HOSTS)
+        return list(cloud.GROUP_HOSTS), time.time()
+
+    def _shelve(self, row, server):
+        cloud.openstack('server', 'shelve', server['id'], parse=False)
+        srv = self._wait_done(server['id'])
+        if srv['status'] != 'SHELVED_OFFLOADED':
+            raise RowError('shelve ended %s' % describe(srv))
+        if not cloud.kept_disks(server['id']):
+            row.notes.append('nothing kept at shelve')
+
+    def _record_crash(self, row, dead):
+        if dead:
+            row.check('crashed', True, 'yes (%s)' % ', '.join(dead))
+        else:
+            row.check('crashed', False, 'NO')
+            row.notes.append('did not crash at the cut')
+
+    # -- after the restart ----------------------------------------------------
+
+    def _finish(self, row, server):
+        srv = cloud.server(server['id'])
+        if (srv['status'] in ('SHELVED_OFFLOADED', 'SHELVED') and
+                not srv.get('OS-EXT-STS:task_state')):
+            row.notes.append('retried unshelve from %s' % srv['status'])
+            cloud.openstack('server', 'unshelve', server['id'], parse=False)
+            srv = self._wait_done(server['id'])
+        row.at_end = describe(srv)
+        active = (srv['status'] == 'ACTIVE' and
+                  not srv.get('OS-EXT-STS:task_state'))
+        row.check('final state', active, row.at_end)
+        host = cloud.host_of(srv)
+        self._check_marker(row, server, host if active else None)
+        guests = cloud.domain_states(server['id'])
+        row.check('guests',
+                  active and guests == {host: 'running'},
+                  ', '.join('%s %s' % hs for hs in sorted(guests.items()))
+                  or 'none')
+        allocs = invariants.allocations(server['id'], self.providers)
+        row.check('allocations', active and list(allocs) == [host],
+                  '+'.join(sorted(allocs)) or 'none')
+        left = invariants.storage_leftovers(
+            server['id'], host, self._in_flight_before)
+        row.check('leftovers', not left,
+                  ' '.join(os.path.basename(p) for p in left) or 'none')
+
+    def _check_marker(self, row, server, host):
+        if host is None:
+            row.check('marker', False, 'not running')
+            return
+        marker = server['marker']
+        try:
+            found = cloud.read_marker(cloud.disk_path(host, server['id']),
+                                      len(marker))
+        except Exception as e:
+            row.check('marker', False, 'unreadable: %s' % e)
+            return
+        row.check('marker', found == marker,
+                  'intact' if found == marker else 'LOST')
+
+    # -- clean-up -------------------------------------------------------------
+
+    def _clean_up(self, row, server):
+        """Leave the cloud as the row found it, whatever happened."""
+        for host in sorted(self._disabled):
+            self._guarded(row, self._set_enabled, host, True)
+        self._guarded(row, self.normal_computes)
+        if server:
+            self._guarded(row, self._delete, row, server)
+
+    def _guarded(self, row, func, *args):
+        try:
+            func(*args)
+        except Exception as e:
+            row.fail('FAIL clean-up: %s: %s' % (type(e).__name__, e))
+
+    @staticmethod
+    def _ask_delete(server_id):
+        try:
+            cloud.openstack('server', 'delete', server_id, parse=False)
+        except cloud.CloudError as e:
+            if 'no server' not in str(e).lower():
+                raise
+
+    def _delete(self, row, server):
+        self._ask_delete(server['id'])
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                srv = cloud.server(server['id'])
+            except cloud.CloudError as e:
+                if 'no server' in str(e).lower():
+                    break
+                raise
+            if time.monotonic() > deadline:
+                row.check('deleted', False, 'still %s after %ds'
+                          % (describe(srv), TIMEOUT))
+                return
+            if (srv['status'] == 'ERROR' and
+                    not srv.get('OS-EXT-STS:task_state')):
+                # The delete failed (the compute went away meanwhile, say):
+                # ask again, as a user would.
+                row.notes.append('delete asked again (%s)' % describe(srv))
+                self._ask_delete(server['id'])
+                time.sleep(5)
+            time.sleep(cloud.POLL_SECONDS)
+        left = invariants.instance_dirs(server['id'])
+        left += ['image %s' % i
+                 for i in invariants.shelved_snapshots(server['name'])]
+        guests = cloud.domain_states(server['id'])
+        left += ['guest on %s' % host for host in sorted(guests)]
+        if invariants.allocations(server['id'], self.providers):
+            left.append('allocations')
+        row.check('deleted', not left, ', '.join(
+            os.path.basename(p) for p in left) or 'clean')
+        # What the row's server left must not weigh on the next rows.
+        for image in invariants.shelved_snapshots(server['name']):
+            cloud.openstack('image', 'delete', image, parse=False)
+        for host in guests:
+            cloud.virsh(host, 'destroy', server['id'])
+            cloud.virsh(host, 'undefine', '--nvram', server['id'])
+
+    # -- the cloud ------------------------------------------------------------
+
+    def _restart(self, host, crash_at=None, fail_at=None, must_start=True):
+        what = ' '.join(v for v in (crash_at and 'CRASH_AT=' + crash_at,
+                                    fail_at and 'FAIL_AT=' + fail_at) if v)
+        self.log('restarting nova-compute on %s %s' % (host,
+                                                       what or 'normally'))
+        ok, output = cloud.restart_compute(host, crash_at, fail_at)
+        self._pids[host] = cloud.compute_pid(host)
+        if not ok and must_start:
+            last = (output.strip().splitlines() or [''])[-1]
+            raise RowError('nova-compute on %s did not start%s: %s' % (
+                host, ' with ' + what if what else '', last))
+
+    def _restart_all(self, hosts, crash_at=None):
+        """Restart several computes at once (each restart takes a while)."""
+        errors = []
+
+        def restart(host):
+            try:
+                self._restart(host, crash_at=crash_at)
+            except RowError as e:
+                errors.append(e)
+        threads = [threading.Thread(target=restart, args=(host,))
+                   for host in hosts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _set_enabled(self, host, enabled):
+        cloud.set_compute_enabled(host, enabled)
+        if enabled:
+            self._disabled.discard(host)
+        else:
+            self._disabled.add(host)
+
+    def _wait_done(self, server_id):
+        """The server once no task runs on it (or in ERROR)."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            srv = cloud.server(server_id)
+            if (srv['status'] == 'ERROR' or
+                    not srv.get('OS-EXT-STS:task_state') and
+                    srv['status'] != 'BUILD'):
+                return srv
+            if time.monotonic() > deadline:
+                raise RowError('server is still %s after %ds'
+                               % (describe(srv), TIMEOUT))
+            time.sleep(cloud.POLL_SECONDS)
+
+    def _await_cut(self, server_id, hosts):
+        """The hosts that died before the server's task ended."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            dead = self._dead(hosts)
+            if dead:
+                return dead
+            srv = cloud.server(server_id)
+            if (srv['status'] == 'ERROR' or
+                    not srv.get('OS-EXT-STS:task_state')):
+                self.log('task ended: %s' % describe(srv))
+                # A cut point after the last save would still kill it.
+                time.sleep(2)
+                return self._dead(hosts)
+            if time.monotonic() > deadline:
+                raise RowError('neither a crash nor the end of the task '
+                               'within %ds: %s' % (TIMEOUT, describe(srv)))
+            time.sleep(cloud.POLL_SECONDS)
+
+    def _await_death(self, hosts, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = self._dead(hosts)
+            if dead:
+                return dead
+            time.sleep(1)
+        return []
+
+    def _dead(self, hosts):
+        """Which of the computes this row started have died.
+
+        Anyone else restarting them (cloud.sh mode, another test) would
+        take the cut point away: the row cannot say anything then.
+        """
+        for host in hosts:
+            if cloud.compute_pid(host) != self._pids.get(host):
+                raise RowError(
+                    'nova-compute on %s was restarted outside the fault '
+                    'matrix (pid %s, now %s); run the matrix while nobody '
+                    'else uses the cloud' % (host, self._pids.get(host),
+                                             cloud.compute_pid(host)))
+        return [host for host in hosts if not cloud.compute_alive(host)]

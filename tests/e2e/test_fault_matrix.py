@@ -1,0 +1,60 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Three rows of the fault matrix on the real loopback cloud.
+
+nova-compute kills itself at a cut point (``kill -9`` at that instant) in
+the three places a kept disk lives through: while it is kept at
+shelve-offload, while an unshelve runs on it, and while the image cache
+pass reclaims it. Each time, once the computes are back, the server must
+end ACTIVE with its data, with one guest and one allocation, and leave
+nothing behind. ``tools/fault_matrix.py`` runs every cut point the same
+way. Needs the cloud of ``tools/cloud/cloud.sh up`` (root); each test
+restarts nova-compute on c1 (and c2) and takes a few minutes.
+"""
+
+import fixtures
+import testtools
+
+from tests.e2e import cloud
+from tests.e2e import matrix
+
+
+class FaultMatrixTest(testtools.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        cloud.check_cloud_is_up()
+        workdir = self.useFixture(fixtures.TempDir()).path
+        self.matrix = matrix.Matrix(workdir)
+        self.addCleanup(self.matrix.tear_down)
+        self.matrix.set_up()
+
+    def _assert_row(self, point):
+        row = self.matrix.run(point)
+        summary = '%s\n%s' % (matrix.table([row]), '\n'.join(row.notes))
+        for name in matrix.CHECKS:
+            self.assertIn(name, row.checks, summary)
+        self.assertEqual(
+            {name: True for name in matrix.CHECKS},
+            {name: passed for name, (passed, _seen) in row.checks.items()},
+            summary)
+        self.assertEqual([], row.failures, summary)
+
+    def test_crash_while_keeping_the_disk(self):
+        self._assert_row('keep.staged')
+
+    def test_crash_with_the_guest_started_on_the_claimed_disk(self):
+        self._assert_row('spawn.guest_started')
+
+    def test_crash_while_reclaiming_a_stale_kept_disk(self):
+        self._assert_row('reclaim.trashed')

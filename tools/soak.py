@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Shelve and unshelve a few servers many times; nothing may be lost or left.
+
+    sudo tools/soak.py [--cycles 200] [--servers 4]
+
+Needs the loopback cloud of ``tools/cloud/cloud.sh up`` in plugin mode, and
+root (it reads the instance disks). Boots the servers on c1 and c2, each
+with a marker in its disk, then runs the cycles round-robin over them: a
+shelve (the cloud offloads at once), then an unshelve that is in turn a
+plain one, one with ``--host c2`` and one with ``--host c1``; every 7th
+cycle c1 and c2 are disabled so that the unshelve falls back to c3, and the
+next unshelve of that server brings it back with ``--host c1``. After each
+unshelve the marker must be in the running server's disk, and Glance must
+have sent the snapshot exactly when the landing host's storage did not hold
+the kept disk.
+
+At the end the servers are deleted and, after the image cache passes,
+nothing may remain: no instance directory or kept disk of theirs and no
+staging or trash entry on any storage, no shelve snapshot or image of the
+soak in Glance, no allocation in Placement. Prints a summary; exits
+non-zero on any failure.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+from tests.e2e import cloud  # noqa: E402
+from tests.e2e import invariants  # noqa: E402
+
+TIMEOUT = 300
+FALLBACK_EVERY = 7
+# The unshelves of the other cycles, in turn: None is a plain unshelve.
+TARGETS = (None, 'c2', 'c1')
+# The image cache passes reclaim kept disks of deleted servers.
+MIN_SETTLE_SECONDS = 45
+
+
+def log(message):
+    sys.stderr.write('[%s] %s\n' % (time.strftime('%H:%M:%S'), message))
+    sys.stderr.flush()
+
+
+class Failure(Exception):
+    pass
+
+
+def wait_for(server_id, status):
+    """The server once it is in status with no task; Failure otherwise."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        srv = cloud.server(server_id)
+        task = srv.get('OS-EXT-STS:task_state')
+        if srv['status'] == status and not task:
+            return srv
+        if srv['status'] == 'ERROR':
+            raise Failure('went to ERROR: %s' % srv.get('fault'))
+        if time.monotonic() > deadline:
+            raise Failure('still %s (task %s), not %s, after %ds' % (
+                srv['status'], task, status, TIMEOUT))
+        time.sleep(cloud.POLL_SECONDS)
+
+
+class Soak:
+
+    def __init__(self, workdir, n_servers):
+        self.workdir = workdir
+        self.n_servers = n_servers
+        self.servers = []
+        self.image_id = None
+        self.failures = []
+        self.shelve_times = []
+        self.unshelve_times = {'reuse': [], 'download': []}
+        self.snapshot_ids = set()
+        self.disabled = set()
+
+    def fail(self, message):
+        log('FAILURE: %s' % message)
+        self.failures.append(message)
+
+    # -- set-up -------------------------------------------------------------
+
+    def set_up(self):
+        image_file = os.path.join(self.workdir, 'image.qcow2')
+        cloud.make_image_file(image_file)
+        self.image_id = cloud.openstack(
+            'image', 'create', '--disk-format', 'qcow2',
+            '--container-format', 'bare', '--file', image_file,
+            'soak-%s' % uuid.uuid4().hex[:8])['id']
+        os.unlink(image_file)
+        for n in range(self.n_servers):
+            host = cloud.GROUP_HOSTS[n % len(cloud.GROUP_HOSTS)]
+            name = 'soak-%s' % uuid.uuid4().hex[:8]
+            srv = cloud.openstack(
+                'server', 'create', '--flavor', cloud.FLAVOR, '--image',
+                self.image_id, '--nic', 'none', '--host', host, name)
+            server = {'id': srv['id'], 'name': name, 'host': None,
+                      'broken': False}
+            self.servers.append(server)
+            srv = wait_for(srv['id'], 'ACTIVE')
+            cloud.openstack('server', 'stop', srv['id'], parse=False)
+            wait_for(srv['id'], 'SHUTOFF')
+            server['host'] = cloud.host_of(srv)
+            server['marker'] = ('soak %s' % srv['id']).encode()
+            cloud.write_marker(cloud.disk_path(server['host'], srv['id']),
+                               server['marker'], self.workdir)
+            log('booted %s on %s with a marker' % (name, server['host']))
+
+    # -- cycles -------------------------------------------------------------
+
+    def cycle(self, number):
+        """Cycle number (from 1): shelve and unshelve one server."""
+        server = self.servers[(number - 1) % len(self.servers)]
+        if server['broken']:
+            return
+        fallback = number % FALLBACK_EVERY == 0
+        if fallback:
+            target, how = None, 'to c3 (c1, c2 disabled)'
+        elif server['host'] == cloud.OUTSIDE_HOST:
+            target, how = 'c1', '--host c1 (back from c3)'
+        else:
+            target = TARGETS[(number - 1) % len(TARGETS)]
+            how = '--host %s' % target if target else 'plain'
+        try:
+            self._shelve(server)
+            if fallback:
+                self._set_group_enabled(False)
+            try:
+                kind, seconds, host = self._unshelve(server, target)
+            finally:
+                if fallback:
+                    self._set_group_enabled(True)
+            if fallback and host != cloud.OUTSIDE_HOST:
+                raise Failure('unshelve with c1, c2 disabled landed on %s'
+                              % host)
+            if target and host != target:
+                raise Failure('unshelve --host %s landed on %s'
+                              % (target, host))
+            log('cycle %d: %s shelved in %.1f s, unshelve %s: %s on %s in '
+                '%.1f s' % (number, server['name'], self.shelve_times[-1],
+                            how, kind, host, seconds))
+        except Exception as e:
+            # qemu-io failing to read the disk is a failure like any other.
+            self.fail('cycle %d, %s, unshelve %s: %s%s' % (
+                number, server['name'], how,
+                '' if isinstance(e, (Failure, cloud.CloudError))
+                else type(e).__name__ + ': ', e))
+            server['broken'] = True
+
+    def _shelve(self, server):
+        started = time.monotonic()
+        cloud.openstack('server', 'shelve', server['id'], parse=False)
+        wait_for(server['id'], 'SHELVED_OFFLOADED')
+        self.shelve_times.append(time.monotonic() - started)
+        snapshots = invariants.shelved_snapshots(server['name'])
+        if len(snapshots) != 1:
+            raise Failure('%d shelve snapshots' % len(snapshots))
+        server['snapshot'] = snapshots[0]
+        self.snapshot_ids.add(snapshots[0])
+        # Where the shelve kept the disk, if it did.
+        server['kept_on'] = None
+        kept = invariants.kept_entries(server['id'])
+        if kept:
+            server['kept_on'] = os.path.dirname(os.path.dirname(kept[0]))
+        elif server['host'] in cloud.GROUP_HOSTS:
+            raise Failure('nothing kept when shelving from %s'
+                          % server['host'])
+
+    def _unshelve(self, server, target):
+        glance = cloud.GlanceDataCounter()
+        started = time.monotonic()
+        args = ['--host', target] if target else []
+        cloud.openstack('server', 'unshelve', *args, server['id'],
+                        parse=False)
+        srv = wait_for(server['id'], 'ACTIVE')
+        seconds = time.monotonic() - started
+        host = server['host'] = cloud.host_of(srv)
+        found = cloud.read_marker(cloud.disk_path(host, server['id']),
+                                  len(server['marker']))
+        if found != server['marker']:
+            raise Failure('marker lost on %s: %r' % (host, found[:32]))
+        downloaded = glance.bytes_sent(server['snapshot'])
+        base = glance.bytes_sent(self.image_id)
+        reusable = server['kept_on'] == cloud.STORAGE[host]
+        if reusable and (downloaded or base):
+            raise Failure('Glance sent %d snapshot and %d image bytes to %s,'
+                          ' whose storage held the kept disk'
+                          % (downloaded, base, host))
+        if not reusable and not downloaded:
+            raise Failure('the kept disk was not on the storage of %s, yet'
+                          ' Glance sent no snapshot data' % host)
+        kind = 'reuse' if reusable else 'download'
+        self.unshelve_times[kind].append(seconds)
+        return kind, seconds, host
+
+    def _set_group_enabled(self, enabled):
+        for host in cloud.GROUP_HOSTS:
+            cloud.set_compute_enabled(host, enabled)
+            if enabled:
+                self.disabled.discard(host)
+            else:
+                self.disabled.add(host)
+
+    # -- the end --------------------------------------------------------------
+
+    def tear_down(self, in_flight_before):
+        """Delete everything of the soak; return what was left behind."""
+        for host in sorted(self.disabled):
+            cloud.set_compute_enabled(host, True)
+        for server in self.servers:
+            cloud.openstack('server', 'delete', server['id'], parse=False)
+        deadline = time.monotonic() + TIMEOUT
+        for server in self.servers:
+            while any(s['ID'] == server['id'] for s in cloud.openstack(
+                    'server', 'list', '--name', server['name'])):
+                if time.monotonic() > deadline:
+                    self.fail('%s not deleted after %ds'
+                              % (server['name'], TIMEOUT))
+                    break
+                time.sleep(1)
+        settle_from = time.time()
+        log('servers deleted; waiting for the image cache passes')
+        late = invariants.wait_for_image_cache_passes(
+            cloud.COMPUTES, settle_from)
+        if late:
+            self.fail('no image cache pass of %s' % ', '.join(late))
+        time.sleep(max(0, MIN_SETTLE_SECONDS - (time.time() - settle_from)))
+        return self._leftovers(in_flight_before)
+
+    def _leftovers(self, in_flight_before):
+        left = {}
+        for server in self.servers:
+            files = (invariants.instance_dirs(server['id']) +
+                     invariants.kept_entries(server['id']))
+            if files:
+                left.setdefault('files', []).extend(files)
+            if invariants.allocations(server['id']):
+                left.setdefault('allocations', []).append(server['name'])
+            if cloud.domain_states(server['id']):
+                left.setdefault('guests', []).append(server['name'])
+        in_flight = sorted(invariants.in_flight_entries() - in_flight_before)
+        if in_flight:
+            left['staging/trash'] = in_flight
+        images = {i['ID']: i['Name'] for i in cloud.openstack('image', 'list')}
+        ours = [images[i] for i in sorted(images)
+                if i in self.snapshot_ids or
+                images[i] in {s['name'] + '-shelved' for s in self.servers}]
+        if ours:
+            left['snapshots'] = ours
+        if self.image_id:
+            cloud.openstack('image', 'delete', self.image_id, parse=False)
+            if self.image_id in {i['ID'] for i in cloud.openstack(
+                    'image', 'list')}:
+                left['images'] = [self.image_id]
+        return left
+
+
+def median(values):
+    return '%.1f s' % statistics.median(values) if values else '-'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--cycles', type=int, default=200)
+    parser.add_argument('--servers', type=int, default=4)
+    args = parser.parse_args()
+    cloud.check_cloud_is_up()
+    if cloud.current_mode() != 'plugin':
+        sys.exit('the cloud runs in mode %s; the soak needs the plugin'
+                 % cloud.current_mode())
+
+    started = time.monotonic()
+    in_flight_before = invariants.in_flight_entries()
+    glance = cloud.GlanceDataCounter()
+    with tempfile.TemporaryDirectory(prefix='soak-') as workdir:
+        soak = Soak(workdir, args.servers)
+        left = {}
+        try:
+            soak.set_up()
+            for number in range(1, args.cycles + 1):
+                soak.cycle(number)
+        except (Failure, cloud.CloudError) as e:
+            soak.fail('stopped: %s' % e)
+        finally:
+            left = soak.tear_down(in_flight_before)
+
+    snapshot_downloads = [image for image, _sent in glance.downloads()
+                          if image in soak.snapshot_ids]
+    reuses = len(soak.unshelve_times['reuse'])
+    fallbacks = len(soak.unshelve_times['download'])
+    print('cycles:            %d on %d servers' % (args.cycles, args.servers))
+    print('failures:          %d' % len(soak.failures))
+    for failure in soak.failures:
+        print('  %s' % failure)
+    print('unshelves:         %d in-group reuses, %d fallbacks (Glance '
+          'sent %d shelve snapshots)' % (reuses, fallbacks,
+                                         len(snapshot_downloads)))
+    print('median shelve:     %s' % median(soak.shelve_times))
+    print('median unshelve:   %s (reuse %s, fallback %s)' % (
+        median(soak.unshelve_times['reuse'] +
+               soak.unshelve_times['download']),
+        median(soak.unshelve_times['reuse']),
+        median(soak.unshelve_times['download'])))
+    print('leftovers:         %s' % (
+        '; '.join('%s: %s' % (what, ' '.join(items))
+                  for what, items in sorted(left.items())) or 'none'))
+    print('time:              %.0f s' % (time.monotonic() - started))
+    return 1 if soak.failures or left else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
