@@ -13,7 +13,7 @@
 
 """Shelve and unshelve a few servers many times; nothing may be lost or left.
 
-    sudo tools/soak.py [--cycles 200] [--servers 4]
+    tools/soak.py [--cycles 200] [--servers 4] [--parallel 1]
 
 Needs the loopback cloud of ``tools/cloud/cloud.sh up`` in plugin mode, and
 root (it reads the instance disks). Boots the servers on c1 and c2, each
@@ -31,13 +31,20 @@ nothing may remain: no instance directory or kept disk of theirs and no
 staging or trash entry on any storage, no shelve snapshot or image of the
 soak in Glance, no allocation in Placement. Prints a summary; exits
 non-zero on any failure.
+
+With ``--parallel N`` the servers are shared out among N threads that run
+their cycles at the same time (shelves, unshelves and the image cache
+passes overlap, as in a real cloud); an unshelve that falls back to c3 runs
+alone, while c1 and c2 are disabled, and the others wait for it.
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -63,20 +70,42 @@ class Failure(Exception):
     pass
 
 
-def wait_for(server_id, status):
-    """The server once it is in status with no task; Failure otherwise."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        srv = cloud.server(server_id)
-        task = srv.get('OS-EXT-STS:task_state')
-        if srv['status'] == status and not task:
-            return srv
-        if srv['status'] == 'ERROR':
-            raise Failure('went to ERROR: %s' % srv.get('fault'))
-        if time.monotonic() > deadline:
-            raise Failure('still %s (task %s), not %s, after %ds' % (
-                srv['status'], task, status, TIMEOUT))
-        time.sleep(cloud.POLL_SECONDS)
+class GroupLock:
+    """Shared by in-group unshelves; exclusive while the group is disabled.
+
+    A fallback disables c1 and c2 for every server: no other unshelve may
+    be scheduled meanwhile, or it would fall back too.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._sharing = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._sharing -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            self._cond.wait_for(lambda: not self._sharing)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 class Soak:
@@ -91,6 +120,7 @@ class Soak:
         self.unshelve_times = {'reuse': [], 'download': []}
         self.snapshot_ids = set()
         self.disabled = set()
+        self.group_lock = GroupLock()
 
     def fail(self, message):
         log('FAILURE: %s' % message)
@@ -99,13 +129,7 @@ class Soak:
     # -- set-up -------------------------------------------------------------
 
     def set_up(self):
-        image_file = os.path.join(self.workdir, 'image.qcow2')
-        cloud.make_image_file(image_file)
-        self.image_id = cloud.openstack(
-            'image', 'create', '--disk-format', 'qcow2',
-            '--container-format', 'bare', '--file', image_file,
-            'soak-%s' % uuid.uuid4().hex[:8])['id']
-        os.unlink(image_file)
+        self.image_id = cloud.upload_test_image(self.workdir, 'soak')
         for n in range(self.n_servers):
             host = cloud.GROUP_HOSTS[n % len(cloud.GROUP_HOSTS)]
             name = 'soak-%s' % uuid.uuid4().hex[:8]
@@ -115,9 +139,9 @@ class Soak:
             server = {'id': srv['id'], 'name': name, 'host': None,
                       'broken': False}
             self.servers.append(server)
-            srv = wait_for(srv['id'], 'ACTIVE')
+            srv = cloud.wait_for_status(srv['id'], 'ACTIVE', TIMEOUT)
             cloud.openstack('server', 'stop', srv['id'], parse=False)
-            wait_for(srv['id'], 'SHUTOFF')
+            cloud.wait_for_status(srv['id'], 'SHUTOFF', TIMEOUT)
             server['host'] = cloud.host_of(srv)
             server['marker'] = ('soak %s' % srv['id']).encode()
             cloud.write_marker(cloud.disk_path(server['host'], srv['id']),
@@ -141,13 +165,8 @@ class Soak:
             how = '--host %s' % target if target else 'plain'
         try:
             self._shelve(server)
-            if fallback:
-                self._set_group_enabled(False)
-            try:
+            with self._group(fallback):
                 kind, seconds, host = self._unshelve(server, target)
-            finally:
-                if fallback:
-                    self._set_group_enabled(True)
             if fallback and host != cloud.OUTSIDE_HOST:
                 raise Failure('unshelve with c1, c2 disabled landed on %s'
                               % host)
@@ -165,10 +184,27 @@ class Soak:
                 else type(e).__name__ + ': ', e))
             server['broken'] = True
 
+    @contextlib.contextmanager
+    def _group(self, fallback):
+        if not fallback:
+            with self.group_lock.shared():
+                yield
+            return
+        with self.group_lock.exclusive():
+            self._set_group_enabled(False)
+            try:
+                yield
+            finally:
+                self._set_group_enabled(True)
+
+    def run_cycles(self, numbers):
+        for number in numbers:
+            self.cycle(number)
+
     def _shelve(self, server):
         started = time.monotonic()
         cloud.openstack('server', 'shelve', server['id'], parse=False)
-        wait_for(server['id'], 'SHELVED_OFFLOADED')
+        cloud.wait_for_status(server['id'], 'SHELVED_OFFLOADED', TIMEOUT)
         self.shelve_times.append(time.monotonic() - started)
         snapshots = invariants.shelved_snapshots(server['name'])
         if len(snapshots) != 1:
@@ -190,7 +226,7 @@ class Soak:
         args = ['--host', target] if target else []
         cloud.openstack('server', 'unshelve', *args, server['id'],
                         parse=False)
-        srv = wait_for(server['id'], 'ACTIVE')
+        srv = cloud.wait_for_status(server['id'], 'ACTIVE', TIMEOUT)
         seconds = time.monotonic() - started
         host = server['host'] = cloud.host_of(srv)
         found = cloud.read_marker(cloud.disk_path(host, server['id']),
@@ -281,6 +317,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--cycles', type=int, default=200)
     parser.add_argument('--servers', type=int, default=4)
+    parser.add_argument('--parallel', type=int, default=1,
+                        help='threads running cycles at the same time')
     args = parser.parse_args()
     cloud.check_cloud_is_up()
     if cloud.current_mode() != 'plugin':
@@ -295,8 +333,16 @@ def main():
         left = {}
         try:
             soak.set_up()
-            for number in range(1, args.cycles + 1):
-                soak.cycle(number)
+            # Cycle k shelves server (k - 1) % servers; each thread owns
+            # every parallel-th server and runs its cycles in order.
+            threads = [threading.Thread(target=soak.run_cycles, args=([
+                k for k in range(1, args.cycles + 1)
+                if (k - 1) % args.servers % args.parallel == w],))
+                for w in range(args.parallel)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         except (Failure, cloud.CloudError) as e:
             soak.fail('stopped: %s' % e)
         finally:
@@ -306,7 +352,8 @@ def main():
                           if image in soak.snapshot_ids]
     reuses = len(soak.unshelve_times['reuse'])
     fallbacks = len(soak.unshelve_times['download'])
-    print('cycles:            %d on %d servers' % (args.cycles, args.servers))
+    print('cycles:            %d on %d servers, %d at a time'
+          % (args.cycles, args.servers, args.parallel))
     print('failures:          %d' % len(soak.failures))
     for failure in soak.failures:
         print('  %s' % failure)

@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import time
+import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -318,6 +319,19 @@ class GlanceDataCounter(object):
     def bytes_sent(self, image_id=None):
         return sum(sent for image, sent in self.downloads()
                    if image_id in (None, image))
+
+
+def upload_test_image(workdir, prefix):
+    """Make a qcow2 image with make_image_file, upload it; its id."""
+    image_file = os.path.join(workdir, 'image.qcow2')
+    make_image_file(image_file)
+    try:
+        return openstack(
+            'image', 'create', '--disk-format', 'qcow2',
+            '--container-format', 'bare', '--file', image_file,
+            '%s-%s' % (prefix, uuid.uuid4().hex[:8]))['id']
+    finally:
+        os.unlink(image_file)
 
 
 def shelved_snapshot(server_name):

@@ -167,13 +167,7 @@ class Matrix:
             raise cloud.CloudError('the cloud runs in mode %s; the fault '
                                    'matrix needs the plugin'
                                    % cloud.current_mode())
-        image_file = os.path.join(self.workdir, 'image.qcow2')
-        cloud.make_image_file(image_file)
-        self.image_id = cloud.openstack(
-            'image', 'create', '--disk-format', 'qcow2',
-            '--container-format', 'bare', '--file', image_file,
-            'fault-matrix-%s' % uuid.uuid4().hex[:8])['id']
-        os.unlink(image_file)
+        self.image_id = cloud.upload_test_image(self.workdir, 'fault-matrix')
         self.providers = invariants.provider_names()
         self.normal_computes()
 

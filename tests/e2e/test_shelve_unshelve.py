@@ -35,13 +35,7 @@ class ShelveUnshelveTest(testtools.TestCase):
         self.workdir = self.useFixture(fixtures.TempDir()).path
         # Whatever a test switches, the next one starts from plugin mode.
         self.addCleanup(cloud.set_mode, 'plugin')
-        image_file = os.path.join(self.workdir, 'image.qcow2')
-        cloud.make_image_file(image_file)
-        image = cloud.openstack(
-            'image', 'create', '--disk-format', 'qcow2',
-            '--container-format', 'bare', '--file', image_file,
-            'e2e-%s' % uuid.uuid4().hex[:8])
-        self.image_id = image['id']
+        self.image_id = cloud.upload_test_image(self.workdir, 'e2e')
         self.addCleanup(cloud.openstack, 'image', 'delete', self.image_id,
                         parse=False)
 
