@@ -211,9 +211,12 @@ class Soak:
             raise Failure('%d shelve snapshots' % len(snapshots))
         server['snapshot'] = snapshots[0]
         self.snapshot_ids.add(snapshots[0])
-        # Where the shelve kept the disk, if it did.
+        # Where this shelve kept the disk, if it did. A disk kept by an
+        # earlier shelve on another storage may wait for its image cache
+        # pass: it is not this one.
         server['kept_on'] = None
-        kept = invariants.kept_entries(server['id'])
+        kept = [path for path in invariants.kept_entries(server['id'])
+                if path.endswith('.' + server['snapshot'])]
         if kept:
             server['kept_on'] = os.path.dirname(os.path.dirname(kept[0]))
         elif server['host'] in cloud.GROUP_HOSTS:
