@@ -22,6 +22,7 @@ real nova-compute is ``tools/fault_matrix.py`` on the loopback cloud.
 
 import contextlib
 import os
+import threading
 from unittest import mock
 
 from nova_shelve_accel import storage
@@ -46,19 +47,20 @@ class TestRecoveryAtStart(base.ShelveAccelTestBase):
     def _crash_on_a_at(self, owner, target):
         """Patch ``owner.target`` to crash host A when it is called.
 
-        Context managers on the way up would undo the resource claim (no
-        ``__exit__`` runs in a killed process): that undoing is disabled
-        for the crash.
+        Yields an event set at the crash. Context managers on the way up
+        would undo the resource claim (no ``__exit__`` runs in a killed
+        process): that undoing is disabled for the crash.
         """
-        with mock.patch.object(owner, target,
-                               side_effect=SimulatedCrash(target)), \
+        crashed = threading.Event()
+
+        def crash(*args, **kwargs):
+            crashed.set()
+            raise SimulatedCrash(target)
+
+        with mock.patch.object(owner, target, side_effect=crash), \
                 mock.patch('nova.compute.resource_tracker.ResourceTracker.'
                            'abort_instance_claim'):
-            yield
-
-    def _wait_for_task_state(self, server, task_state):
-        return self._wait_for_server_parameter(
-            server, {'OS-EXT-STS:task_state': task_state}, base.WAIT_RETRIES)
+            yield crashed
 
     def test_restart_during_unshelve_rolls_it_back(self):
         server = self._boot_shelved_with_marker()
@@ -68,12 +70,14 @@ class TestRecoveryAtStart(base.ShelveAccelTestBase):
         # Host A dies while spawning the guest on the claimed disk: Nova
         # would set the instance to ERROR at restart.
         with self._crash_on_a_at(libvirt.PartialOffloadLibvirtDriver,
-                                 '_create_and_inject_local_root'):
+                                 '_create_and_inject_local_root') as crashed:
             self.api.post_server_action(server['id'], {'unshelve': None})
-            self._wait_for_task_state(server, 'spawning')
-            inst_dir = os.path.join(self.g1_path, server['id'])
-            self._wait_for(lambda: os.path.isfile(os.path.join(
-                inst_dir, storage.RECORD_NAME)))
+            self._wait_for(crashed.is_set)
+        inst_dir = os.path.join(self.g1_path, server['id'])
+        self.assertTrue(os.path.isfile(os.path.join(inst_dir,
+                                                    storage.RECORD_NAME)))
+        self.assertEqual('spawning', self.api.get_server(server['id'])[
+            'OS-EXT-STS:task_state'])
         self.restart_compute('A')
 
         self.assert_offloaded_without_resources(server)
@@ -94,12 +98,13 @@ class TestRecoveryAtStart(base.ShelveAccelTestBase):
         base.write_marker(self.instance_disk(server), 0x5a)
 
         # Host A dies with the instance directory renamed to staging.
-        with self._crash_on_a_at(storage, '_prune'):
+        with self._crash_on_a_at(storage, '_prune') as crashed:
             self.api.post_server_action(server['id'], {'shelve': {}})
-            self._wait_for_task_state(server, 'shelving_offloading')
-            self._wait_for(lambda: any(
-                n.startswith('.staging-')
-                for n in self.kept_disks(self.g1_path)))
+            self._wait_for(crashed.is_set)
+        self.assertEqual('shelving_offloading', self.api.get_server(
+            server['id'])['OS-EXT-STS:task_state'])
+        self.assertTrue(any(n.startswith('.staging-')
+                            for n in self.kept_disks(self.g1_path)))
         self.restart_compute('A')
 
         server = self._wait_for_server_parameter(server, {

@@ -30,11 +30,19 @@ SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
 class TestCutPoints(testtools.TestCase):
 
     def reload_with(self, **environ):
+        # Cleanups run last first: the module is reloaded once the
+        # variables are back as they were, so no later test sees them.
+        self.addCleanup(importlib.reload, faults)
         for name in (faults.CRASH_ENV, faults.FAIL_ENV):
             self.useFixture(fixtures.EnvironmentVariable(
                 name, environ.get(name)))
-        self.addCleanup(importlib.reload, faults)
         return importlib.reload(faults)
+
+    def test_no_variable_is_left_set_for_the_next_test(self):
+        self.reload_with(**{faults.FAIL_ENV: 'spawn.finished'})
+        self.assertEqual('spawn.finished', faults._FAIL_AT)
+        self.doCleanups()
+        self.assertIsNone(faults._FAIL_AT)
 
     def test_inert_without_the_variables(self):
         reloaded = self.reload_with()
