@@ -522,7 +522,7 @@ class KeptDiskStore:
     def release(self, instance_uuid, snapshot_id):
         """Give a claimed disk back to the storage after a failed spawn."""
         inst_dir = self.instance_dir(instance_uuid)
-        record = _read_record(inst_dir) if is_real_dir(inst_dir) else None
+        record = self.claimed_record(instance_uuid)
         if record is None or (record.instance_uuid, record.snapshot_id) != (
                 instance_uuid, snapshot_id):
             raise VerificationFailed('%s holds no claimed disk of snapshot '
