@@ -41,8 +41,9 @@ Placement allocations of the instance exactly as Nova does, but moves the
 root disk (and its disk.info and config drive) into the kept-disks directory
 of ``[DEFAULT] instances_path`` instead of deleting it. An unshelve on a host
 that sees the same storage reuses that disk and reads no image data from
-Glance. The Glance snapshot that shelve creates is still uploaded, so an
-unshelve anywhere else works exactly as in stock Nova.
+Glance. The Glance snapshot that shelve creates is still uploaded (at shelve
+or, with ``snapshot_upload = after_offload``, from the kept disk after the
+offload), so an unshelve anywhere else works exactly as in stock Nova.
 
 When disabled, offload deletes the disk as stock Nova does. Disks kept before
 the switch was turned off are still reused by unshelve and still reclaimed by
@@ -89,6 +90,75 @@ which is what makes claiming a disk atomic across hosts). Every compute host
 sharing the storage must use the same name. It must be one plain name: no
 ``/``, not starting with a dot, and not the name of the image cache
 directory (``[image_cache] subdirectory_name``).
+"""),
+    cfg.StrOpt(
+        'snapshot_upload',
+        default='at_shelve',
+        choices=[
+            ('at_shelve', 'Shelve converts and uploads the snapshot before '
+             'the offload, as stock Nova does.'),
+            ('after_offload', 'Shelve of an instance whose root disk will be '
+             'kept skips the snapshot; the kept disk is uploaded into the '
+             'snapshot image in the background after the offload.'),
+        ],
+        help="""
+When the Glance snapshot of a shelved instance is taken.
+
+With ``at_shelve`` shelve waits, as in stock Nova, for the root disk to be
+converted and uploaded to Glance before the instance is offloaded.
+
+With ``after_offload``, a shelve that offloads at once
+(``[DEFAULT] shelved_offload_time = 0``) of an instance whose root disk will
+be kept skips the snapshot: shelve takes about as long as ``stop``. The Glance
+image that the API created stays ``queued`` until this host (or, if it
+restarts or dies, another host of the storage group) uploads the kept disk
+into it, with the disk format and properties Nova's libvirt snapshot gives.
+Until then the kept disk is the instance's only copy: it is never reclaimed
+while the instance needs it, and the instance can only be unshelved on a
+host of its storage group (``HostAggregateGroupFilter`` fails the unshelve
+with a clear message otherwise). Where the disk will not be kept, shelve
+takes the snapshot as stock Nova does.
+
+Uploads that start after the shelving request use the ``[service_user]``
+credentials; with Keystone, that user needs permission to upload to the
+project's image (the admin role with Glance's default policy).
+
+Related options:
+
+* ``snapshot_upload_delay``
+* ``max_concurrent_snapshot_uploads``
+* ``snapshot_upload_max_mbps``
+* ``[service_user] send_service_user_token`` and its credentials
+"""),
+    cfg.IntOpt(
+        'snapshot_upload_delay',
+        default=0,
+        min=0,
+        help="""
+Seconds to wait after the offload before uploading the kept disk
+(``snapshot_upload = after_offload``).
+
+An instance unshelved within this time on its storage group never uploads
+anything: its queued image is deleted by Nova after the unshelve. A longer
+delay saves Glance traffic for short shelves and keeps the kept disk the only
+copy for longer.
+"""),
+    cfg.IntOpt(
+        'max_concurrent_snapshot_uploads',
+        default=1,
+        min=1,
+        help="""
+How many kept disks this host converts and uploads to Glance at the same
+time (``snapshot_upload = after_offload``). The others wait in line.
+"""),
+    cfg.IntOpt(
+        'snapshot_upload_max_mbps',
+        default=0,
+        min=0,
+        help="""
+Upper bound, in megabytes per second, of each background snapshot upload
+(``snapshot_upload = after_offload``); 0 means no bound. Use it when the
+uploads slow down the guests or the unshelves on the host.
 """),
 ]
 

@@ -47,6 +47,13 @@ POINTS = (
     # periodic pass
     'reclaim.trashed',          # kept disk renamed to trash, not deleted
     'recover.rekept',           # interrupted unshelve rolled back on disk
+    # snapshot_upload = after_offload: shelve skips the snapshot and the
+    # kept disk is uploaded into the queued image after the offload
+    'upload.snapshot_skipped',  # shelve skipped the snapshot, disk in place
+    'upload.started',           # lease taken, disk being converted
+    'upload.finished',          # Glance took the data, not checked yet
+    'upload.activated',         # image seen active, kept.json still pending
+    'upload.record_updated',    # kept.json says uploaded, sysmeta pending
 )
 
 _CRASH_AT = os.environ.get(CRASH_ENV)

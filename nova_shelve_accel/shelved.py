@@ -22,6 +22,23 @@ filter, which reads it; it imports nothing of libvirt.
 KEPT_DISK_KEY = 'shelve_accel_kept_snapshot'
 
 
+# Set when shelve skipped the snapshot upload because the disk is kept
+# (``[shelve_accel] snapshot_upload = after_offload``): the Glance image is
+# still queued and the kept disk is the instance's only copy. Removed once
+# the kept disk has been uploaded into the image. Trusted only while it
+# equals ``shelved_image_id``.
+PENDING_UPLOAD_KEY = 'shelve_accel_snapshot_pending'
+
+
+def pending_snapshot_id(instance):
+    """The snapshot id still waiting for the kept disk's data, or None."""
+    sysmeta = instance.system_metadata
+    snapshot_id = sysmeta.get('shelved_image_id')
+    if snapshot_id and sysmeta.get(PENDING_UPLOAD_KEY) == snapshot_id:
+        return snapshot_id
+    return None
+
+
 def kept_snapshot_id(instance):
     """The snapshot id the instance's kept root disk matches, or None."""
     sysmeta = instance.system_metadata

@@ -53,6 +53,12 @@ from nova_shelve_accel import faults
 LOG = logging.getLogger(__name__)
 
 RECORD_NAME = 'kept.json'
+# Held, in the kept-disk directory, by the host uploading the kept disk into
+# its queued snapshot image; it moves away with the disk when it is claimed.
+UPLOAD_LEASE = 'upload.lease'
+# The holder touches its lease every UPLOAD_LEASE_SECONDS / 4; a lease
+# untouched for longer (by the storage's clock) belongs to a dead host.
+UPLOAD_LEASE_SECONDS = 300
 RECORD_VERSION = 1
 ROOT_DISK = 'disk'
 # What an unshelve on the root disk needs besides the disk itself. Ephemeral
@@ -96,6 +102,10 @@ class VerificationFailed(Exception):
     """A kept disk is not safe to reuse for the instance asking for it."""
 
 
+class LeaseLost(Exception):
+    """Another host took over the upload, or the kept disk was claimed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class KeptDiskRecord:
     """What was kept, written as ``kept.json`` beside the disk."""
@@ -112,6 +122,9 @@ class KeptDiskRecord:
     # Bytes the kept files occupy; a kept disk does not change, so this is
     # what the storage's accounting adds up instead of walking the files.
     allocated_bytes: int = 0
+    # True while the snapshot image is still queued and this disk is the
+    # instance's only copy (``snapshot_upload = after_offload``).
+    snapshot_pending: bool = False
     version: int = RECORD_VERSION
 
     def to_json(self):
@@ -150,6 +163,8 @@ class KeptDiskRecord:
             value = getattr(self, field)
             if not isinstance(value, int) or value < 0:
                 raise ValueError('%s %r' % (field, value))
+        if not isinstance(self.snapshot_pending, bool):
+            raise ValueError('snapshot_pending %r' % (self.snapshot_pending,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,13 +341,15 @@ class KeptDiskStore:
 
     # -- keep --------------------------------------------------------------
 
-    def keep(self, instance_uuid, snapshot_id, disk_format, source=None):
+    def keep(self, instance_uuid, snapshot_id, disk_format, source=None,
+             snapshot_pending=False):
         """Turn the instance directory into a kept disk and return its record.
 
         On success the instance directory (or ``source``, a quarantined one)
         no longer exists. On KeepRefused nothing was changed. A disk already
         kept for this very shelve (an offload run again after an
-        interruption) is adopted as it is.
+        interruption) is adopted as it is. ``snapshot_pending`` says that the
+        disk still has to be uploaded into its snapshot image.
         """
         inst_dir = source or self.instance_dir(instance_uuid)
         if not source and not os.path.lexists(inst_dir):
@@ -342,8 +359,9 @@ class KeptDiskStore:
         if not is_real_dir(inst_dir):
             raise KeepRefused('instance directory %s does not exist or is '
                               'not a directory' % inst_dir)
-        record = self._describe(inst_dir, instance_uuid, snapshot_id,
-                                disk_format)
+        record = dataclasses.replace(
+            self._describe(inst_dir, instance_uuid, snapshot_id, disk_format),
+            snapshot_pending=snapshot_pending)
         self.ensure_directory()
         _write_record(inst_dir, record)
         faults.cut_point('keep.record_written')
@@ -365,6 +383,16 @@ class KeptDiskStore:
             faults.cut_point(step + '.pruned')
             self._publish(staging, record)
         except OSError:
+            if record.snapshot_pending:
+                # The only copy of the data: back where it came from, or
+                # left for the recovery pass, which publishes it.
+                try:
+                    os.rename(staging, directory)
+                except OSError:
+                    LOG.exception('Could not move %s back to %s; the next '
+                                  'recovery pass keeps it.', staging,
+                                  directory)
+                raise
             # Half-kept is never claimable: drop it. The snapshot holds the
             # data, and the recovery pass removes what this cannot.
             try:
@@ -542,16 +570,110 @@ class KeptDiskStore:
 
     def finish_claim(self, instance_uuid):
         """The instance runs on the disk now: it is no longer a kept disk."""
-        try:
-            os.unlink(os.path.join(self.instance_dir(instance_uuid),
-                                   RECORD_NAME))
-        except FileNotFoundError:
-            pass
+        for name in (UPLOAD_LEASE, RECORD_NAME):
+            try:
+                os.unlink(os.path.join(self.instance_dir(instance_uuid),
+                                       name))
+            except FileNotFoundError:
+                pass
 
     def claimed_record(self, instance_uuid):
         """The record left in an instance directory by a claim, or None."""
         inst_dir = self.instance_dir(instance_uuid)
         return _read_record(inst_dir) if is_real_dir(inst_dir) else None
+
+    # -- snapshot upload ---------------------------------------------------
+
+    def unchanged(self, record):
+        """True while the kept disk is where it was kept, as it was kept.
+
+        A claim moves it away before any guest runs on it; a disk given back
+        after a failed spawn whose guest wrote to it has another mtime.
+        """
+        disk = os.path.join(self.kept_dir(record.instance_uuid,
+                                          record.snapshot_id), ROOT_DISK)
+        try:
+            st = os.lstat(disk)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return stat.S_ISREG(st.st_mode) and (
+            st.st_size, st.st_mtime_ns) == (record.disk_size,
+                                            record.disk_mtime_ns)
+
+    def mark_uploaded(self, record):
+        """Record that the snapshot holds the disk; False if it is gone."""
+        where = self.kept_dir(record.instance_uuid, record.snapshot_id)
+        if not is_real_dir(where):
+            return False
+        try:
+            _write_record(where, dataclasses.replace(record,
+                                                     snapshot_pending=False))
+        except FileNotFoundError:
+            return False        # claimed or reclaimed meanwhile
+        return True
+
+    def _lease_path(self, record):
+        return os.path.join(self.kept_dir(record.instance_uuid,
+                                          record.snapshot_id), UPLOAD_LEASE)
+
+    def take_upload_lease(self, record, at_start=False):
+        """The token of a lease on uploading ``record``'s disk, or None.
+
+        None while another host holds a live lease. A lease nobody touched
+        for UPLOAD_LEASE_SECONDS, or this host's own at start-up, is taken
+        over: renaming it away is atomic, so one host wins.
+        """
+        path = self._lease_path(record)
+        token = '%s-%s' % (self.host_tag, uuid.uuid4().hex[:8])
+        for _attempt in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                             os.O_NOFOLLOW, RECORD_MODE)
+            except FileExistsError:
+                if not self._lease_abandoned(path, at_start):
+                    return None
+                stale = '%s.stale-%s' % (path, token)
+                try:
+                    os.rename(path, stale)
+                except FileNotFoundError:
+                    return None     # another host took it over first
+                os.unlink(stale)
+                continue
+            except (FileNotFoundError, NotADirectoryError):
+                return None         # claimed or reclaimed meanwhile
+            with os.fdopen(fd, 'w') as f:
+                f.write(token)
+            return token
+        return None
+
+    def _lease_abandoned(self, path, at_start):
+        try:
+            holder = _read_small(path)
+            age = self.storage_now() - os.lstat(path).st_mtime
+        except (OSError, ValueError):
+            # Gone, or not a file we wrote (a planted link): take it over.
+            return True
+        mine = holder.startswith(self.host_tag + '-')
+        return (at_start and mine) or age > UPLOAD_LEASE_SECONDS
+
+    def renew_upload_lease(self, record, token):
+        """Touch our lease; raise LeaseLost if it is not ours any more."""
+        path = self._lease_path(record)
+        try:
+            if _read_small(path) != token:
+                raise LeaseLost('%s now names another host' % path)
+            os.utime(path, None, follow_symlinks=False)
+        except (OSError, ValueError):
+            raise LeaseLost('%s is gone (the disk was claimed or the lease '
+                            'taken over)' % path)
+
+    def drop_upload_lease(self, record, token):
+        path = self._lease_path(record)
+        try:
+            if _read_small(path) == token:
+                os.unlink(path)
+        except (OSError, ValueError):
+            pass
 
     # -- inventory and reclaim ---------------------------------------------
 
@@ -737,6 +859,15 @@ def _read_disk_info(directory):
     if not isinstance(info, dict):
         raise KeepRefused('%s is not a JSON object' % path)
     return info
+
+
+def _read_small(path):
+    """The text of a small file we wrote, never through a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError('%s is not a regular file' % path)
+        return f.read(256)
 
 
 def _load_record(directory):

@@ -42,6 +42,12 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
     other request passes untouched. Put it last in ``enabled_filters`` so
     that "qualifies" means "can also take the instance".
 
+    While the instance's snapshot is still waiting for the kept disk's data
+    (``snapshot_upload = after_offload``) there is nothing to download: only
+    hosts sharing the storage pass, whatever their free space, and if none
+    is left the unshelve fails with NoValidHost saying so. The instance
+    stays shelved-offloaded with its disk.
+
     Group names are stripped of surrounding whitespace; a blank value names
     no group and is ignored with a warning. A host in two groups is a
     configuration error (it mounts one storage): the hosts of any of its
@@ -55,15 +61,20 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
 
     def filter_all(self, filter_obj_list, spec_obj):
         hosts = list(filter_obj_list)
-        kept_on = self._host_holding_kept_disk(spec_obj)
-        if kept_on is None:
+        instance = self._shelved_instance(spec_obj)
+        kept_on = instance and instance.system_metadata.get('shelved_host')
+        if not kept_on:
             return hosts
+        pending = shelved.pending_snapshot_id(instance)
         storage = _KeptDiskStorage(kept_on, hosts)
         groups = storage.groups
-        floor = CONF.shelve_accel.free_space_floor_percent
+        floor = 0 if pending else CONF.shelve_accel.free_space_floor_percent
         qualified = [h for h in hosts
                      if storage.is_shared_by(h) and
                      _storage_above_floor(h, floor)]
+        if not qualified and pending:
+            raise exception.NoValidHost(reason=_pending_message(
+                instance, kept_on, groups, len(hosts)))
         if not qualified:
             LOG.info('No host sharing the storage of %s (groups %s) can take '
                      'instance %s; letting all %d hosts through '
@@ -77,8 +88,8 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
                   len(qualified), len(hosts))
         return qualified
 
-    def _host_holding_kept_disk(self, spec_obj):
-        """Host that offloaded the instance keeping its disk, or None."""
+    def _shelved_instance(self, spec_obj):
+        """The instance unshelved onto its kept disk, or None."""
         if scheduler_utils.request_is_rebuild(spec_obj):
             return None
         # A move of an existing instance (unshelve, migrate, evacuate) is
@@ -93,9 +104,10 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
         instance = self._load_instance(cell, spec_obj.instance_uuid)
         if (instance is None or
                 instance.vm_state != vm_states.SHELVED_OFFLOADED or
-                not shelved.kept_snapshot_id(instance)):
+                not (shelved.kept_snapshot_id(instance) or
+                     shelved.pending_snapshot_id(instance))):
             return None
-        return instance.system_metadata.get('shelved_host')
+        return instance
 
     @staticmethod
     def _load_instance(cell, instance_uuid):
@@ -149,6 +161,21 @@ class _KeptDiskStorage:
         if len(own_groups) > 1:
             _warn_several_groups(host_state.host, own_groups)
         return True
+
+
+def _pending_message(instance, kept_on, groups, candidates):
+    message = (
+        'Instance %s cannot be unshelved outside the storage of %s (storage '
+        'group %s): none of the %d hosts left by the other filters shares '
+        'it, and its snapshot %s is still being uploaded from the root disk '
+        'kept there, the only copy of its data. Retry once the image is '
+        'active (openstack image show %s), or make room on a host of the '
+        'group.' % (instance.uuid, kept_on,
+                    ', '.join(sorted(groups)) or 'none', candidates,
+                    instance.system_metadata['shelved_image_id'],
+                    instance.system_metadata['shelved_image_id']))
+    LOG.warning(message)
+    return message
 
 
 def _group_of_aggregate(aggregate):

@@ -18,6 +18,9 @@ Nova's ``LibvirtDriver`` except at these points:
 
 * shelve-offload of an image-backed instance keeps the root disk on the
   instance storage instead of deleting it (``destroy``);
+* with ``snapshot_upload = after_offload``, shelve skips the snapshot of an
+  instance whose disk will be kept (``snapshot``) and the kept disk is
+  uploaded into the snapshot image after the offload (see ``upload``);
 * unshelve on a host whose storage holds that disk claims it and spawns on it
   without downloading the Glance snapshot (``spawn``);
 * at start-up and in the image cache pass, work that a crash interrupted is
@@ -29,6 +32,8 @@ Nova's ``LibvirtDriver`` except at these points:
 
 Wherever a kept disk cannot be used the stock code path runs unchanged.
 """
+
+import os
 
 import os_resource_classes as orc
 from oslo_concurrency import processutils
@@ -42,6 +47,7 @@ from nova.compute import vm_states
 import nova.conf
 from nova import context as nova_context
 from nova import exception
+from nova import objects
 from nova.virt import driver as virt_driver
 from nova.virt import hardware
 from nova.virt.libvirt import driver as libvirt_driver
@@ -51,6 +57,7 @@ from nova_shelve_accel import faults
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 from nova_shelve_accel.virt import recovery
+from nova_shelve_accel.virt import upload
 
 CONF = nova.conf.CONF
 accel_conf.register_opts(CONF)
@@ -95,9 +102,13 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             CONF.image_cache.subdirectory_name, CONF.host)
         self._recovery = recovery.Recovery(self, self._kept_disks,
                                            root_disk_format)
+        self._uploads = upload.SnapshotUploader(self, self._kept_disks)
         # Instances whose instance directory is kept instead of deleted by
-        # the destroy in progress.
-        self._keeping = set()
+        # the destroy in progress, with the request's context.
+        self._keeping = {}
+        # Instances whose disk cannot be kept although shelve skipped their
+        # snapshot: it is uploaded before the destroy deletes it.
+        self._owing = {}
         # Instances being spawned on a claimed kept disk.
         self._reusing = set()
 
@@ -106,6 +117,49 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         # Before Nova looks at this host's instances: an unshelve that a
         # crash interrupted is rolled back here rather than set to ERROR.
         self._recovery.run(nova_context.get_admin_context(), at_start=True)
+        # Uploads this host ran when it stopped, and any a dead host left.
+        self._uploads.scan(at_start=True)
+
+    def cleanup_host(self, host):
+        self._uploads.stop()
+        super().cleanup_host(host)
+
+    # -- shelve ------------------------------------------------------------
+
+    def snapshot(self, context, instance, image_id, update_task_state):
+        if self._skips_snapshot(context, instance, image_id):
+            # Saved by the manager with the shelve: from here on the
+            # scheduler keeps the instance in its storage group.
+            instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = image_id
+            faults.cut_point('upload.snapshot_skipped')
+            LOG.info('Shelve skips the snapshot: the root disk will be kept '
+                     'and uploaded into image %s after the offload '
+                     '([shelve_accel] snapshot_upload = after_offload).',
+                     image_id, instance=instance)
+            return
+        instance.system_metadata.pop(shelved.PENDING_UPLOAD_KEY, None)
+        super().snapshot(context, instance, image_id, update_task_state)
+
+    def _skips_snapshot(self, context, instance, image_id):
+        """Whether this is a shelve whose snapshot the kept disk replaces."""
+        if (CONF.shelve_accel.snapshot_upload != 'after_offload' or
+                instance.task_state != task_states.SHELVING):
+            return False
+        if CONF.shelved_offload_time != 0:
+            LOG.debug('Taking the snapshot at shelve: the instance is not '
+                      'offloaded at once ([DEFAULT] shelved_offload_time = '
+                      '%d).', CONF.shelved_offload_time, instance=instance)
+            return False
+        bdms = objects.BlockDeviceMappingList.get_by_instance_uuid(
+            context, instance.uuid)
+        reason = self._reason_not_to_keep(
+            instance, virt_driver.get_block_device_info(instance, bdms),
+            image_id)
+        if reason:
+            LOG.info('Taking the snapshot at shelve: the root disk will not '
+                     'be kept (%s).', reason, instance=instance)
+            return False
+        return True
 
     # -- shelve-offload ----------------------------------------------------
 
@@ -115,18 +169,34 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             reason = self._reason_not_to_keep(instance, block_device_info)
             if reason:
                 self._log_not_kept(instance, reason)
+                if self._snapshot_skipped(instance):
+                    self._owing[instance.uuid] = context
             else:
-                self._keeping.add(instance.uuid)
+                self._keeping[instance.uuid] = context
         try:
             super().destroy(context, instance, network_info,
                             block_device_info=block_device_info,
                             destroy_disks=destroy_disks,
                             destroy_secrets=destroy_secrets)
         finally:
-            self._keeping.discard(instance.uuid)
+            self._keeping.pop(instance.uuid, None)
+            self._owing.pop(instance.uuid, None)
 
-    def _reason_not_to_keep(self, instance, block_device_info):
-        """Why the root disk must not be kept, or None if it may be."""
+    @staticmethod
+    def _snapshot_skipped(instance):
+        """Whether the disk of this host's shelve is its only copy."""
+        return instance.host == CONF.host and bool(
+            shelved.pending_snapshot_id(instance))
+
+    def _reason_not_to_keep(self, instance, block_device_info,
+                            snapshot_id=None):
+        """Why the root disk must not be kept, or None if it may be.
+
+        ``snapshot_id`` is that of the shelve under way, by default the one
+        in the instance's system metadata.
+        """
+        snapshot_id = snapshot_id or instance.system_metadata.get(
+            'shelved_image_id')
         if not CONF.shelve_accel.partial_offload:
             return 'partial offload is disabled ([shelve_accel] ' \
                    'partial_offload = False)'
@@ -141,7 +211,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         if root_disk_format() is None:
             return ('[libvirt] images_type = %s does not store the root disk '
                     'as a file' % CONF.libvirt.images_type)
-        if not instance.system_metadata.get('shelved_image_id'):
+        if not snapshot_id:
             return 'shelve took no snapshot of the instance'
         if instance.kernel_id or instance.ramdisk_id:
             return 'the instance boots a separate kernel and ramdisk'
@@ -183,27 +253,68 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def delete_instance_files(self, instance):
         if instance.uuid in self._keeping:
-            self._keep_root_disk(instance)
+            context = self._keeping[instance.uuid]
+            if not self._keep_root_disk(context, instance) and (
+                    self._snapshot_skipped(instance)):
+                self._upload_before_delete(context, instance)
+        elif instance.uuid in self._owing:
+            self._upload_before_delete(self._owing[instance.uuid], instance)
         return super().delete_instance_files(instance)
 
-    def _keep_root_disk(self, instance):
+    def _keep_root_disk(self, context, instance):
+        """Keep the root disk; False if it stays in the instance dir."""
         snapshot_id = instance.system_metadata['shelved_image_id']
+        pending = self._snapshot_skipped(instance)
         try:
-            self._kept_disks.keep(instance.uuid, snapshot_id,
-                                  root_disk_format())
+            record = self._kept_disks.keep(instance.uuid, snapshot_id,
+                                           root_disk_format(),
+                                           snapshot_pending=pending)
         except (storage.KeepRefused, OSError,
                 processutils.ProcessExecutionError) as e:
-            # The snapshot holds the data: deleting the disk as stock Nova
-            # does loses nothing.
-            LOG.warning('Not keeping the root disk at shelve-offload: %s. '
-                        'Unshelve will download snapshot %s.', e,
-                        snapshot_id, instance=instance)
-            return
+            if pending:
+                LOG.warning('Cannot keep the root disk at shelve-offload: '
+                            '%s.', e, instance=instance)
+            else:
+                # The snapshot holds the data: deleting the disk as stock
+                # Nova does loses nothing.
+                LOG.warning('Not keeping the root disk at shelve-offload: '
+                            '%s. Unshelve will download snapshot %s.', e,
+                            snapshot_id, instance=instance)
+            return False
         faults.cut_point('keep.moved_in')
         instance.system_metadata[shelved.KEPT_DISK_KEY] = snapshot_id
         LOG.info('Kept the root disk in %s for unshelve.',
                  self._kept_disks.kept_dir(instance.uuid, snapshot_id),
                  instance=instance)
+        if record.snapshot_pending:
+            self._uploads.schedule(
+                context, instance.uuid, snapshot_id,
+                delay=CONF.shelve_accel.snapshot_upload_delay)
+        return True
+
+    def _upload_before_delete(self, context, instance):
+        """Upload the skipped snapshot from the instance dir, or raise.
+
+        Raising fails the offload with the disk still in place: shelve
+        skipped the snapshot, so the disk is the only copy of the data.
+        """
+        snapshot_id = instance.system_metadata['shelved_image_id']
+        disk = os.path.join(self._kept_disks.instance_dir(instance.uuid),
+                            storage.ROOT_DISK)
+        if not storage._is_regular_file(disk):
+            raise exception.NovaException(
+                'The root disk %s is not there to upload into snapshot %s; '
+                'nothing was deleted. If a staging directory of this '
+                'instance is in %s, the recovery pass keeps it.'
+                % (disk, snapshot_id, self._kept_disks.path))
+        LOG.warning('Shelve skipped the snapshot but the root disk cannot '
+                    'be kept: uploading %s into snapshot %s before the '
+                    'offload deletes it.', disk, snapshot_id,
+                    instance=instance)
+        image = self._image_api.get(context, snapshot_id)
+        self._uploads.upload(context, instance, image, disk,
+                             root_disk_format(), check=lambda: None)
+        instance.system_metadata.pop(shelved.PENDING_UPLOAD_KEY, None)
 
     # -- unshelve ----------------------------------------------------------
 
@@ -217,8 +328,10 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                       power_on=power_on, accel_info=accel_info)
         snapshot_id = self._unshelving_snapshot(instance)
         if not snapshot_id or not self._claim_kept_disk(instance, snapshot_id):
+            if snapshot_id and shelved.pending_snapshot_id(instance):
+                self._refuse_queued_snapshot(context, instance, snapshot_id)
             super().spawn(*args, **kwargs)
-            instance.system_metadata.pop(shelved.KEPT_DISK_KEY, None)
+            self._forget_kept_disk(instance)
             return
 
         self._reusing.add(instance.uuid)
@@ -240,9 +353,31 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                         '%s. The image cache pass removes it.',
                         storage.RECORD_NAME, e, instance=instance)
         faults.cut_point('spawn.finished')
-        instance.system_metadata.pop(shelved.KEPT_DISK_KEY, None)
+        self._forget_kept_disk(instance)
         LOG.info('Unshelved on the kept root disk; no image data was '
                  'downloaded.', instance=instance)
+
+    @staticmethod
+    def _forget_kept_disk(instance):
+        instance.system_metadata.pop(shelved.KEPT_DISK_KEY, None)
+        instance.system_metadata.pop(shelved.PENDING_UPLOAD_KEY, None)
+
+    def _refuse_queued_snapshot(self, context, instance, snapshot_id):
+        """Fail the unshelve rather than spawn from a snapshot with no data.
+
+        The upload may have finished just before this unshelve began, with
+        no chance to clear the mark: then the snapshot is good to use.
+        """
+        if self._image_api.get(context, snapshot_id).get('status') == (
+                'active'):
+            return
+        raise exception.ImageUnacceptable(
+            image_id=snapshot_id,
+            reason='the snapshot is still being uploaded from the kept root '
+                   'disk, which cannot be used on this host (see the log '
+                   'line above); the data is safe in %s. Unshelve again '
+                   'once the image is active.' % self._kept_disks.kept_dir(
+                       instance.uuid, snapshot_id))
 
     @staticmethod
     def _unshelving_snapshot(instance):
@@ -379,11 +514,18 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def manage_image_cache(self, context, all_instances):
         still_kept = self._recovery.run(context, at_start=False,
-                                        busy=self._reusing | self._keeping)
+                                        busy=self._reusing | set(
+                                            self._keeping))
         # An offloaded instance has no host, so Nova counts it as using no
         # image: passing it in keeps the base of its image_ref alive, and
         # the pass above touched each kept disk's actual backing file.
         super().manage_image_cache(context, list(all_instances) + still_kept)
+
+    def get_available_resource(self, nodename):
+        # The resource tracker's periodic, outside its lock: also the time
+        # to pick up uploads that a stopped or dead host left pending.
+        self._uploads.scan_if_due()
+        return super().get_available_resource(nodename)
 
     def update_provider_tree(self, provider_tree, nodename, allocations=None):
         super().update_provider_tree(provider_tree, nodename,

@@ -28,7 +28,12 @@ resolved from the instance's state in the database:
 * a disk quarantined after a failed spawn is kept again (or deleted) once
   its guest is gone;
 * kept disks no instance can use any more, damaged ones included, are
-  reclaimed; a kept disk whose instance lost its marker gets it back.
+  reclaimed; a kept disk whose instance lost its marker gets it back;
+* a disk whose snapshot is still pending (``snapshot_upload =
+  after_offload``) is the only copy of the instance: whatever state a crash
+  left it in, it is kept again rather than deleted while the instance needs
+  it, and the pending mark of an instance whose disk was uploaded is
+  cleared.
 
 Each decision is logged at INFO with the instance. An error on one item is
 logged for that item and the pass goes on with the next.
@@ -48,6 +53,7 @@ import nova.privsep.path
 from nova_shelve_accel import faults
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel.virt import upload
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -138,7 +144,8 @@ class Recovery:
                      item.path, instance_uuid=item.instance_uuid)
             storage.remove_tree(item.path)
         elif item.kind == storage.STAGING:
-            if self._shelved_with(instance, item.snapshot_id) and (
+            if (self._shelved_with(instance, item.snapshot_id) or
+                    _pending_for(instance, item.snapshot_id)) and (
                     self._store.finish_staging(item)):
                 LOG.info('Finished an interrupted keep of the root disk: it '
                          'is kept in %s.', self._store.kept_dir(
@@ -157,11 +164,13 @@ class Recovery:
         if instance is not None:
             # Raises while the guest cannot be removed: it stays.
             self._driver.remove_guest(instance)
-        if instance is not None and instance.vm_state == (
+        only_copy = _pending_for(instance, item.snapshot_id)
+        if only_copy or instance is not None and instance.vm_state == (
                 vm_states.SHELVED_OFFLOADED) and self._shelved_with(
                     instance, item.snapshot_id):
             self._store.keep(item.instance_uuid, item.snapshot_id,
-                             self._disk_format(), source=item.path)
+                             self._disk_format(), source=item.path,
+                             snapshot_pending=only_copy)
             LOG.info('The guest of the failed spawn is gone; the quarantined '
                      'root disk is kept again for unshelve.',
                      instance_uuid=item.instance_uuid)
@@ -201,7 +210,9 @@ class Recovery:
             if not claimed and not shelved.kept_snapshot_id(instance):
                 return      # a stock unshelve: Nova's business
             self._driver.remove_guest(instance)
-            self._store.keep(instance.uuid, snapshot_id, self._disk_format())
+            self._store.keep(
+                instance.uuid, snapshot_id, self._disk_format(),
+                snapshot_pending=_pending_for(instance, snapshot_id))
         elif self._store.find(instance.uuid, snapshot_id) is None:
             return          # nothing of ours to go back to
         faults.cut_point('recover.rekept')
@@ -247,6 +258,9 @@ class Recovery:
                                 'with snapshot %s' % record.snapshot_id)
             return False
         self._store.protect_backing_file(record, nova.privsep.path.utime)
+        if not record.snapshot_pending and _pending_for(
+                instance, record.snapshot_id):
+            self._clear_pending_mark(instance, record)
         if (instance.vm_state == vm_states.SHELVED_OFFLOADED and
                 instance.task_state is None and
                 shelved.kept_snapshot_id(instance) is None):
@@ -268,6 +282,15 @@ class Recovery:
                                       record.snapshot_id),
                  instance=instance)
 
+    @staticmethod
+    def _clear_pending_mark(instance, record):
+        # The upload finished, but a restart came before the mark was
+        # cleared: the scheduler may fall back to the snapshot again.
+        if upload.clear_pending_mark(instance, record.snapshot_id):
+            LOG.info('Snapshot %s was uploaded from the kept disk before a '
+                     'restart; cleared its pending mark.',
+                     record.snapshot_id, instance=instance)
+
     def _resolve_damaged(self, instance, item):
         if (instance is None or instance.deleted or
                 instance.system_metadata.get('shelved_image_id') !=
@@ -278,3 +301,9 @@ class Recovery:
                 'it' % item.problem)
         else:
             self._store.report_damaged(item)
+
+
+def _pending_for(instance, snapshot_id):
+    """True while the instance's snapshot waits for this kept disk's data."""
+    return (instance is not None and not instance.deleted and
+            shelved.pending_snapshot_id(instance) == snapshot_id)

@@ -26,7 +26,9 @@ GENERATOR_CONF = os.path.join(REPO, 'etc',
                               'nova-shelve-accel-config-generator.conf')
 SAMPLE = os.path.join(REPO, 'etc', 'nova-shelve-accel.conf.sample')
 OPTION_NAMES = {'partial_offload', 'free_space_floor_percent',
-                'kept_disks_subdirectory'}
+                'kept_disks_subdirectory', 'snapshot_upload',
+                'snapshot_upload_delay', 'max_concurrent_snapshot_uploads',
+                'snapshot_upload_max_mbps'}
 
 
 class TestOptions(testtools.TestCase):

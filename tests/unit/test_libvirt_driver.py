@@ -667,7 +667,7 @@ class TestKeepAtOffload(DriverTestCase):
     def test_an_offload_run_again_adopts_the_disk_and_says_so(self):
         self.keep(uuids.instance)
         instance = self.instance(uuid=uuids.instance)
-        self.drvr._keep_root_disk(instance)
+        self.drvr._keep_root_disk(None, instance)
         self.assertEqual(SNAPSHOT,
                          instance.system_metadata[shelved.KEPT_DISK_KEY])
         self.assertNotIn('will download', self.stdlog.logger.output)

@@ -7,6 +7,10 @@
 #   cloud.sh down            stop everything and remove all state
 #   cloud.sh mode plugin     computes run PartialOffloadLibvirtDriver and the
 #                            scheduler runs HostAggregateGroupFilter (default)
+#   cloud.sh mode fast-shelve
+#                            as plugin, with [shelve_accel] snapshot_upload =
+#                            after_offload: shelve skips the snapshot and the
+#                            kept disk is uploaded after the offload
 #   cloud.sh mode stock      computes run libvirt.LibvirtDriver, no filter
 #   cloud.sh status          what runs, where the logs are
 #   cloud.sh compute-restart HOST
@@ -416,15 +420,16 @@ compute_conf_args() {
 }
 
 write_mode_conf() {
-    local mode=$1 driver filters
+    local mode=$1 driver filters upload=at_shelve
     filters=ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter
     case $mode in
-    plugin)
+    plugin|fast-shelve)
         driver=nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver
-        filters=$filters,HostAggregateGroupFilter;;
+        filters=$filters,HostAggregateGroupFilter
+        [ "$mode" = fast-shelve ] && upload=after_offload;;
     stock)
         driver=libvirt.LibvirtDriver;;
-    *) die "unknown mode '$mode': use 'plugin' or 'stock'";;
+    *) die "unknown mode '$mode': use 'plugin', 'fast-shelve' or 'stock'";;
     esac
     cat > "$ETC/nova/mode.conf" <<EOF
 # Written by 'cloud.sh mode $mode'.
@@ -432,6 +437,8 @@ write_mode_conf() {
 compute_driver = $driver
 [filter_scheduler]
 enabled_filters = $filters
+[shelve_accel]
+snapshot_upload = $upload
 EOF
     echo "$mode" > "$STATE/mode"
 }
@@ -786,6 +793,7 @@ mode) cmd_mode "${2:-}";;
 status) cmd_status;;
 compute-restart) cmd_compute_restart "${2:-}";;
 compute-alive) cmd_compute_alive "${2:-}";;
-*) printf 'usage: %s up|down|mode plugin|mode stock|status\n%s\n' "$0" \
+*) printf 'usage: %s up|down|mode plugin|fast-shelve|stock|status\n%s\n' \
+        "$0" \
         "       $0 compute-restart HOST|compute-alive HOST" >&2; exit 2;;
 esac

@@ -1,0 +1,393 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Upload kept disks into their queued snapshot images, after the offload.
+
+With ``[shelve_accel] snapshot_upload = after_offload`` shelve skips the
+snapshot of an instance whose root disk is kept. The Glance image the API
+created stays queued, and the kept disk, marked ``snapshot_pending`` in its
+record, is the instance's only copy until this module has uploaded it:
+
+* right after the offload (or ``snapshot_upload_delay`` later) on the host
+  that kept it, with the shelving request's credentials;
+* otherwise by any host of the storage that finds a pending disk nobody
+  uploads (its uploader restarted or died), with the ``[service_user]``
+  credentials. A lease file in the kept-disk directory, touched while the
+  upload runs, lets one host at a time upload a disk.
+
+The disk is converted as Nova's cold libvirt snapshot converts it, into the
+snapshots directory, and the image gets the metadata Nova's snapshot gives.
+The copy is used only if the disk was still kept, unchanged, after the
+conversion: a claim moves the disk away before a guest runs on it. While
+the copy streams to Glance the upload stops as soon as the disk is claimed
+(Nova deletes the queued image after that unshelve). A failed upload is
+retried with backoff; the disk stays kept and pending meanwhile.
+"""
+
+import os
+import threading
+import time
+
+from oslo_log import log as logging
+from oslo_utils import units
+
+from nova.compute import utils as compute_utils
+import nova.conf
+from nova import context as nova_context
+from nova import exception
+from nova.image import glance
+from nova import objects
+from nova import service_auth
+from nova import thread_pool_factory
+from nova import utils
+from nova.virt.libvirt import utils as libvirt_utils
+
+from nova_shelve_accel import faults
+from nova_shelve_accel import shelved
+from nova_shelve_accel import storage
+
+CONF = nova.conf.CONF
+LOG = logging.getLogger(__name__)
+
+# Between two scans of the storage for pending uploads nobody runs.
+SCAN_SECONDS = 60
+# Waits before retrying a failed upload: doubled at each failure.
+RETRY_FIRST_SECONDS = 60
+RETRY_MAX_SECONDS = 3600
+# The upload streams the converted disk in chunks of this size and checks,
+# every CHECK_BYTES, that the disk is still kept and the lease still ours.
+CHUNK_BYTES = 1 * units.Mi
+CHECK_BYTES = 16 * units.Mi
+
+
+class UploadAbandoned(Exception):
+    """The kept disk was claimed or the lease lost: stop, do not retry."""
+
+
+class UploadFailed(Exception):
+    """The upload did not complete; it is retried later."""
+
+
+class SnapshotUploader:
+    """The background uploads of one compute host."""
+
+    def __init__(self, driver, store):
+        self._driver = driver
+        self._store = store
+        self._image_api = glance.API()
+        self._slots = threading.Semaphore(
+            CONF.shelve_accel.max_concurrent_snapshot_uploads)
+        self._lock = threading.Lock()
+        # (instance, snapshot) of the uploads scheduled or running here.
+        self._active = set()
+        # (instance, snapshot) -> (monotonic time of the next try, failures)
+        self._retries = {}
+        self._stopping = threading.Event()
+        self._last_scan = None
+
+    # -- scheduling --------------------------------------------------------
+
+    def schedule(self, context, instance_uuid, snapshot_id, delay=0,
+                 at_start=False):
+        """Upload that kept disk in the background; False if already on."""
+        key = (instance_uuid, snapshot_id)
+        with self._lock:
+            if key in self._active or self._stopping.is_set():
+                return False
+            self._active.add(key)
+        thread_pool_factory.spawn_on(
+            thread_pool_factory.ExecutorType.LONG_TASK, self._run, context,
+            key, delay, at_start)
+        return True
+
+    def scan_if_due(self):
+        """Start the uploads that nobody runs, at most every SCAN_SECONDS."""
+        now = time.monotonic()
+        if self._last_scan is not None and (
+                now - self._last_scan < SCAN_SECONDS):
+            return
+        self._last_scan = now
+        self.scan(at_start=False)
+
+    def scan(self, at_start):
+        """Schedule every pending kept disk of the storage not uploading.
+
+        Whether another host uploads it is decided by its lease, when the
+        upload starts.
+        """
+        try:
+            pending = [r for r in self._store.list_kept()
+                       if r.snapshot_pending]
+        except OSError:
+            LOG.exception('Cannot look for pending snapshot uploads in %s.',
+                          self._store.path)
+            return
+        now = time.monotonic()
+        for record in pending:
+            key = (record.instance_uuid, record.snapshot_id)
+            next_try = self._retries.get(key, (0, 0))[0]
+            if next_try <= now:
+                self.schedule(self._service_context(), *key,
+                              at_start=at_start)
+
+    def stop(self):
+        """Stop every upload at its next check (the service is stopping)."""
+        self._stopping.set()
+
+    @staticmethod
+    def _service_context():
+        """Credentials for an upload that outlived the shelving request."""
+        context = nova_context.get_admin_context()
+        auth = _service_user_auth()
+        if auth is not None:
+            context.user_auth_plugin = auth
+        return context
+
+    # -- one upload --------------------------------------------------------
+
+    def _run(self, context, key, delay, at_start):
+        instance_uuid, snapshot_id = key
+        try:
+            if delay and self._stopping.wait(delay):
+                return
+            with self._slots:
+                if self._stopping.is_set():
+                    return
+                self._upload(context, instance_uuid, snapshot_id, at_start)
+            self._retries.pop(key, None)
+        except UploadAbandoned as e:
+            self._retries.pop(key, None)
+            LOG.info('Stopped uploading the kept root disk into snapshot %s: '
+                     '%s. The image stays queued.', snapshot_id, e,
+                     instance_uuid=instance_uuid)
+        except Exception as e:
+            failures = self._retries.get(key, (0, 0))[1] + 1
+            wait = min(RETRY_FIRST_SECONDS * 2 ** (failures - 1),
+                       RETRY_MAX_SECONDS)
+            self._retries[key] = (time.monotonic() + wait, failures)
+            LOG.error('Uploading the kept root disk into snapshot %s failed '
+                      '(attempt %d): %s. The disk stays kept, the only copy '
+                      'of the instance, and the upload is tried again in '
+                      'about %d s.', snapshot_id, failures, e, wait,
+                      instance_uuid=instance_uuid,
+                      exc_info=not isinstance(e, UploadFailed))
+        finally:
+            with self._lock:
+                self._active.discard(key)
+
+    def _upload(self, context, instance_uuid, snapshot_id, at_start):
+        record = self._store.find(instance_uuid, snapshot_id)
+        if record is None or not record.snapshot_pending:
+            return          # claimed, reclaimed or uploaded meanwhile
+        instance = _instance(instance_uuid)
+        if instance is None or instance.system_metadata.get(
+                'shelved_image_id') != snapshot_id:
+            return          # not needed any more: the recovery reclaims it
+        token = self._store.take_upload_lease(record, at_start=at_start)
+        if token is None:
+            LOG.debug('Another host uploads snapshot %s.', snapshot_id,
+                      instance=instance)
+            return
+        heartbeat = _Heartbeat(self._store, record, token)
+        try:
+            heartbeat.start()
+            self._upload_leased(context, instance, record, heartbeat)
+        finally:
+            heartbeat.stop()
+            self._store.drop_upload_lease(record, token)
+
+    def _upload_leased(self, context, instance, record, heartbeat):
+        snapshot_id = record.snapshot_id
+        image = self._image_api.get(context, snapshot_id)
+        if image.get('status') == 'active':
+            # Uploaded before a restart cut the bookkeeping short.
+            LOG.info('Snapshot %s is already active; recording that the kept '
+                     'disk is uploaded.', snapshot_id, instance=instance)
+            self._finish(instance, record)
+            return
+        if image.get('status') != 'queued':
+            raise UploadFailed('snapshot %s is %s, not queued'
+                               % (snapshot_id, image.get('status')))
+        faults.cut_point('upload.started')
+        disk = os.path.join(self._store.kept_dir(instance.uuid, snapshot_id),
+                            storage.ROOT_DISK)
+
+        def check():
+            if self._stopping.is_set():
+                raise UploadFailed('the compute service is stopping')
+            if not self._store.unchanged(record):
+                raise UploadAbandoned('the kept disk was claimed by an '
+                                      'unshelve or changed')
+            heartbeat.check()
+
+        self.upload(context, instance, image, disk, record.disk_format,
+                    check)
+        faults.cut_point('upload.finished')
+        image = self._image_api.get(context, snapshot_id)
+        if image.get('status') != 'active':
+            raise UploadFailed('Glance took the data but snapshot %s is %s'
+                               % (snapshot_id, image.get('status')))
+        faults.cut_point('upload.activated')
+        self._finish(instance, record)
+
+    def _finish(self, instance, record):
+        if not self._store.mark_uploaded(record):
+            return          # claimed meanwhile: the unshelve clears it
+        faults.cut_point('upload.record_updated')
+        clear_pending_mark(instance, record.snapshot_id)
+
+    def upload(self, context, instance, image, disk, disk_format, check):
+        """Convert ``disk`` and upload it into the queued ``image``.
+
+        As Nova's cold libvirt snapshot does: the same conversion, the same
+        image format and metadata. ``check`` runs after the conversion and
+        while the data streams; it raises to stop the upload.
+        """
+        image_format = CONF.libvirt.snapshot_image_format or disk_format
+        metadata = self._driver._create_snapshot_metadata(
+            instance.image_meta, instance, image_format, image['name'])
+        started = time.monotonic()
+        LOG.info('Uploading the root disk %s (%.1f MiB) into snapshot %s '
+                 'as %s.', disk, os.path.getsize(disk) / units.Mi,
+                 image['id'], image_format, instance=instance)
+        directory = CONF.libvirt.snapshots_directory
+        os.makedirs(directory, exist_ok=True)
+        with utils.tempdir(dir=directory) as tmpdir:
+            copy = os.path.join(tmpdir, image['id'])
+            libvirt_utils.extract_snapshot(disk, disk_format, copy,
+                                           image_format)
+            # The copy is the disk as kept only if nothing claimed the disk
+            # while qemu-img read it.
+            check()
+            size = os.path.getsize(copy)
+            with open(copy, 'rb') as data:
+                with compute_utils.disk_ops_semaphore:
+                    self._image_api.update(
+                        context, image['id'], metadata,
+                        _CheckedReader(data, check,
+                                       CONF.shelve_accel
+                                       .snapshot_upload_max_mbps))
+        LOG.info('Uploaded the root disk into snapshot %s: %.1f MiB in '
+                 '%.1f s.', image['id'], size / units.Mi,
+                 time.monotonic() - started, instance=instance)
+
+
+def clear_pending_mark(instance, snapshot_id):
+    """Let the scheduler fall back to the snapshot again; False if not now.
+
+    Saved only while the instance is offloaded and idle: an unshelve in
+    progress removes the mark itself, and the recovery pass clears a mark
+    left behind.
+    """
+    if instance.system_metadata.get(shelved.PENDING_UPLOAD_KEY) != (
+            snapshot_id):
+        return True
+    del instance.system_metadata[shelved.PENDING_UPLOAD_KEY]
+    try:
+        instance.save(expected_task_state=[None])
+    except (exception.UnexpectedTaskStateError, exception.InstanceNotFound):
+        return False
+    return True
+
+
+def _instance(instance_uuid):
+    try:
+        return objects.Instance.get_by_uuid(
+            nova_context.get_admin_context(), instance_uuid,
+            expected_attrs=['system_metadata'])
+    except exception.InstanceNotFound:
+        return None
+
+
+def _service_user_auth():
+    """The ``[service_user]`` credentials, or None where none are set."""
+    return service_auth.get_service_auth_plugin(
+        nova.conf.service_token.SERVICE_USER_GROUP)
+
+
+class _Heartbeat:
+    """Keeps the upload lease young from a thread of its own.
+
+    The conversion can take minutes, longer than a lease lives untouched.
+    """
+
+    def __init__(self, store, record, token):
+        self._store = store
+        self._record = record
+        self._token = token
+        self._done = threading.Event()
+        self._lost = None
+        self._future = None
+
+    def start(self):
+        self._future = thread_pool_factory.spawn_on(
+            thread_pool_factory.ExecutorType.LONG_TASK, self._beat)
+
+    def _beat(self):
+        while not self._done.wait(storage.UPLOAD_LEASE_SECONDS / 4):
+            try:
+                self._store.renew_upload_lease(self._record, self._token)
+            except storage.LeaseLost as e:
+                self._lost = e
+                return
+
+    def check(self):
+        if self._lost is not None:
+            raise UploadAbandoned(str(self._lost))
+
+    def stop(self):
+        self._done.set()
+        if self._future is not None:
+            self._future.result()
+
+
+class _CheckedReader:
+    """A file for glanceclient to read, checking as it goes."""
+
+    def __init__(self, data, check, max_mbps):
+        self._data = data
+        self._check = check
+        self._max_bytes_per_second = max_mbps * units.Mi
+        self._read = 0
+        self._next_check = 0
+        self._started = time.monotonic()
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            return b''.join(iter(self))
+        size = min(size, CHUNK_BYTES)
+        if self._read >= self._next_check:
+            self._check()
+            self._next_check = self._read + CHECK_BYTES
+        chunk = self._data.read(size)
+        if not chunk:
+            # Glance activates the image when the data ends: check last.
+            self._check()
+            return chunk
+        self._read += len(chunk)
+        self._throttle()
+        return chunk
+
+    def _throttle(self):
+        if not self._max_bytes_per_second:
+            return
+        ahead = self._read / self._max_bytes_per_second - (
+            time.monotonic() - self._started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+    def __iter__(self):
+        while True:
+            chunk = self.read(CHUNK_BYTES)
+            if not chunk:
+                return
+            yield chunk
