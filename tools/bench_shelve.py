@@ -12,26 +12,37 @@
 
 """Shelve/unshelve benchmark on the loopback cloud: plugin against stock.
 
-Run it through ``tools/benchmark.sh``, which brings the cloud up first. For
-each mode (``plugin``: PartialOffloadLibvirtDriver and
-HostAggregateGroupFilter; ``stock``: libvirt.LibvirtDriver, no filter) and
-each amount of written data, every repetition:
+Run it through ``tools/benchmark.sh``, which brings the cloud up first.
+Three modes, side by side in one run: ``stock`` (libvirt.LibvirtDriver, no
+filter), ``plugin`` (PartialOffloadLibvirtDriver and
+HostAggregateGroupFilter, ``snapshot_upload = at_shelve``) and
+``fast-shelve`` (the same with ``snapshot_upload = after_offload``). For
+each mode and each amount of written data, every repetition:
 
 * boots a server on c1 from a small qcow2 image, stops it and writes the
   data into its root disk with qemu-io (as a guest would have);
 * times ``start`` (SHUTOFF to ACTIVE) and ``stop`` (ACTIVE to SHUTOFF): the
   lower bound, nothing is copied;
 * times ``shelve`` (request to SHELVED_OFFLOADED; the cloud offloads at
-  once) and ``unshelve`` (request to ACTIVE), counting the image bytes
-  Glance sent during the unshelve (its access log).
+  once) and the time from the shelve request until its snapshot image is
+  ``active`` (with ``fast-shelve`` the upload runs after the offload);
+* times ``unshelve`` (request to ACTIVE) once the snapshot is active,
+  counting the image bytes Glance sent during the unshelve (its access
+  log);
+* with ``fast-shelve``, also the unshelve of a second server, shelved and
+  uploaded before, while the first one's upload runs on the same host:
+  the background upload must not slow an unshelve in the group down.
 
-Then a burst: several servers shelved, then all unshelved at once; the
-time until the last one is ACTIVE. After each switch of mode, one untimed
-round with the smallest size warms the restarted services up.
+Then a burst: several servers shelved at once (the time until all are
+SHELVED_OFFLOADED, and until all their snapshots are active), then all
+unshelved at once (the time until the last one is ACTIVE). After each
+switch of mode, one untimed round with the smallest size warms the
+restarted services up.
 
 Times are taken through the API (openstacksdk), polling every 0.2 s.
-Output: a table on the terminal, ``samples.csv`` (every measurement),
-``summary.csv`` and ``unshelve.png`` in the output directory.
+Output: tables on the terminal, ``samples.csv`` (every measurement),
+``summary.csv``, ``burst.csv``, ``unshelve.png`` and ``shelve.png`` in the
+output directory.
 """
 
 import argparse
@@ -50,7 +61,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 from tests.e2e import cloud  # noqa: E402
 
-MODES = ('plugin', 'stock')
+MODES = ('stock', 'plugin', 'fast-shelve')
+MODE_LABELS = {'stock': 'stock', 'plugin': 'at_shelve',
+               'fast-shelve': 'after_offload'}
 POLL = 0.2
 MIB = 1024 * 1024
 IMAGE_MB = 64
@@ -108,6 +121,32 @@ class Bench(object):
         srv = self._wait(server_id, status)
         return time.monotonic() - start, srv
 
+    def snapshot_of(self, server_id):
+        """The image Nova created when shelving the server, or None."""
+        name = self.conn.compute.get_server(server_id).name + '-shelved'
+        found = list(self.conn.image.images(name=name))
+        return found[0] if len(found) == 1 else None
+
+    def wait_snapshot_active(self, server_id, since, timeout=1800):
+        """Seconds from ``since`` until the server's snapshot is active."""
+        deadline = time.monotonic() + timeout
+        while True:
+            image = self.snapshot_of(server_id)
+            if image is not None and image.status == 'active':
+                return time.monotonic() - since
+            if time.monotonic() > deadline:
+                raise RuntimeError('snapshot of %s still %s' % (
+                    server_id, image and image.status))
+            time.sleep(POLL)
+
+    def shelve_until_uploaded(self, server_id):
+        """(shelve seconds, seconds until the snapshot is active)."""
+        start = time.monotonic()
+        self.conn.compute.shelve_server(server_id)
+        self._wait(server_id, 'SHELVED_OFFLOADED')
+        shelve_s = time.monotonic() - start
+        return shelve_s, self.wait_snapshot_active(server_id, start)
+
     # -- one server -----------------------------------------------------
 
     def boot_with_data(self, size):
@@ -130,6 +169,10 @@ class Bench(object):
 
     def sample(self, mode, size, rep):
         server_id = self.boot_with_data(size)
+        # With fast-shelve, a second server of the same size whose
+        # snapshot is uploaded: unshelved while the first one uploads.
+        other_id = self.boot_with_data(size) if mode == 'fast-shelve' \
+            else None
         try:
             row = {'mode': mode, 'data_mib': size // MIB, 'rep': rep}
             row['start_s'], _ = self._timed(
@@ -138,27 +181,56 @@ class Bench(object):
                 self.conn.compute.stop_server, server_id, 'SHUTOFF')
             self.conn.compute.start_server(server_id)
             self._wait(server_id, 'ACTIVE')
-            row['shelve_s'], _ = self._timed(
-                self.conn.compute.shelve_server, server_id,
-                'SHELVED_OFFLOADED')
+            row['unshelve_busy_s'] = ''
+            if other_id:
+                self.conn.compute.start_server(other_id)
+                self._wait(other_id, 'ACTIVE')
+                self.shelve_until_uploaded(other_id)
+                start = time.monotonic()
+                self.conn.compute.shelve_server(server_id)
+                self._wait(server_id, 'SHELVED_OFFLOADED')
+                row['shelve_s'] = time.monotonic() - start
+                image = self.snapshot_of(server_id)
+                row['unshelve_busy_s'], _ = self._timed(
+                    self.conn.compute.unshelve_server, other_id, 'ACTIVE')
+                # Said per sample: did the upload still run meanwhile?
+                row['busy_overlapped'] = self.snapshot_of(
+                    server_id).status != 'active' and image.status != (
+                        'active')
+                row['snapshot_active_s'] = self.wait_snapshot_active(
+                    server_id, start)
+            else:
+                row['shelve_s'], row['snapshot_active_s'] = (
+                    self.shelve_until_uploaded(server_id))
+                row['busy_overlapped'] = ''
             glance = cloud.GlanceDataCounter()
             row['unshelve_s'], srv = self._timed(
                 self.conn.compute.unshelve_server, server_id, 'ACTIVE')
             row['unshelve_host'] = srv.compute_host
             row['glance_mib'] = round(glance.bytes_sent() / MIB, 1)
+            row['cycle_s'] = row['shelve_s'] + row['unshelve_s']
+            row['stop_start_s'] = row['stop_s'] + row['start_s']
             return row
         finally:
             self.delete(server_id)
+            if other_id:
+                self.delete(other_id)
 
     # -- burst ----------------------------------------------------------
 
     def burst(self, mode, count, size):
+        # Shelved from SHUTOFF: the burst measures the snapshots and the
+        # offloads, not the guests' shutdown.
         servers = [self.boot_with_data(size) for _ in range(count)]
         try:
+            start = time.monotonic()
             for server_id in servers:
                 self.conn.compute.shelve_server(server_id)
             for server_id in servers:
                 self._wait(server_id, 'SHELVED_OFFLOADED')
+            all_shelved_s = time.monotonic() - start
+            all_uploaded_s = max(self.wait_snapshot_active(s, start)
+                                 for s in servers)
             glance = cloud.GlanceDataCounter()
             start = time.monotonic()
             for server_id in servers:
@@ -168,6 +240,8 @@ class Bench(object):
                 self._wait(server_id, 'ACTIVE')
                 done.append(time.monotonic() - start)
             return {'mode': mode, 'servers': count, 'data_mib': size // MIB,
+                    'all_shelved_s': all_shelved_s,
+                    'all_uploaded_s': all_uploaded_s,
                     'all_active_s': max(done),
                     'median_server_s': statistics.median(done),
                     'glance_mib': round(glance.bytes_sent() / MIB, 1)}
@@ -188,8 +262,11 @@ def summarize(samples, sizes):
                 continue
             out = {'mode': mode, 'data_mib': size // MIB, 'n': len(rows)}
             for key in ('unshelve_s', 'shelve_s', 'start_s', 'stop_s',
-                        'glance_mib'):
-                values = [r[key] for r in rows]
+                        'glance_mib', 'snapshot_active_s', 'cycle_s',
+                        'stop_start_s', 'unshelve_busy_s'):
+                values = [r[key] for r in rows if r[key] != '']
+                if not values:
+                    continue
                 out[key] = statistics.median(values)
                 out[key + '_min'] = min(values)
                 out[key + '_max'] = max(values)
@@ -198,39 +275,79 @@ def summarize(samples, sizes):
 
 
 def _cell(row, key):
+    if key not in row:
+        return '-'
     return '%.1f [%.1f-%.1f]' % (row[key], row[key + '_min'],
                                  row[key + '_max'])
 
 
-def print_table(summary, bursts):
-    head = ('data', 'mode', 'n', 'unshelve s', 'shelve s', 'start s',
-            'stop s', 'Glance MiB', 'stock/plugin')
-    lines = [head]
-    by_key = {(r['mode'], r['data_mib']): r for r in summary}
-    for row in summary:
-        stock = by_key.get(('stock', row['data_mib']))
-        ratio = ''
-        if row['mode'] == 'plugin' and stock:
-            ratio = '%.2fx' % (stock['unshelve_s'] / row['unshelve_s'])
-        lines.append((size_label(row['data_mib'] * MIB), row['mode'],
-                      str(row['n']), _cell(row, 'unshelve_s'),
-                      _cell(row, 'shelve_s'), _cell(row, 'start_s'),
-                      _cell(row, 'stop_s'), '%.0f' % row['glance_mib'],
-                      ratio))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    print('\nMedian [min-max] seconds, request to final state, through the'
-          ' API:')
+def _ratio(numerator, denominator):
+    return '%.2fx' % (numerator / denominator) if denominator else '-'
+
+
+def _print_lines(lines):
+    widths = [max(len(line[i]) for line in lines)
+              for i in range(len(lines[0]))]
     for n, line in enumerate(lines):
         print('  '.join(cell.ljust(w) for cell, w in zip(line, widths)))
         if n == 0:
             print('  '.join('-' * w for w in widths))
+
+
+def _busy_note(row):
+    if row['unshelve_busy_s'] == '':
+        return ''
+    return ', unshelve during an upload %.1f s%s' % (
+        row['unshelve_busy_s'],
+        '' if row['busy_overlapped'] else ' (the upload had ended)')
+
+
+def print_table(summary, bursts):
+    by_key = {(r['mode'], r['data_mib']): r for r in summary}
+    print('\nMedian [min-max] seconds, request to final state, through the'
+          ' API. Modes: stock Nova; the plugin with snapshot_upload ='
+          ' at_shelve; with snapshot_upload = after_offload.')
+    lines = [('data', 'mode', 'n', 'shelve s', 'stop s', 'shelve/stop',
+              'snapshot active s', 'unshelve s', 'start s', 'Glance MiB',
+              'cycle s', 'stop+start s', 'cycle/(stop+start)',
+              'stock cycle/cycle')]
+    for row in summary:
+        stock = by_key.get(('stock', row['data_mib']))
+        lines.append((
+            size_label(row['data_mib'] * MIB), MODE_LABELS[row['mode']],
+            str(row['n']), _cell(row, 'shelve_s'), _cell(row, 'stop_s'),
+            _ratio(row['shelve_s'], row['stop_s']),
+            _cell(row, 'snapshot_active_s'), _cell(row, 'unshelve_s'),
+            _cell(row, 'start_s'), '%.0f' % row['glance_mib'],
+            _cell(row, 'cycle_s'), _cell(row, 'stop_start_s'),
+            _ratio(row['cycle_s'], row['stop_start_s']),
+            _ratio(stock['cycle_s'], row['cycle_s'])
+            if stock and row['mode'] != 'stock' else ''))
+    _print_lines(lines)
+    busy = [r for r in summary if 'unshelve_busy_s' in r]
+    if busy:
+        print('\nafter_offload: unshelve in the group while another '
+              'server\'s upload runs on the same host, against the unshelve '
+              'once the host is idle:')
+        lines = [('data', 'n', 'during upload s', 'idle s', 'ratio')]
+        for row in busy:
+            lines.append((size_label(row['data_mib'] * MIB), str(row['n']),
+                          _cell(row, 'unshelve_busy_s'),
+                          _cell(row, 'unshelve_s'),
+                          _ratio(row['unshelve_busy_s'],
+                                 row['unshelve_s'])))
+        _print_lines(lines)
     if bursts:
-        print('\nConcurrent unshelve burst:')
+        print('\nBurst: servers shelved at once (from SHUTOFF), then '
+              'unshelved at once:')
         for b in bursts:
-            print('  %-6s %d servers x %s: all ACTIVE after %.1f s '
-                  '(median server %.1f s), Glance sent %.0f MiB' % (
-                      b['mode'], b['servers'],
-                      size_label(b['data_mib'] * MIB), b['all_active_s'],
+            print('  %-13s %d servers x %s: all SHELVED_OFFLOADED after '
+                  '%.1f s, all snapshots active after %.1f s; all ACTIVE '
+                  'after %.1f s (median server %.1f s), Glance sent %.0f '
+                  'MiB' % (
+                      MODE_LABELS[b['mode']], b['servers'],
+                      size_label(b['data_mib'] * MIB), b['all_shelved_s'],
+                      b['all_uploaded_s'], b['all_active_s'],
                       b['median_server_s'], b['glance_mib']))
 
 
@@ -249,21 +366,41 @@ def plot(path, summary):
     matplotlib.use('Agg')
     from matplotlib import pyplot
 
-    fig, ax = pyplot.subplots(figsize=(7, 4.5))
     series = [('stock', 'unshelve_s', 'unshelve, stock Nova', 'o-'),
-              ('plugin', 'unshelve_s', 'unshelve, nova-shelve-accel', 's-'),
+              ('plugin', 'unshelve_s', 'unshelve, at_shelve', 's-'),
+              ('fast-shelve', 'unshelve_s', 'unshelve, after_offload', 'D-'),
               ('plugin', 'start_s', 'start of a stopped server (bound)',
                '^--')]
+    _plot_series(pyplot, path, summary, series, 'Unshelve time against disk '
+                 'data', 'seconds, request to ACTIVE (median, min-max)')
+
+
+def plot_shelve(path, summary):
+    from matplotlib import pyplot
+
+    series = [('stock', 'shelve_s', 'shelve, stock Nova', 'o-'),
+              ('plugin', 'shelve_s', 'shelve, at_shelve', 's-'),
+              ('fast-shelve', 'shelve_s', 'shelve, after_offload', 'D-'),
+              ('fast-shelve', 'snapshot_active_s',
+               'snapshot active, after_offload', 'D:'),
+              ('stock', 'stop_s', 'stop of a running server (bound)',
+               '^--')]
+    _plot_series(pyplot, path, summary, series, 'Shelve time against disk '
+                 'data', 'seconds from the request (median, min-max)')
+
+
+def _plot_series(pyplot, path, summary, series, title, ylabel):
+    fig, ax = pyplot.subplots(figsize=(7, 4.5))
     for mode, key, label, style in series:
-        rows = [r for r in summary if r['mode'] == mode]
+        rows = [r for r in summary if r['mode'] == mode and key in r]
         xs = [r['data_mib'] / 1024 for r in rows]
         ys = [r[key] for r in rows]
         err = [[r[key] - r[key + '_min'] for r in rows],
                [r[key + '_max'] - r[key] for r in rows]]
         ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=label)
     ax.set_xlabel('data written to the root disk (GiB)')
-    ax.set_ylabel('seconds, request to ACTIVE (median, min-max)')
-    ax.set_title('Unshelve time against disk data')
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -281,8 +418,16 @@ def main():
                         help='servers unshelved at once (0: no burst)')
     parser.add_argument('--burst-size', default='256M')
     parser.add_argument('--out', default='bench-results')
+    parser.add_argument('--modes', default=','.join(MODES),
+                        help='modes to run, in this order '
+                             '(default %(default)s)')
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(',')]
+    modes = args.modes.split(',')
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error('unknown mode(s) %s; choose from %s'
+                     % (', '.join(sorted(unknown)), ', '.join(MODES)))
     os.makedirs(args.out, exist_ok=True)
     cloud.check_cloud_is_up()
 
@@ -291,7 +436,7 @@ def main():
     with tempfile.TemporaryDirectory(dir='/var/tmp') as workdir:
         bench = Bench(conn, workdir)
         try:
-            for mode in MODES:
+            for mode in modes:
                 print('== mode %s (restarting scheduler and computes)' % mode,
                       flush=True)
                 cloud.set_mode(mode)
@@ -302,12 +447,15 @@ def main():
                 for size in sizes:
                     for rep in range(1, args.repeat + 1):
                         row = bench.sample(mode, size, rep)
-                        print('   %s %s #%d: unshelve %.1f s on %s, shelve '
-                              '%.1f s, start %.1f s, Glance %.0f MiB' % (
+                        print('   %s %s #%d: shelve %.1f s (stop %.1f s), '
+                              'snapshot active %.1f s, unshelve %.1f s on '
+                              '%s (start %.1f s), Glance %.0f MiB%s' % (
                                   mode, size_label(size), rep,
+                                  row['shelve_s'], row['stop_s'],
+                                  row['snapshot_active_s'],
                                   row['unshelve_s'], row['unshelve_host'],
-                                  row['shelve_s'], row['start_s'],
-                                  row['glance_mib']), flush=True)
+                                  row['start_s'], row['glance_mib'],
+                                  _busy_note(row)), flush=True)
                         samples.append(row)
                 if args.burst:
                     bursts.append(bench.burst(
@@ -321,9 +469,10 @@ def main():
     write_csv(os.path.join(args.out, 'summary.csv'), summary)
     write_csv(os.path.join(args.out, 'burst.csv'), bursts)
     plot(os.path.join(args.out, 'unshelve.png'), summary)
+    plot_shelve(os.path.join(args.out, 'shelve.png'), summary)
     print_table(summary, bursts)
-    print('\nCSV and plot: %s/{samples,summary,burst}.csv, %s/unshelve.png'
-          % (args.out, args.out))
+    print('\nCSV and plots: %s/{samples,summary,burst}.csv, '
+          '%s/{unshelve,shelve}.png' % (args.out, args.out))
     print('Machine: %s, %d CPUs, QEMU TCG (no KVM)' % (
         subprocess.run(['uname', '-srm'], capture_output=True,
                        text=True).stdout.strip(), os.cpu_count()))

@@ -1,13 +1,15 @@
 #!/bin/bash
 # The project's main job: bring the loopback test cloud up (unless it is
-# already up) and run the shelve/unshelve benchmark, nova-shelve-accel
-# against stock Nova, printing the table. Root, Debian bookworm.
+# already up) and run the shelve/unshelve benchmark, stock Nova against
+# nova-shelve-accel with snapshot_upload = at_shelve and = after_offload,
+# printing the tables. As root, Debian bookworm.
 #
-#   sudo tools/benchmark.sh [--sizes 256M,1G,4G] [--repeat 3] [--burst 6]
-#                           [--burst-size 256M] [--out bench-results]
+#   tools/benchmark.sh [--sizes 256M,1G,4G] [--repeat 3] [--burst 6]
+#                      [--burst-size 256M] [--out bench-results]
+#                      [--modes stock,plugin,fast-shelve]
 #
-# The cloud stays up afterwards; 'sudo tools/cloud/cloud.sh down' stops it
-# and removes its state.
+# The cloud stays up afterwards; 'tools/cloud/cloud.sh down' stops it and
+# removes its state.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE=${SHELVE_ACCEL_STATE:-/var/lib/nova-shelve-accel-cloud}
