@@ -555,6 +555,18 @@ class KeptDiskStore:
                 instance_uuid, snapshot_id):
             raise VerificationFailed('%s holds no claimed disk of snapshot '
                                      '%s' % (inst_dir, snapshot_id))
+        if record.snapshot_pending:
+            # The only copy of the data, whatever the failed guest wrote:
+            # record the disk as it is now, or no claim would accept it and
+            # no upload would take it.
+            try:
+                record = dataclasses.replace(
+                    self._describe(inst_dir, instance_uuid, snapshot_id,
+                                   record.disk_format),
+                    snapshot_pending=True)
+            except KeepRefused as e:
+                raise VerificationFailed(str(e))
+            _write_record(inst_dir, record)
         self.ensure_directory()
         self._move_in(inst_dir, record, 'release')
         self._account(record.allocated_bytes)
@@ -637,7 +649,8 @@ class KeptDiskStore:
                     os.rename(path, stale)
                 except FileNotFoundError:
                     return None     # another host took it over first
-                os.unlink(stale)
+                # Whatever stood there (a planted directory too), unfollowed.
+                remove_tree(stale)
                 continue
             except (FileNotFoundError, NotADirectoryError):
                 return None         # claimed or reclaimed meanwhile
@@ -863,7 +876,8 @@ def _read_disk_info(directory):
 
 def _read_small(path):
     """The text of a small file we wrote, never through a link."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    # O_NONBLOCK: opening a planted FIFO must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd) as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise ValueError('%s is not a regular file' % path)
@@ -872,8 +886,9 @@ def _read_small(path):
 
 def _load_record(directory):
     """The record in ``directory``; raises on anything but a good record."""
+    # O_NONBLOCK: opening a planted FIFO must not wait for a writer.
     fd = os.open(os.path.join(directory, RECORD_NAME),
-                 os.O_RDONLY | os.O_NOFOLLOW)
+                 os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd) as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise ValueError('not a regular file')

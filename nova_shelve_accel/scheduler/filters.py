@@ -74,7 +74,8 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
                      _storage_above_floor(h, floor)]
         if not qualified and pending:
             raise exception.NoValidHost(reason=_pending_message(
-                instance, kept_on, groups, len(hosts)))
+                instance, kept_on, groups or _groups_of_host(kept_on),
+                len(hosts)))
         if not qualified:
             LOG.info('No host sharing the storage of %s (groups %s) can take '
                      'instance %s; letting all %d hosts through '
@@ -163,17 +164,34 @@ class _KeptDiskStorage:
         return True
 
 
+def _groups_of_host(host):
+    """The storage groups of ``host``, read from the database.
+
+    Only for the message of an unshelve that fails: there, no host handed
+    to the filter shares an aggregate with ``host``, so their aggregates
+    cannot name its group.
+    """
+    try:
+        aggregates = objects.AggregateList.get_by_host(
+            nova_context.get_admin_context(), host, key=GROUP_KEY)
+    except Exception:
+        LOG.exception('Cannot read the aggregates of %s.', host)
+        return set()
+    return {g for g in map(_group_of_aggregate, aggregates) if g}
+
+
 def _pending_message(instance, kept_on, groups, candidates):
+    # Nova keeps the first 255 characters in the instance action's event:
+    # what the user must know comes first.
+    snapshot_id = instance.system_metadata['shelved_image_id']
     message = (
-        'Instance %s cannot be unshelved outside the storage of %s (storage '
-        'group %s): none of the %d hosts left by the other filters shares '
-        'it, and its snapshot %s is still being uploaded from the root disk '
-        'kept there, the only copy of its data. Retry once the image is '
-        'active (openstack image show %s), or make room on a host of the '
-        'group.' % (instance.uuid, kept_on,
-                    ', '.join(sorted(groups)) or 'none', candidates,
-                    instance.system_metadata['shelved_image_id'],
-                    instance.system_metadata['shelved_image_id']))
+        'Snapshot %s is still being uploaded from the kept root disk, the '
+        'only copy of the data: retry once the image is active, or free a '
+        'host of storage group %s. None of the %d hosts left by the other '
+        'filters shares the storage of %s, where instance %s was shelved '
+        '(openstack image show %s).' % (
+            snapshot_id, ', '.join(sorted(groups)) or 'none (no aggregate)',
+            candidates, kept_on, instance.uuid, snapshot_id))
     LOG.warning(message)
     return message
 

@@ -135,9 +135,30 @@ class SnapshotUploader:
         for record in pending:
             key = (record.instance_uuid, record.snapshot_id)
             next_try = self._retries.get(key, (0, 0))[0]
-            if next_try <= now:
+            if next_try <= now and not self._in_upload_delay(record):
                 self.schedule(self._service_context(), *key,
                               at_start=at_start)
+
+    def _in_upload_delay(self, record):
+        """Whether the disk was kept less than snapshot_upload_delay ago.
+
+        The host that kept it waits that long before uploading, so that an
+        unshelve meanwhile makes the upload needless; the other hosts of
+        the storage wait as long, by the storage's clock (the record was
+        written when the disk was kept), or they would upload it at their
+        next scan.
+        """
+        delay = CONF.shelve_accel.snapshot_upload_delay
+        if not delay:
+            return False
+        try:
+            kept_at = os.lstat(os.path.join(
+                self._store.kept_dir(record.instance_uuid,
+                                     record.snapshot_id),
+                storage.RECORD_NAME)).st_mtime
+            return self._store.storage_now() - kept_at < delay
+        except OSError:
+            return False
 
     def stop(self):
         """Stop every upload at its next check (the service is stopping)."""
@@ -229,6 +250,7 @@ class SnapshotUploader:
                                       'unshelve or changed')
             heartbeat.check()
 
+        check()     # before converting a disk that is not ours any more
         self.upload(context, instance, image, disk, record.disk_format,
                     check)
         faults.cut_point('upload.finished')
@@ -243,7 +265,13 @@ class SnapshotUploader:
         if not self._store.mark_uploaded(record):
             return          # claimed meanwhile: the unshelve clears it
         faults.cut_point('upload.record_updated')
-        clear_pending_mark(instance, record.snapshot_id)
+        # Read again: the copy read when the upload began may predate the
+        # offload's last save (an upload starts during the offload), and
+        # saving it would write its whole system metadata back, dropping
+        # the kept-disk marker the offload saved.
+        instance = _instance(instance.uuid)
+        if instance is not None:
+            clear_pending_mark(instance, record.snapshot_id)
 
     def upload(self, context, instance, image, disk, disk_format, check):
         """Convert ``disk`` and upload it into the queued ``image``.
@@ -291,6 +319,11 @@ def clear_pending_mark(instance, snapshot_id):
     if instance.system_metadata.get(shelved.PENDING_UPLOAD_KEY) != (
             snapshot_id):
         return True
+    if instance.task_state is not None:
+        # Read while an operation was under way: its system metadata may
+        # be older than what that operation saves, and the save below
+        # writes all of it.
+        return False
     del instance.system_metadata[shelved.PENDING_UPLOAD_KEY]
     try:
         instance.save(expected_task_state=[None])

@@ -24,6 +24,7 @@ import collections
 import contextlib
 import datetime
 import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -33,12 +34,14 @@ import time
 from unittest import mock
 
 import fixtures
+from glanceclient import exc as glance_exc
 from oslo_config import cfg
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 from oslo_utils.fixture import uuidsentinel as uuids
 from oslo_utils import timeutils
 
 from nova import context as nova_context
+from nova import exception
 from nova import objects
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.fixtures import libvirt as fakelibvirt
@@ -48,6 +51,7 @@ from nova.virt.libvirt import config as libvirt_config
 from nova.virt.libvirt import utils as libvirt_utils
 
 from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel.virt import upload
 
 CONF = cfg.CONF
 accel_conf.register_opts(CONF)
@@ -221,8 +225,8 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
             CONF.instances_path))
         super().setUp()
         self._fake_host_environment()
+        self._glance_keeps_image_data()
         self.downloads = self._count_image_downloads()
-        self._store_uploaded_image_data()
         self._upload_image()
         self.computes = {}
         self.connections = {}
@@ -280,20 +284,114 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
         self.glance.download = counting_download
         return downloads
 
-    def _store_uploaded_image_data(self):
-        # GlanceFixture drops the data of an update; the snapshot a shelve
-        # uploads must be downloadable, as from a real Glance.
-        real_update = self.glance.update
+    def _glance_keeps_image_data(self):
+        """Make GlanceFixture's image life cycle that of Glance v2.
 
-        def storing_update(context, image_id, metadata, data=None,
-                           purge_props=False):
-            image = real_update(context, image_id, metadata,
-                                purge_props=purge_props)
-            if data is not None:
-                self.glance._imagedata[image_id] = data.read()
+        GlanceFixture marks every image it creates active and drops the data
+        of an update. Fast shelve depends on the difference: the image the
+        API creates for a shelve is ``queued`` until data is uploaded into
+        it, and a queued image cannot be downloaded. Here, as in Glance:
+
+        * an image created with no data and no status is ``queued``, with
+          the size Nova's Glance client reports for it (0) and no checksum;
+        * an upload (an update with data) is refused unless the image is
+          queued; the image is ``saving`` while the data is read, goes back
+          to ``queued`` if reading fails, and is ``active`` with the size
+          and MD5 checksum of the data once it is read; an image deleted
+          meanwhile stays deleted;
+        * ``status`` in an update's metadata is ignored (it is read-only);
+        * downloading an image with no data fails as Nova's client fails.
+
+        What it observes, for the tests: ``uploads`` counts the uploads into
+        each image (the attempts that reached Glance), ``upload_attempts``
+        lists them in order as [image id, host label of the uploading
+        thread, 'active' or the name of the exception], ``image_statuses``
+        lists every status each image had, and ``max_concurrent_uploads``
+        is the most uploads Glance was reading at once. ``upload_hook``, if
+        set, is called with the image id inside an upload, once the image is
+        ``saving`` and before any data is read.
+        """
+        glance = self.glance
+        real_create = glance.create
+        real_update = glance.update
+        real_download = glance.download
+        self.uploads = collections.Counter()
+        self.upload_attempts = []
+        self.image_statuses = collections.defaultdict(list)
+        self.max_concurrent_uploads = 0
+        self.upload_hook = None
+        reading = 0
+        lock = threading.Lock()
+
+        def set_status(image_id, status, **attributes):
+            image = glance.images.get(image_id)
+            if image is None:
+                return
+            image['status'] = status
+            image.update(attributes)
+            self.image_statuses[image_id].append(status)
+
+        def create(context, metadata, data=None):
+            if data is None and 'status' not in metadata:
+                metadata = dict(metadata, status='queued', size=0,
+                                checksum=None)
+            image = real_create(context, metadata, data=data)
+            self.image_statuses[image['id']].append(image['status'])
             return image
 
-        self.glance.update = storing_update
+        def update(context, image_id, metadata, data=None,
+                   purge_props=False):
+            nonlocal reading
+            metadata = dict(metadata)
+            metadata.pop('status', None)
+            if data is None:
+                return real_update(context, image_id, metadata,
+                                   purge_props=purge_props)
+            status = glance.show(context, image_id)['status']
+            self.uploads[image_id] += 1
+            attempt = [image_id, self.router.current_host(), None]
+            self.upload_attempts.append(attempt)
+            if status != 'queued':
+                attempt[2] = 'HTTPConflict'
+                raise glance_exc.HTTPConflict(
+                    'Image status transition from %s to saving is not '
+                    'allowed' % status)
+            set_status(image_id, 'saving')
+            with lock:
+                reading += 1
+                self.max_concurrent_uploads = max(
+                    self.max_concurrent_uploads, reading)
+            try:
+                if self.upload_hook is not None:
+                    self.upload_hook(image_id)
+                payload = data.read()
+            except BaseException as e:
+                attempt[2] = type(e).__name__
+                set_status(image_id, 'queued')
+                raise
+            finally:
+                with lock:
+                    reading -= 1
+            if image_id not in glance.images:
+                attempt[2] = 'ImageNotFound'
+                raise exception.ImageNotFound(image_id=image_id)
+            image = real_update(context, image_id, metadata,
+                                purge_props=purge_props)
+            glance._imagedata[image_id] = payload
+            set_status(image_id, 'active', size=len(payload),
+                       checksum=hashlib.md5(payload).hexdigest())
+            attempt[2] = 'active'
+            return image
+
+        def download(context, image_id, *args, **kwargs):
+            if glance.show(context, image_id)['status'] != 'active':
+                raise exception.ImageUnacceptable(
+                    image_id=image_id, reason='Image has no associated data')
+            return real_download(context, image_id, *args, **kwargs)
+
+        glance.create = create
+        glance.update = update
+        glance.download = download
 
     def _upload_image(self):
         path = os.path.join(self.storage_root, 'image.qcow2')
@@ -321,9 +419,24 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
         """Restart a compute service as after a crash of its process.
 
         A new manager runs init_host; the hypervisor keeps its domains.
+        Nova's helper keeps the driver object for that, so the background
+        uploads the stopped service's cleanup_host ended are replaced by
+        those of a new process, before init_host resumes the interrupted
+        ones.
         """
-        return self._run_compute(host, lambda: self.restart_compute_service(
-            self.computes[host]))
+        driver = self.computes[host].manager.driver
+        real_init_host = driver.init_host
+
+        def init_host_of_new_process(host):
+            driver._uploads = upload.SnapshotUploader(driver,
+                                                      driver._kept_disks)
+            return real_init_host(host)
+
+        with mock.patch.object(driver, 'init_host',
+                               side_effect=init_host_of_new_process):
+            return self._run_compute(
+                host, lambda: self.restart_compute_service(
+                    self.computes[host]))
 
     def _run_compute(self, host, start):
         connection = self.connections[host]

@@ -386,3 +386,66 @@ class TestBrokenStorage(BadInputTestCase):
         self.store.claim(INSTANCE, SNAPSHOT)
         self.assertEqual(0o755, stat.S_IMODE(os.lstat(self.inst_dir)
                                              .st_mode))
+
+
+class TestHostileLeases(BadInputTestCase):
+    """Odd files named ``upload.lease`` (or ``kept.json``) in a kept disk.
+
+    A planted FIFO must not hang the upload or the periodic pass that
+    reads it: the guard turns a hang into a failure.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.Timeout(60, gentle=True))
+        self.record = self.keep()
+        self.lease = os.path.join(self.kept_dir, storage.UPLOAD_LEASE)
+
+    def assert_lease_taken(self):
+        token = self.store.take_upload_lease(self.record)
+        self.assertIsNotNone(token)
+        self.assertTrue(stat.S_ISREG(os.lstat(self.lease).st_mode))
+        with open(self.lease) as f:
+            self.assertEqual(token, f.read())
+        # Nothing of the planted entry is left behind.
+        self.assertEqual(sorted(['disk', 'disk.info', storage.RECORD_NAME,
+                                 storage.UPLOAD_LEASE]),
+                         sorted(os.listdir(self.kept_dir)))
+        return token
+
+    def test_a_lease_that_is_a_link_is_taken_over_not_followed(self):
+        os.symlink(os.path.join(self.outside, 'secret'), self.lease)
+        self.assert_lease_taken()
+
+    def test_a_dangling_link_does_not_create_its_target(self):
+        target = os.path.join(self.outside, 'created-by-the-lease')
+        os.symlink(target, self.lease)
+        self.assert_lease_taken()
+        self.assertFalse(os.path.lexists(target))
+
+    def test_renew_does_not_touch_a_link_swapped_in(self):
+        token = self.store.take_upload_lease(self.record)
+        secret = os.path.join(self.outside, 'secret')
+        os.unlink(self.lease)
+        os.symlink(secret, self.lease)
+        self.assertRaises(storage.LeaseLost, self.store.renew_upload_lease,
+                          self.record, token)
+        # Nor is the link's target removed when the lease is dropped.
+        self.store.drop_upload_lease(self.record, token)
+        self.assertTrue(os.path.islink(self.lease))
+
+    def test_a_lease_that_is_a_fifo_is_taken_over(self):
+        os.mkfifo(self.lease)
+        self.assert_lease_taken()
+
+    def test_a_lease_that_is_a_directory_is_taken_over(self):
+        os.makedirs(os.path.join(self.lease, 'sub'))
+        self.assert_lease_taken()
+
+    def test_a_record_that_is_a_fifo_is_damaged(self):
+        record_file = os.path.join(self.kept_dir, storage.RECORD_NAME)
+        os.unlink(record_file)
+        os.mkfifo(record_file)
+        self.assertIsNone(self.store.find(INSTANCE, SNAPSHOT))
+        [damaged] = self.store.inventory()[1]
+        self.assertIn('unreadable', damaged.problem)

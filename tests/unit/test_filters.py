@@ -21,6 +21,7 @@ from oslo_utils.fixture import uuidsentinel as uuids
 
 from nova.compute import vm_states
 from nova import context as nova_context
+from nova import exception
 from nova import objects
 from nova.scheduler import filters as nova_filters
 from nova import test
@@ -256,6 +257,129 @@ class TestUnshelveWithKeptDisk(FilterTestCase):
         self.assertEqual(names[:count // 2],
                          self.passing(hosts, self.spec()))
         self.assertEqual(1, len(self.lookups))
+
+
+class TestUnshelveWithPendingSnapshot(FilterTestCase):
+    """The snapshot still waits for the kept disk: nothing to download."""
+
+    def setUp(self):
+        super().setUp()
+        # The aggregates in the database, which the filter reads only to
+        # name the group in the message of an unshelve that fails.
+        self.all_aggregates = []
+        self.aggregate_lookups = []
+
+        def get_by_host(cls, context, host, key=None):
+            self.aggregate_lookups.append((host, key))
+            return objects.AggregateList(objects=[
+                a for a in self.all_aggregates
+                if host in a.hosts and (key is None or key in a.metadata)])
+
+        self.stub_out('nova.objects.AggregateList.get_by_host', get_by_host)
+
+    def pending(self, mark=SNAPSHOT, **kwargs):
+        instance = self.offloaded(**kwargs)
+        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = mark
+        return instance
+
+    def full(self, hosts, names):
+        for h in hosts:
+            if h.host in names:
+                h.free_disk_mb = 1
+        return hosts
+
+    def test_group_hosts_pass_whatever_their_free_space(self):
+        self.pending(shelved_host='A')
+        hosts = self.full(self.g1_and_c(), 'AB')
+        self.assertEqual(['A', 'B'], self.passing(hosts, self.spec()))
+        self.assertEqual([], self.aggregate_lookups)
+
+    def test_the_pending_mark_alone_routes_to_the_group(self):
+        # The kept marker was lost (a restart during the offload).
+        self.pending(shelved_host='A', kept=None)
+        self.assertEqual(['A', 'B'],
+                         self.passing(self.g1_and_c(), self.spec()))
+
+    def test_no_group_host_left_fails_the_unshelve_saying_why(self):
+        # C and D carry no aggregate of A: the group is read from the
+        # database.
+        self.pending(shelved_host='A')
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1', agg_id=1)
+        self.all_aggregates = [g1, self.aggregate('az1', ['A', 'C'],
+                                                  agg_id=2)]
+        hosts = self.hosts('CD', [g1])
+        error = self.assertRaises(exception.NoValidHost,
+                                  self.filt.filter_all, hosts, self.spec())
+        self.assertEqual([('A', filters.GROUP_KEY)], self.aggregate_lookups)
+        message = str(error)
+        self.assertIn(uuids.instance, message)
+        self.assertIn(SNAPSHOT, message)
+        self.assertIn('storage group g1', message)
+        self.assertIn('none of the 2 hosts', message.lower())
+        self.assertIn('still being uploaded', message)
+        self.assertEqual(1, len(self.warnings(uuids.instance)))
+
+    def test_a_host_in_no_group_names_no_group(self):
+        self.pending(shelved_host='C')
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        error = self.assertRaises(exception.NoValidHost,
+                                  self.filt.filter_all,
+                                  self.hosts('AB', [g1]), self.spec())
+        self.assertIn('storage of C', str(error))
+        self.assertIn('storage group none', str(error))
+
+    def test_aggregates_that_cannot_be_read_still_fail_saying_why(self):
+        self.pending(shelved_host='A')
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        self.stub_out('nova.objects.AggregateList.get_by_host',
+                      mock.Mock(side_effect=ValueError('API DB is down')))
+        error = self.assertRaises(exception.NoValidHost,
+                                  self.filt.filter_all,
+                                  self.hosts('CD', [g1]), self.spec())
+        self.assertIn('storage of A', str(error))
+        self.assertIn('storage group none', str(error))
+        self.assertIn('API DB is down', self.stdlog.logger.output)
+
+    def test_group_host_reporting_no_disk_does_not_pass(self):
+        self.pending(shelved_host='A')
+        hosts = self.g1_and_c()
+        for h in hosts[:2]:
+            h.total_usable_disk_gb = 0
+        self.assertRaises(exception.NoValidHost, self.filt.filter_all,
+                          hosts, self.spec())
+
+    def test_once_uploaded_the_stock_fallback_is_back(self):
+        # The same request, after the upload cleared the mark.
+        instance = self.pending(shelved_host='A')
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        self.assertRaises(exception.NoValidHost, self.filt.filter_all,
+                          self.hosts('CD', [g1]), self.spec())
+        del instance.system_metadata[shelved.PENDING_UPLOAD_KEY]
+        self.assertEqual(['C', 'D'],
+                         self.passing(self.hosts('CD', [g1]), self.spec()))
+        hosts = self.full(self.g1_and_c(), 'AB')
+        self.assertEqual(['A', 'B', 'C'], self.passing(hosts, self.spec()))
+
+    def test_a_mark_of_another_snapshot_is_ignored(self):
+        # Left by an older shelve: the current snapshot holds the data.
+        self.pending(mark=OLD_SNAPSHOT, shelved_host='A')
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        self.assertEqual(['C', 'D'],
+                         self.passing(self.hosts('CD', [g1]), self.spec()))
+        hosts = self.full(self.g1_and_c(), 'AB')
+        self.assertEqual(['A', 'B', 'C'], self.passing(hosts, self.spec()))
+
+    def test_a_mark_of_another_snapshot_alone_does_not_route(self):
+        self.pending(mark=OLD_SNAPSHOT, shelved_host='A', kept=None)
+        self.assertEqual(['A', 'B', 'C'],
+                         self.passing(self.g1_and_c(), self.spec()))
+        self.assertEqual(1, len(self.lookups))
+
+    def test_a_pending_instance_not_offloaded_is_left_alone(self):
+        self.pending(shelved_host='A', vm_state=vm_states.ACTIVE)
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        self.assertEqual(['C', 'D'],
+                         self.passing(self.hosts('CD', [g1]), self.spec()))
 
 
 class TestMisconfiguredGroups(FilterTestCase):

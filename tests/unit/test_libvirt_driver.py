@@ -16,6 +16,7 @@ The driver is built as Nova's own libvirt unit tests build theirs; its
 instance storage is a temporary directory holding real disks.
 """
 
+import copy
 import dataclasses
 import math
 import os
@@ -47,6 +48,102 @@ CONF = nova.conf.CONF
 SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
 OLD_SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000000'
 NODE = 'compute-a'
+# What glanceclient reads at a time from the file it uploads.
+GLANCE_CHUNK = 64 * units.Ki
+
+
+class FakeGlance(fixtures.Fixture):
+    """Glance as ``nova.image.glance.API`` shows it, images in memory.
+
+    ``update`` with data reads it as glanceclient does, 64 KiB at a time
+    until it ends, and only then activates the image, as Glance does; an
+    error raised while reading leaves the image queued and without data.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.images = {}
+        self.data = {}
+        # (image id, metadata) of every update, with data or not.
+        self.updates = []
+        # Called with the number of chunks read so far, after each chunk.
+        self.after_chunk = None
+        # Raised by update before it reads anything.
+        self.error = None
+        # The status Glance gives the image once the data is in.
+        self.status_after_upload = 'active'
+
+    def _setUp(self):
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.image.glance.API.get',
+            lambda api, context, image_id, *args, **kwargs: self.get(
+                context, image_id)))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.image.glance.API.update',
+            lambda api, context, image_id, metadata, data=None,
+            purge_props=True: self.update(context, image_id, metadata,
+                                          data)))
+
+    def add(self, image_id, status='queued', name='instance-shelved'):
+        self.images[image_id] = {'id': image_id, 'name': name,
+                                 'status': status, 'properties': {}}
+
+    def get(self, context, image_id):
+        if image_id not in self.images:
+            raise exception.ImageNotFound(image_id=image_id)
+        return copy.deepcopy(self.images[image_id])
+
+    def update(self, context, image_id, metadata, data=None):
+        self.updates.append((image_id, copy.deepcopy(metadata)))
+        if self.error is not None:
+            raise self.error
+        image = self.images[image_id]
+        if data is not None:
+            if image['status'] != 'queued':
+                raise exception.Invalid('image %s is %s, not queued'
+                                        % (image_id, image['status']))
+            chunks = []
+            while True:
+                chunk = data.read(GLANCE_CHUNK)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if self.after_chunk is not None:
+                    self.after_chunk(len(chunks))
+            self.data[image_id] = b''.join(chunks)
+            image['status'] = self.status_after_upload
+        for key, value in metadata.items():
+            if key == 'properties':
+                image['properties'].update(value)
+            elif key != 'status':
+                image[key] = value
+        return copy.deepcopy(image)
+
+
+def converted(test, disk, source_format='qcow2', out_format='qcow2'):
+    """What Nova's cold snapshot uploads of ``disk``.
+
+    ``qemu-img convert`` as Nova runs it, ``snapshot_compression`` off.
+    """
+    out = os.path.join(test.useFixture(fixtures.TempDir()).path, 'copy')
+    disks.qemu_img('convert', '-f', source_format, '-O', out_format, disk,
+                   out)
+    with open(out, 'rb') as f:
+        return f.read()
+
+
+def make_disk_with_data(instances_path, instance_uuid):
+    """A qcow2 root disk whose base and overlay both hold data.
+
+    A copy that lost either layer differs from the disk.
+    """
+    base = disks.make_base(instances_path)
+    disks.qemu_io('raw', base, 'write -P 0x11 0 256k')
+    disk = disks.make_qcow2_instance(instances_path, instance_uuid,
+                                     backing=base)
+    disks.qemu_io('qcow2', disk, 'write -P 0x5a 512k 64k')
+    disks.age(disk)
+    return disk
 
 
 class DriverTestCase(test.NoDBTestCase):
@@ -517,6 +614,109 @@ class TestPeriodicPass(DriverTestCase):
         self.assertTrue(os.path.exists(os.path.join(
             self.instances_path, uuids.running, 'disk')))
 
+    # -- snapshot_upload = after_offload ------------------------------------
+
+    def pending_in_db(self, instance_uuid, **updates):
+        instance = self.in_db(instance_uuid, SNAPSHOT, **updates)
+        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+        return instance
+
+    def quarantined(self, instance_uuid):
+        self.keep(instance_uuid)
+        self.drvr._kept_disks.claim(instance_uuid, SNAPSHOT)
+        return self.drvr._kept_disks.quarantine(instance_uuid, SNAPSHOT)
+
+    def test_a_quarantined_only_copy_is_kept_again_not_deleted(self):
+        # The unshelve failed and the instance went to ERROR, but its
+        # snapshot never got the data: the disk is all there is.
+        path = self.quarantined(uuids.instance)
+        instance = self.pending_in_db(uuids.instance,
+                                      vm_state=vm_states.ERROR)
+        with mock.patch.object(self.drvr, 'remove_guest') as remove_guest:
+            self.reclaim()
+        remove_guest.assert_called_once_with(instance)
+        self.assertFalse(os.path.exists(path))
+        self.assertTrue(self.drvr._kept_disks.find(
+            uuids.instance, SNAPSHOT).snapshot_pending)
+
+    def test_a_quarantined_disk_of_an_instance_in_error_is_deleted(self):
+        # The same without the pending mark: the snapshot holds the data.
+        path = self.quarantined(uuids.instance)
+        self.in_db(uuids.instance, SNAPSHOT, vm_state=vm_states.ERROR)
+        with mock.patch.object(self.drvr, 'remove_guest'):
+            self.reclaim()
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual([], self.kept())
+
+    def stage(self, instance_uuid):
+        """A kept pending disk put back where an interrupted keep left it."""
+        disks.make_qcow2_instance(self.instances_path, instance_uuid)
+        self.drvr._kept_disks.keep(instance_uuid, SNAPSHOT, 'qcow2',
+                                   snapshot_pending=True)
+        staging = os.path.join(
+            self.drvr._kept_disks.path, '.staging-%s-1234abcd-%s.%s' % (
+                self.drvr._kept_disks.host_tag, instance_uuid, SNAPSHOT))
+        os.rename(self.drvr._kept_disks.kept_dir(instance_uuid, SNAPSHOT),
+                  staging)
+        return staging
+
+    def test_a_staged_only_copy_is_published(self):
+        staging = self.stage(uuids.instance)
+        self.pending_in_db(uuids.instance, vm_state=vm_states.ERROR)
+        self.drvr._recovery.run(self.context, at_start=True)
+        self.assertFalse(os.path.exists(staging))
+        self.assertTrue(self.drvr._kept_disks.find(
+            uuids.instance, SNAPSHOT).snapshot_pending)
+
+    def test_a_staged_disk_of_an_instance_in_error_is_deleted(self):
+        staging = self.stage(uuids.instance)
+        self.in_db(uuids.instance, SNAPSHOT, vm_state=vm_states.ERROR)
+        self.drvr._recovery.run(self.context, at_start=True)
+        self.assertFalse(os.path.exists(staging))
+        self.assertEqual([], self.kept())
+
+    def test_an_interrupted_unshelve_of_an_only_copy_is_kept_pending(self):
+        # A restart during the spawn on the claimed disk: rolled back with
+        # the disk kept again, still waiting for its upload.
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
+        self.drvr._kept_disks.keep(uuids.instance, SNAPSHOT, 'qcow2',
+                                   snapshot_pending=True)
+        self.drvr._kept_disks.claim(uuids.instance, SNAPSHOT)
+        instance = self.pending_in_db(uuids.instance, host=CONF.host,
+                                      task_state=task_states.SPAWNING)
+        self.drvr.virtapi.reportclient = mock.Mock()
+        with mock.patch.object(self.drvr, 'remove_guest') as remove_guest:
+            self.drvr._recovery.run(self.context, at_start=True)
+        remove_guest.assert_called_once_with(instance)
+        self.assertTrue(self.drvr._kept_disks.find(
+            uuids.instance, SNAPSHOT).snapshot_pending)
+        self.assertFalse(os.path.exists(os.path.join(self.instances_path,
+                                                     uuids.instance)))
+        self.assertEqual([(uuids.instance, [task_states.SPAWNING])],
+                         self.saved)
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
+
+    def test_a_pending_mark_of_an_uploaded_disk_is_cleared(self):
+        # The upload finished, the record says so, and a restart came
+        # before the mark was cleared.
+        self.keep(uuids.shelved)
+        owner = self.pending_in_db(uuids.shelved)
+        self.assertEqual([owner], self.reclaim())
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY, owner.system_metadata)
+        self.assertEqual([(uuids.shelved, [None])], self.saved)
+        self.assertIn('cleared its pending mark', self.stdlog.logger.output)
+
+    def test_the_pending_mark_of_a_pending_disk_stays(self):
+        disks.make_qcow2_instance(self.instances_path, uuids.shelved)
+        self.drvr._kept_disks.keep(uuids.shelved, SNAPSHOT, 'qcow2',
+                                   snapshot_pending=True)
+        owner = self.pending_in_db(uuids.shelved)
+        self.assertEqual([owner], self.reclaim())
+        self.assertEqual(SNAPSHOT,
+                         owner.system_metadata[shelved.PENDING_UPLOAD_KEY])
+        self.assertEqual([], self.saved)
+
 
 class TestUnshelveOnKeptDisk(DriverTestCase):
     """spawn() on a claimed disk: real files, the stock spawn stubbed."""
@@ -679,3 +879,338 @@ class TestKeepAtOffload(DriverTestCase):
         self.assertIn('stays in %s' % self.drvr._kept_disks.kept_dir(
             uuids.instance, SNAPSHOT), self.stdlog.logger.output)
         self.assertNotIn('will download', self.stdlog.logger.output)
+
+
+class TestSnapshotAtShelve(DriverTestCase):
+    """snapshot(): skipped only for a shelve whose disk will be kept."""
+
+    def setUp(self):
+        super().setUp()
+        self.flags(snapshot_upload='after_offload', group='shelve_accel')
+        self.flags(shelved_offload_time=0)
+        self.stock_snapshot = self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.snapshot')).mock
+        self.stub_out(
+            'nova.objects.BlockDeviceMappingList.get_by_instance_uuid',
+            lambda cls, context, instance_uuid: (
+                objects.BlockDeviceMappingList(objects=[])))
+
+    def shelving(self, sysmeta=None, **updates):
+        # The manager sets shelved_image_id only after the snapshot.
+        updates.setdefault('task_state', task_states.SHELVING)
+        return self.instance(uuid=uuids.instance,
+                             system_metadata=sysmeta or {}, **updates)
+
+    def snapshot(self, instance):
+        self.drvr.snapshot(self.context, instance, SNAPSHOT,
+                           mock.sentinel.update_task_state)
+
+    def assert_stock_snapshot(self, instance):
+        self.snapshot(instance)
+        self.stock_snapshot.assert_called_once_with(
+            self.context, instance, SNAPSHOT, mock.sentinel.update_task_state)
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
+
+    def test_a_shelve_that_keeps_the_disk_skips_the_snapshot(self):
+        instance = self.shelving()
+        self.snapshot(instance)
+        self.stock_snapshot.assert_not_called()
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
+        self.assertIn('Shelve skips the snapshot', self.stdlog.logger.output)
+
+    def test_at_shelve_takes_the_snapshot(self):
+        self.flags(snapshot_upload='at_shelve', group='shelve_accel')
+        self.assert_stock_snapshot(self.shelving())
+
+    def test_a_delayed_offload_takes_the_snapshot(self):
+        # The disk stays in the instance directory until the offload, which
+        # may never come: the snapshot must hold the data.
+        for offload_time in (3600, -1):
+            self.stock_snapshot.reset_mock()
+            self.flags(shelved_offload_time=offload_time)
+            self.assert_stock_snapshot(self.shelving())
+
+    def test_create_image_takes_the_snapshot(self):
+        self.assert_stock_snapshot(self.shelving(
+            task_state=task_states.IMAGE_SNAPSHOT))
+
+    def test_a_disk_that_will_not_be_kept_is_snapshotted(self):
+        self.flags(partial_offload=False, group='shelve_accel')
+        self.assert_stock_snapshot(self.shelving())
+        self.assertIn('the root disk will not be kept (partial offload is '
+                      'disabled', self.stdlog.logger.output)
+
+    def test_a_storage_below_the_floor_takes_the_snapshot(self):
+        self.flags(free_space_floor_percent=100, group='shelve_accel')
+        self.assert_stock_snapshot(self.shelving())
+
+    def test_a_separate_kernel_takes_the_snapshot(self):
+        self.assert_stock_snapshot(self.shelving(kernel_id=uuids.kernel))
+
+    def test_a_stale_pending_mark_is_dropped_with_the_stock_snapshot(self):
+        # Left by an earlier shelve: the new snapshot is taken, so nothing
+        # is pending for it.
+        self.flags(free_space_floor_percent=100, group='shelve_accel')
+        self.assert_stock_snapshot(self.shelving(
+            sysmeta={shelved.PENDING_UPLOAD_KEY: OLD_SNAPSHOT}))
+
+    def test_the_decision_is_taken_for_the_new_snapshot(self):
+        # shelved_image_id still names the previous shelve's snapshot, or
+        # nothing: the decision must not depend on it.
+        instance = self.shelving(sysmeta={'shelved_image_id': OLD_SNAPSHOT})
+        self.snapshot(instance)
+        self.stock_snapshot.assert_not_called()
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
+
+
+class OffloadTestCase(DriverTestCase):
+    """destroy() of a shelve-offload, on real instance directories.
+
+    The stock destroy is reduced to what it does to the files: it deletes
+    the instance directory through ``delete_instance_files``.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.flags(snapshot_upload='after_offload', group='shelve_accel')
+        self.glance = self.useFixture(FakeGlance())
+        self.glance.add(SNAPSHOT)
+        self.stub_out(
+            'nova.virt.libvirt.driver.LibvirtDriver.destroy',
+            lambda drvr, context, instance, network_info, **kwargs: (
+                drvr.delete_instance_files(instance)))
+        self.store = self.drvr._kept_disks
+        self.inst_dir = os.path.join(self.instances_path, uuids.instance)
+        self.disk = make_disk_with_data(self.instances_path, uuids.instance)
+        self.schedule = self.useFixture(fixtures.MockPatchObject(
+            self.drvr._uploads, 'schedule')).mock
+
+    def offloading(self, pending=True, **updates):
+        sysmeta = {'shelved_image_id': SNAPSHOT}
+        if pending:
+            sysmeta[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+        return self.instance(uuid=uuids.instance, system_metadata=sysmeta,
+                             task_state=task_states.SHELVING_OFFLOADING,
+                             **updates)
+
+    def offload(self, instance):
+        self.drvr.destroy(self.context, instance, [])
+
+
+class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
+
+    def test_the_disk_is_kept_pending_and_its_upload_scheduled(self):
+        self.flags(snapshot_upload_delay=30, group='shelve_accel')
+        instance = self.offloading()
+        self.offload(instance)
+        record = self.store.find(uuids.instance, SNAPSHOT)
+        self.assertTrue(record.snapshot_pending)
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.KEPT_DISK_KEY])
+        self.schedule.assert_called_once_with(
+            self.context, uuids.instance, SNAPSHOT, delay=30)
+        self.assertEqual([], self.glance.updates)
+
+    def test_a_disk_kept_after_a_stock_snapshot_is_not_pending(self):
+        self.offload(self.offloading(pending=False))
+        self.assertFalse(self.store.find(uuids.instance,
+                                         SNAPSHOT).snapshot_pending)
+        self.schedule.assert_not_called()
+
+    def test_a_pending_mark_of_an_older_snapshot_is_not_pending(self):
+        instance = self.offloading(pending=False)
+        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = OLD_SNAPSHOT
+        self.offload(instance)
+        self.assertFalse(self.store.find(uuids.instance,
+                                         SNAPSHOT).snapshot_pending)
+        self.schedule.assert_not_called()
+
+    def test_a_refused_keep_uploads_the_disk_before_deleting_it(self):
+        # disk.info disagrees with the image backend: keep refuses.
+        disks.write_disk_info(self.inst_dir, 'raw')
+        expected = converted(self, self.disk)
+        instance = self.offloading()
+
+        self.offload(instance)
+
+        self.assertEqual(expected, self.glance.data[SNAPSHOT])
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertEqual([], self.store.list_kept())
+        self.schedule.assert_not_called()
+        self.assertIn('before the offload deletes it',
+                      self.stdlog.logger.output)
+
+    def test_a_failed_upload_before_delete_fails_the_offload(self):
+        disks.write_disk_info(self.inst_dir, 'raw')
+        self.glance.error = ConnectionError('glance is down')
+        instance = self.offloading()
+        before = disks.tree(self.inst_dir)
+
+        self.assertRaises(ConnectionError, self.offload, instance)
+
+        self.assertEqual(before, disks.tree(self.inst_dir))
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
+        self.assertEqual('queued', self.glance.images[SNAPSHOT]['status'])
+
+    def test_a_root_disk_that_is_a_link_fails_the_offload(self):
+        # Nothing to upload from: the offload fails rather than delete the
+        # directory, and the link's target is neither read nor touched.
+        target = os.path.join(self.instances_path, 'host-file')
+        disks.add_files(self.instances_path, 'host-file')
+        before = disks.tree(self.instances_path)['host-file']
+        os.unlink(self.disk)
+        os.symlink(target, self.disk)
+
+        error = self.assertRaises(exception.NovaException, self.offload,
+                                  self.offloading())
+
+        self.assertIn('is not there to upload into snapshot %s' % SNAPSHOT,
+                      str(error))
+        self.assertTrue(os.path.islink(self.disk))
+        self.assertEqual(before, disks.tree(self.instances_path)['host-file'])
+        self.assertEqual([], self.glance.updates)
+
+    def test_a_refused_keep_without_pending_snapshot_just_deletes(self):
+        disks.write_disk_info(self.inst_dir, 'raw')
+        self.offload(self.offloading(pending=False))
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertEqual([], self.glance.updates)
+        self.assertIn('Unshelve will download snapshot %s' % SNAPSHOT,
+                      self.stdlog.logger.output)
+
+    def test_a_disk_not_to_keep_any_more_is_uploaded_before_delete(self):
+        # The storage filled up between the shelve and its offload.
+        expected = converted(self, self.disk)
+        self.flags(free_space_floor_percent=100, group='shelve_accel')
+        instance = self.offloading()
+
+        self.offload(instance)
+
+        self.assertEqual(expected, self.glance.data[SNAPSHOT])
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertEqual([], self.store.list_kept())
+
+    def test_another_hosts_instance_is_not_uploaded_here(self):
+        # A host cleaning up an instance that now belongs to another host
+        # does not own its shelve: the disk here is not its only copy.
+        self.offload(self.offloading(host='elsewhere'))
+        self.assertEqual([], self.glance.updates)
+        self.assertFalse(os.path.exists(self.inst_dir))
+
+
+class TestSpawnWithPendingSnapshot(DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.stock_spawn = self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.spawn')).mock
+        self.glance = self.useFixture(FakeGlance())
+        self.store = self.drvr._kept_disks
+
+    def offloaded(self):
+        return self.instance(
+            uuid=uuids.instance, vm_state=vm_states.SHELVED_OFFLOADED,
+            system_metadata={'shelved_image_id': SNAPSHOT,
+                             shelved.KEPT_DISK_KEY: SNAPSHOT,
+                             shelved.PENDING_UPLOAD_KEY: SNAPSHOT})
+
+    def spawn(self, instance):
+        self.drvr.spawn(self.context, instance, None, [], None, {})
+
+    def test_a_queued_snapshot_without_a_claimable_disk_is_refused(self):
+        self.glance.add(SNAPSHOT)
+        instance = self.offloaded()
+        error = self.assertRaises(exception.ImageUnacceptable, self.spawn,
+                                  instance)
+        self.assertIn(self.store.kept_dir(uuids.instance, SNAPSHOT),
+                      str(error))
+        self.assertIn(SNAPSHOT, str(error))
+        self.stock_spawn.assert_not_called()
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
+
+    def test_a_kept_disk_this_host_cannot_use_is_refused_too(self):
+        self.glance.add(SNAPSHOT)
+        self.keep(uuids.instance)
+        self.flags(images_type='flat', group='libvirt')
+        self.assertRaises(exception.ImageUnacceptable, self.spawn,
+                          self.offloaded())
+        self.stock_spawn.assert_not_called()
+        self.assertIsNotNone(self.store.find(uuids.instance, SNAPSHOT))
+
+    def test_an_active_snapshot_is_spawned_from_as_stock_nova_does(self):
+        # Uploaded just before the unshelve, with no chance to clear the
+        # mark.
+        self.glance.add(SNAPSHOT, status='active')
+        instance = self.offloaded()
+        self.spawn(instance)
+        self.stock_spawn.assert_called_once()
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
+        self.assertNotIn(shelved.KEPT_DISK_KEY, instance.system_metadata)
+
+    def test_the_kept_disk_is_claimed_without_asking_glance(self):
+        self.keep(uuids.instance)
+        instance = self.offloaded()
+        self.spawn(instance)
+        self.stock_spawn.assert_called_once()
+        self.assertTrue(os.path.isfile(os.path.join(
+            self.instances_path, uuids.instance, 'disk')))
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
+
+
+class TestUploadsFromTheDriver(DriverTestCase):
+    """Where the driver hands over to the uploader."""
+
+    def setUp(self):
+        super().setUp()
+        # Uploads are started, not run: the thread pool only records them.
+        self.started = []
+        self.useFixture(fixtures.MockPatch(
+            'nova.thread_pool_factory.spawn_on',
+            side_effect=lambda executor, fn, *args: self.started.append(
+                args)))
+
+    def keep_pending(self):
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
+        return self.drvr._kept_disks.keep(uuids.instance, SNAPSHOT, 'qcow2',
+                                          snapshot_pending=True)
+
+    def test_the_resource_periodic_starts_pending_uploads(self):
+        self.keep_pending()
+        stock = self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.get_available_resource',
+            return_value=mock.sentinel.resources)).mock
+
+        self.assertIs(mock.sentinel.resources,
+                      self.drvr.get_available_resource(NODE))
+        # The next periodic, within SCAN_SECONDS, does not scan again.
+        self.drvr.get_available_resource(NODE)
+
+        stock.assert_has_calls([mock.call(NODE), mock.call(NODE)])
+        [(_context, key, delay, at_start)] = self.started
+        self.assertEqual(((uuids.instance, SNAPSHOT), 0, False),
+                         (key, delay, at_start))
+
+    def test_init_host_resumes_uploads_as_at_start(self):
+        self.keep_pending()
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.init_host'))
+        self.useFixture(fixtures.MockPatchObject(self.drvr._recovery, 'run'))
+        self.drvr.init_host(NODE)
+        [(_context, key, _delay, at_start)] = self.started
+        self.assertEqual(((uuids.instance, SNAPSHOT), True), (key, at_start))
+
+    def test_cleanup_host_stops_the_uploads(self):
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.cleanup_host'))
+        self.drvr.cleanup_host(NODE)
+        self.assertFalse(self.drvr._uploads.schedule(
+            self.context, uuids.instance, SNAPSHOT))
+        self.assertEqual([], self.started)

@@ -512,6 +512,40 @@ class TestRelease(StoreTestCase):
         self.store.release(INSTANCE, SNAPSHOT)
         self.assertTrue(self.store.claim(INSTANCE, SNAPSHOT))
 
+    def test_a_pending_disk_written_by_the_failed_guest_stays_usable(self):
+        # The only copy: what the guest wrote is the instance's data now,
+        # so the record describes the disk as given back, not as kept.
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        kept = self.store.keep(INSTANCE, SNAPSHOT, 'qcow2',
+                               snapshot_pending=True)
+        self.store.claim(INSTANCE, SNAPSHOT)
+        disk = os.path.join(self.inst_dir, 'disk')
+        disks.qemu_io('qcow2', disk, 'write -P 0x33 0 64k')
+        os.utime(disk, ns=(kept.disk_mtime_ns + 10 ** 9,) * 2)
+
+        self.store.release(INSTANCE, SNAPSHOT)
+
+        record = self.store.find(INSTANCE, SNAPSHOT)
+        self.assertTrue(record.snapshot_pending)
+        self.assertNotEqual(kept.disk_mtime_ns, record.disk_mtime_ns)
+        self.store.verify(record, INSTANCE, SNAPSHOT)
+        self.assertTrue(self.store.unchanged(record))
+
+    def test_a_disk_whose_snapshot_is_uploaded_keeps_its_record(self):
+        # The snapshot holds the data as kept: a disk the failed guest
+        # changed must not be reused, so its record is not refreshed.
+        kept = self.keep_qcow2()
+        self.store.claim(INSTANCE, SNAPSHOT)
+        disk = os.path.join(self.inst_dir, 'disk')
+        os.utime(disk, ns=(kept.disk_mtime_ns + 10 ** 9,) * 2)
+
+        self.store.release(INSTANCE, SNAPSHOT)
+
+        record = self.store.find(INSTANCE, SNAPSHOT)
+        self.assertEqual(kept.disk_mtime_ns, record.disk_mtime_ns)
+        self.assertRaises(storage.VerificationFailed, self.store.verify,
+                          record, INSTANCE, SNAPSHOT)
+
     def test_release_refuses_a_dir_kept_for_another_snapshot(self):
         self.keep_qcow2()
         self.store.claim(INSTANCE, SNAPSHOT)
@@ -624,8 +658,13 @@ class TestReclaim(StoreTestCase):
         trash = self.make_leftover(storage.TRASH)
         real_rmdir = os.rmdir
 
+        removed = []
+
         def another_host_got_there_first(path, *args, **kwargs):
-            shutil.rmtree(trash, ignore_errors=True)
+            # Once: the other host's rmtree calls this same os.rmdir.
+            if not removed:
+                removed.append(path)
+                shutil.rmtree(trash, ignore_errors=True)
             return real_rmdir(path, *args, **kwargs)
 
         with mock.patch('os.rmdir', side_effect=another_host_got_there_first):
@@ -709,3 +748,276 @@ class TestSpace(StoreTestCase):
         self.assertLessEqual(free, 100.0)
         self.assertAlmostEqual(100.0 * usage.free / usage.total, free,
                                delta=1.0)
+
+
+class TestSnapshotPendingRecord(StoreTestCase):
+    """The record field of ``snapshot_upload = after_offload``."""
+
+    def keep_pending(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        return self.store.keep(INSTANCE, SNAPSHOT, 'qcow2',
+                               snapshot_pending=True)
+
+    def test_a_pending_record_round_trips(self):
+        record = self.keep_pending()
+        self.assertTrue(record.snapshot_pending)
+        self.assertEqual(record, self.read_record_file(self.kept_dir))
+        self.assertEqual(record, storage.KeptDiskRecord.from_json(
+            record.to_json()))
+
+    def test_keep_writes_not_pending_by_default(self):
+        self.assertFalse(self.keep_qcow2().snapshot_pending)
+        self.assertFalse(self.read_record_file(
+            self.kept_dir).snapshot_pending)
+
+    def write_pending(self, value):
+        record = self.keep_qcow2()
+        data = json.loads(record.to_json())
+        if value is None:
+            del data['snapshot_pending']
+        else:
+            data['snapshot_pending'] = value
+        with open(os.path.join(self.kept_dir, storage.RECORD_NAME),
+                  'w') as f:
+            f.write(json.dumps(data))
+        return record
+
+    def test_a_record_older_than_the_field_is_not_pending(self):
+        record = self.write_pending(None)
+        self.assertEqual(record, self.store.find(INSTANCE, SNAPSHOT))
+        self.assertFalse(self.store.find(INSTANCE, SNAPSHOT).snapshot_pending)
+
+    def test_a_pending_field_that_is_not_a_bool_is_damaged(self):
+        # 1 or "false" would read as true or false by accident: neither is
+        # what the plugin writes.
+        for value in (1, 0, 'false', [], {}):
+            self.write_pending(value)
+            self.assertIsNone(self.store.find(INSTANCE, SNAPSHOT), value)
+            kept, [damaged], _in_flight = self.store.inventory()
+            self.assertEqual([], kept)
+            self.assertIn('snapshot_pending', damaged.problem)
+            shutil.rmtree(self.kept_dir)
+
+    def test_mark_uploaded_rewrites_the_record_not_pending(self):
+        record = self.keep_pending()
+        self.assertTrue(self.store.mark_uploaded(record))
+        self.assertEqual(dataclasses.replace(record, snapshot_pending=False),
+                         self.store.find(INSTANCE, SNAPSHOT))
+        self.assertEqual(['disk', 'disk.info', storage.RECORD_NAME],
+                         sorted(os.listdir(self.kept_dir)))
+
+    def test_mark_uploaded_of_a_claimed_disk_writes_nothing(self):
+        record = self.keep_pending()
+        self.store.claim(INSTANCE, SNAPSHOT)
+        self.assertFalse(self.store.mark_uploaded(record))
+        self.assertFalse(os.path.exists(self.kept_dir))
+        # The claimed record still says pending: the unshelve decides.
+        self.assertTrue(self.store.claimed_record(INSTANCE).snapshot_pending)
+
+    def test_unchanged_while_kept_as_it_was_kept(self):
+        record = self.keep_pending()
+        self.assertTrue(self.store.unchanged(record))
+
+    def test_not_unchanged_once_claimed(self):
+        record = self.keep_pending()
+        self.store.claim(INSTANCE, SNAPSHOT)
+        self.assertFalse(self.store.unchanged(record))
+
+    def test_not_unchanged_once_the_disk_was_written(self):
+        record = self.keep_pending()
+        disks.qemu_io('qcow2', os.path.join(self.kept_dir, 'disk'),
+                      'write -P 0x5a 0 4k')
+        self.assertFalse(self.store.unchanged(record))
+
+    def test_not_unchanged_when_only_the_mtime_moved(self):
+        record = self.keep_pending()
+        disk = os.path.join(self.kept_dir, 'disk')
+        disks.age(disk, 60)
+        self.assertEqual(record.disk_size, os.lstat(disk).st_size)
+        self.assertFalse(self.store.unchanged(record))
+
+    def test_not_unchanged_when_the_disk_became_a_link(self):
+        record = self.keep_pending()
+        disk = os.path.join(self.kept_dir, 'disk')
+        os.rename(disk, disk + '.real')
+        os.symlink(disk + '.real', disk)
+        self.assertFalse(self.store.unchanged(record))
+
+    def test_not_unchanged_when_a_directory_stands_for_the_disk(self):
+        # Same size and mtime as the raw disk it replaced: only its type
+        # tells.
+        probe = os.path.join(self.instances_path, 'probe')
+        os.makedirs(probe)
+        size = os.lstat(probe).st_size
+        disks.make_raw_instance(self.instances_path, INSTANCE, size=size)
+        record = self.store.keep(INSTANCE, SNAPSHOT, 'raw',
+                                 snapshot_pending=True)
+        disk = os.path.join(self.kept_dir, 'disk')
+        os.unlink(disk)
+        os.rename(probe, disk)
+        os.utime(disk, ns=(record.disk_mtime_ns, record.disk_mtime_ns))
+        st = os.lstat(disk)
+        self.assertEqual((record.disk_size, record.disk_mtime_ns),
+                         (st.st_size, st.st_mtime_ns))
+        self.assertFalse(self.store.unchanged(record))
+
+
+class TestUploadLease(StoreTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.record = self.keep_qcow2()
+        self.lease = os.path.join(self.kept_dir, storage.UPLOAD_LEASE)
+        self.other = disks.make_store(self.instances_path, 'compute-b')
+
+    def holder(self):
+        with open(self.lease) as f:
+            return f.read()
+
+    def make_stale(self):
+        disks.age(self.lease, storage.UPLOAD_LEASE_SECONDS + 60)
+
+    def test_take_gives_a_token_written_in_the_lease(self):
+        token = self.store.take_upload_lease(self.record)
+        self.assertTrue(token.startswith(self.store.host_tag + '-'))
+        self.assertEqual(token, self.holder())
+        self.assertEqual(0o600, os.lstat(self.lease).st_mode & 0o777)
+
+    def test_a_live_lease_is_not_taken_by_another_host(self):
+        token = self.store.take_upload_lease(self.record)
+        self.assertIsNone(self.other.take_upload_lease(self.record))
+        self.assertIsNone(self.other.take_upload_lease(self.record,
+                                                       at_start=True))
+        self.assertEqual(token, self.holder())
+
+    def test_a_stale_lease_is_taken_over_and_its_holder_loses_it(self):
+        token = self.store.take_upload_lease(self.record)
+        self.make_stale()
+        taken = self.other.take_upload_lease(self.record)
+        self.assertTrue(taken.startswith(self.other.host_tag + '-'))
+        self.assertEqual(taken, self.holder())
+        self.assertRaises(storage.LeaseLost, self.store.renew_upload_lease,
+                          self.record, token)
+        # The stale lease is gone, not left beside the new one.
+        self.assertEqual(sorted([storage.UPLOAD_LEASE, 'disk', 'disk.info',
+                                 storage.RECORD_NAME]),
+                         sorted(os.listdir(self.kept_dir)))
+
+    def test_a_lease_younger_than_its_lifetime_is_live(self):
+        self.store.take_upload_lease(self.record)
+        disks.age(self.lease, storage.UPLOAD_LEASE_SECONDS - 60)
+        self.assertIsNone(self.other.take_upload_lease(self.record))
+
+    def test_age_is_read_from_the_storage_clock(self):
+        # This host's clock is a day ahead; the storage's is not.
+        self.store.take_upload_lease(self.record)
+        with mock.patch('time.time', return_value=time.time() + 86400):
+            self.assertIsNone(self.other.take_upload_lease(self.record))
+
+    def test_own_lease_is_taken_over_at_start_only(self):
+        # A restarted host runs no upload yet: what it held is abandoned.
+        self.store.take_upload_lease(self.record)
+        restarted = disks.make_store(self.instances_path)
+        self.assertIsNone(restarted.take_upload_lease(self.record))
+        token = restarted.take_upload_lease(self.record, at_start=True)
+        self.assertIsNotNone(token)
+        self.assertEqual(token, self.holder())
+
+    def test_renew_touches_the_lease(self):
+        token = self.store.take_upload_lease(self.record)
+        self.make_stale()
+        self.store.renew_upload_lease(self.record, token)
+        self.assertIsNone(self.other.take_upload_lease(self.record))
+
+    def test_renew_of_a_claimed_disk_loses_the_lease(self):
+        token = self.store.take_upload_lease(self.record)
+        self.store.claim(INSTANCE, SNAPSHOT)
+        error = self.assertRaises(storage.LeaseLost,
+                                  self.store.renew_upload_lease, self.record,
+                                  token)
+        self.assertIn('is gone', str(error))
+
+    def test_take_of_a_claimed_disk_gives_nothing(self):
+        self.store.claim(INSTANCE, SNAPSHOT)
+        self.assertIsNone(self.store.take_upload_lease(self.record))
+        self.assertFalse(os.path.exists(self.kept_dir))
+
+    def test_drop_removes_only_our_own_lease(self):
+        token = self.store.take_upload_lease(self.record)
+        self.store.drop_upload_lease(self.record, 'compute-b-12345678')
+        self.assertEqual(token, self.holder())
+        self.store.drop_upload_lease(self.record, token)
+        self.assertFalse(os.path.lexists(self.lease))
+        # Nothing left to drop: no error.
+        self.store.drop_upload_lease(self.record, token)
+
+    def test_drop_after_a_takeover_leaves_the_new_lease(self):
+        token = self.store.take_upload_lease(self.record)
+        self.make_stale()
+        taken = self.other.take_upload_lease(self.record)
+        self.store.drop_upload_lease(self.record, token)
+        self.assertEqual(taken, self.holder())
+
+    def test_finish_claim_removes_the_lease_and_the_record(self):
+        self.store.take_upload_lease(self.record)
+        self.store.claim(INSTANCE, SNAPSHOT)
+        self.assertTrue(os.path.isfile(os.path.join(self.inst_dir,
+                                                    storage.UPLOAD_LEASE)))
+        self.store.finish_claim(INSTANCE)
+        self.assertEqual(['disk', 'disk.info'],
+                         sorted(os.listdir(self.inst_dir)))
+
+
+class TestMoveInFailure(StoreTestCase):
+    """A keep that fails half-way, with and without a pending snapshot."""
+
+    def fail_prune(self):
+        return mock.patch.object(storage, '_prune', side_effect=OSError(
+            5, 'Input/output error'))
+
+    def test_a_pending_disk_goes_back_to_the_instance_dir(self):
+        # The only copy of the data: deleting it would lose the instance.
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  extra_files=('disk.swap',))
+        with self.fail_prune():
+            self.assertRaises(OSError, self.store.keep, INSTANCE, SNAPSHOT,
+                              'qcow2', snapshot_pending=True)
+        self.assertEqual(['disk', 'disk.info', 'disk.swap',
+                          storage.RECORD_NAME],
+                         sorted(os.listdir(self.inst_dir)))
+        self.assertEqual([], self.kept_names())
+
+    def test_a_pending_disk_that_cannot_publish_goes_back_too(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        with mock.patch.object(self.store, '_publish', side_effect=OSError(
+                28, 'No space left on device')):
+            self.assertRaises(OSError, self.store.keep, INSTANCE, SNAPSHOT,
+                              'qcow2', snapshot_pending=True)
+        self.assertTrue(os.path.isfile(os.path.join(self.inst_dir, 'disk')))
+        self.assertEqual([], self.kept_names())
+
+    def test_a_disk_whose_snapshot_holds_the_data_is_dropped(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        with self.fail_prune():
+            self.assertRaises(OSError, self.store.keep, INSTANCE, SNAPSHOT,
+                              'qcow2')
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertEqual([], self.kept_names())
+
+    def test_a_pending_disk_that_cannot_go_back_stays_staged(self):
+        # Left for the recovery pass, which publishes it.
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        real_rename = os.rename
+
+        def no_way_back(src, dst):
+            if dst == self.inst_dir:
+                raise OSError(5, 'Input/output error')
+            return real_rename(src, dst)
+
+        with self.fail_prune(), mock.patch('os.rename', no_way_back):
+            self.assertRaises(OSError, self.store.keep, INSTANCE, SNAPSHOT,
+                              'qcow2', snapshot_pending=True)
+        [item] = self.store.inventory()[2]
+        self.assertEqual(storage.STAGING, item.kind)
+        self.assertTrue(self.store.finish_staging(item))
+        self.assertTrue(self.store.find(INSTANCE, SNAPSHOT).snapshot_pending)

@@ -1,0 +1,618 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Uploads of kept disks into their queued snapshots, on real files.
+
+The driver is built on Nova's fake libvirt, the kept disks are real qcow2
+files converted by the real qemu-img, and Glance is an in-memory image
+service that reads the data as glanceclient does. The uploads run in the
+test's thread (``_run``); only the lease's heartbeat runs in Nova's thread
+pool, isolated per test.
+"""
+
+import dataclasses
+import io
+import os
+import subprocess
+import time
+from unittest import mock
+
+import fixtures
+from oslo_utils.fixture import uuidsentinel as uuids
+from oslo_utils import units
+
+from nova.compute import vm_states
+from nova import exception
+from nova import test
+from nova.virt.libvirt import utils as libvirt_utils
+
+from nova_shelve_accel import shelved
+from nova_shelve_accel import storage
+from nova_shelve_accel.virt import upload
+from tests.unit import disks
+from tests.unit import test_libvirt_driver as driver_tests
+
+SNAPSHOT = driver_tests.SNAPSHOT
+KEY = (uuids.instance, SNAPSHOT)
+
+
+class UploadTestCase(driver_tests.DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.flags(snapshot_upload='after_offload', group='shelve_accel')
+        self.glance = self.useFixture(driver_tests.FakeGlance())
+        self.glance.add(SNAPSHOT)
+        self.store = self.drvr._kept_disks
+        self.uploader = self.drvr._uploads
+        # The cell database, as far as the uploader asks it.
+        self.db = {}
+        self.saved = []
+
+        def get_by_uuid(cls, context, instance_uuid, expected_attrs=None):
+            if instance_uuid not in self.db:
+                raise exception.InstanceNotFound(instance_id=instance_uuid)
+            return self.db[instance_uuid]
+
+        self.stub_out('nova.objects.Instance.get_by_uuid', get_by_uuid)
+        self.stub_out('nova.objects.Instance.save',
+                      lambda inst, expected_task_state=None:
+                      self.saved.append((inst.uuid, expected_task_state)))
+
+    def keep_pending(self, instance_uuid=uuids.instance):
+        """A kept disk waiting for its upload, and its instance."""
+        self.disk = driver_tests.make_disk_with_data(self.instances_path,
+                                                     instance_uuid)
+        record = self.store.keep(instance_uuid, SNAPSHOT, 'qcow2',
+                                 snapshot_pending=True)
+        self.kept_disk = os.path.join(
+            self.store.kept_dir(instance_uuid, SNAPSHOT), storage.ROOT_DISK)
+        self.db[instance_uuid] = self.instance(
+            uuid=instance_uuid, vm_state=vm_states.SHELVED_OFFLOADED,
+            host=None, os_type='linux', system_metadata={
+                'shelved_image_id': SNAPSHOT,
+                shelved.KEPT_DISK_KEY: SNAPSHOT,
+                shelved.PENDING_UPLOAD_KEY: SNAPSHOT})
+        return record
+
+    def run_upload(self, at_start=False):
+        self.uploader._run(self.context, KEY, 0, at_start)
+
+    def assert_still_pending(self):
+        """Nothing reached Glance; the disk is still the only copy."""
+        self.assertEqual('queued', self.glance.images[SNAPSHOT]['status'])
+        self.assertNotIn(SNAPSHOT, self.glance.data)
+        self.assertTrue(self.store.find(*KEY).snapshot_pending)
+        self.assertEqual(SNAPSHOT, self.db[uuids.instance].system_metadata[
+            shelved.PENDING_UPLOAD_KEY])
+        self.assertEqual([], self.saved)
+
+    def lease_path(self):
+        return os.path.join(self.store.kept_dir(*KEY), storage.UPLOAD_LEASE)
+
+
+class TestUpload(UploadTestCase):
+
+    def test_the_upload_is_what_novas_cold_snapshot_uploads(self):
+        self.keep_pending()
+        expected = driver_tests.converted(self, self.kept_disk)
+
+        self.run_upload()
+
+        self.assertEqual(expected, self.glance.data[SNAPSHOT])
+        # And the copy holds the disk's data, base and overlay.
+        copy = os.path.join(self.useFixture(fixtures.TempDir()).path, 'c')
+        with open(copy, 'wb') as f:
+            f.write(self.glance.data[SNAPSHOT])
+        subprocess.run(('qemu-img', 'compare', '-f', 'qcow2', '-F', 'qcow2',
+                        self.kept_disk, copy), check=True,
+                       capture_output=True)
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+
+    def test_the_image_gets_the_metadata_of_novas_snapshot(self):
+        self.keep_pending()
+        instance = self.db[uuids.instance]
+        self.run_upload()
+        [(image_id, metadata)] = self.glance.updates
+        self.assertEqual(SNAPSHOT, image_id)
+        self.assertEqual('qcow2', metadata['disk_format'])
+        self.assertEqual('bare', metadata['container_format'])
+        self.assertEqual('instance-shelved', metadata['name'])
+        self.assertTrue(instance.project_id)
+        self.assertEqual({'kernel_id': None, 'ramdisk_id': None,
+                          'image_location': 'snapshot',
+                          'image_state': 'available',
+                          'owner_id': instance.project_id,
+                          'os_type': 'linux'}, metadata['properties'])
+
+    def test_snapshot_image_format_is_honoured(self):
+        self.flags(snapshot_image_format='raw', group='libvirt')
+        self.keep_pending()
+        expected = driver_tests.converted(self, self.kept_disk,
+                                          out_format='raw')
+        self.run_upload()
+        self.assertEqual(expected, self.glance.data[SNAPSHOT])
+        self.assertEqual('raw', self.glance.updates[0][1]['disk_format'])
+
+    def test_an_uploaded_disk_is_recorded_and_its_mark_cleared(self):
+        record = self.keep_pending()
+        self.run_upload()
+        self.assertEqual(dataclasses.replace(record,
+                                             snapshot_pending=False),
+                         self.store.find(*KEY))
+        sysmeta = self.db[uuids.instance].system_metadata
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY, sysmeta)
+        # Still kept: the unshelve in the group reuses it.
+        self.assertEqual(SNAPSHOT, sysmeta[shelved.KEPT_DISK_KEY])
+        self.assertEqual([(uuids.instance, [None])], self.saved)
+        self.assertFalse(os.path.lexists(self.lease_path()))
+        self.assertEqual({}, self.uploader._retries)
+        self.assertEqual([], os.listdir(os.path.join(self.instances_path,
+                                                     'snapshots')))
+
+    def test_a_claim_during_the_stream_abandons_the_upload(self):
+        self.keep_pending()
+
+        def claim_after_the_first_chunk(chunks):
+            if chunks == 1:
+                self.assertTrue(self.store.claim(*KEY))
+
+        self.glance.after_chunk = claim_after_the_first_chunk
+
+        self.assertRaises(upload.UploadAbandoned, self.uploader._upload,
+                          self.context, uuids.instance, SNAPSHOT, False)
+
+        # Glance never saw the end of the data.
+        self.assertEqual('queued', self.glance.images[SNAPSHOT]['status'])
+        self.assertNotIn(SNAPSHOT, self.glance.data)
+        self.assertEqual([], self.saved)
+        # The lease went with the disk; the unshelve removes it.
+        self.assertTrue(os.path.isfile(os.path.join(
+            self.instances_path, uuids.instance, storage.UPLOAD_LEASE)))
+
+    def test_an_abandoned_upload_is_not_retried(self):
+        self.keep_pending()
+        self.glance.after_chunk = lambda chunks: self.store.claim(*KEY)
+        self.run_upload()
+        self.assertEqual({}, self.uploader._retries)
+        self.assertEqual('queued', self.glance.images[SNAPSHOT]['status'])
+        self.assertIn('The image stays queued', self.stdlog.logger.output)
+
+    def test_a_claim_during_the_conversion_uploads_nothing(self):
+        self.keep_pending()
+        real_extract = libvirt_utils.extract_snapshot
+
+        def extract_then_claim(*args):
+            real_extract(*args)
+            self.store.claim(*KEY)
+
+        with mock.patch.object(libvirt_utils, 'extract_snapshot',
+                               extract_then_claim):
+            self.run_upload()
+
+        self.assertEqual([], self.glance.updates)
+        self.assertEqual({}, self.uploader._retries)
+
+    def test_a_disk_changed_since_it_was_kept_is_not_uploaded(self):
+        self.keep_pending()
+        disks.qemu_io('qcow2', self.kept_disk, 'write -P 0x77 0 4k')
+        self.assertRaises(upload.UploadAbandoned, self.uploader._upload,
+                          self.context, uuids.instance, SNAPSHOT, False)
+        self.assertEqual([], self.glance.updates)
+
+    def test_a_failed_upload_is_retried_with_backoff(self):
+        self.keep_pending()
+        self.glance.error = ConnectionError('glance is down')
+
+        for failures, wait in ((1, 60), (2, 120)):
+            before = time.monotonic()
+            self.run_upload()
+            after = time.monotonic()
+            next_try, counted = self.uploader._retries[KEY]
+            self.assertEqual(failures, counted)
+            self.assertGreaterEqual(next_try, before + wait)
+            self.assertLessEqual(next_try, after + wait)
+
+        self.assert_still_pending()
+        # The next try, here or on another host, can take the lease.
+        self.assertFalse(os.path.lexists(self.lease_path()))
+        self.assertIn('glance is down', self.stdlog.logger.output)
+
+    def test_the_backoff_stops_growing_at_an_hour(self):
+        self.keep_pending()
+        self.glance.error = ConnectionError('glance is down')
+        self.uploader._retries[KEY] = (0, 10)
+        before = time.monotonic()
+        self.run_upload()
+        next_try, counted = self.uploader._retries[KEY]
+        self.assertEqual(11, counted)
+        self.assertGreaterEqual(next_try, before + upload.RETRY_MAX_SECONDS)
+        self.assertLess(next_try, before + 2 * upload.RETRY_MAX_SECONDS)
+
+    def test_a_success_forgets_the_failures(self):
+        self.keep_pending()
+        self.uploader._retries[KEY] = (0, 3)
+        self.run_upload()
+        self.assertEqual({}, self.uploader._retries)
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+
+    def test_an_image_active_already_is_only_recorded(self):
+        # Uploaded before a restart cut the bookkeeping short.
+        self.keep_pending()
+        self.glance.images[SNAPSHOT]['status'] = 'active'
+        self.run_upload()
+        self.assertEqual([], self.glance.updates)
+        self.assertFalse(self.store.find(*KEY).snapshot_pending)
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY,
+                         self.db[uuids.instance].system_metadata)
+        self.assertEqual([(uuids.instance, [None])], self.saved)
+
+    def test_an_image_being_saved_by_someone_else_fails(self):
+        self.keep_pending()
+        self.glance.images[SNAPSHOT]['status'] = 'saving'
+        error = self.assertRaises(upload.UploadFailed, self.uploader._upload,
+                                  self.context, uuids.instance, SNAPSHOT,
+                                  False)
+        self.assertIn('is saving, not queued', str(error))
+        self.assertEqual([], self.glance.updates)
+        self.assertTrue(self.store.find(*KEY).snapshot_pending)
+        self.assertEqual([], self.saved)
+
+    def test_an_image_glance_did_not_activate_is_retried(self):
+        self.keep_pending()
+        self.glance.status_after_upload = 'saving'
+        self.run_upload()
+        self.assertEqual(1, self.uploader._retries[KEY][1])
+        self.assertTrue(self.store.find(*KEY).snapshot_pending)
+        self.assertEqual([], self.saved)
+        self.assertIn('Glance took the data but snapshot %s is saving'
+                      % SNAPSHOT, self.stdlog.logger.output)
+
+    def test_a_disk_claimed_once_the_image_is_active_keeps_the_mark(self):
+        # The unshelve that claimed it clears the mark itself.
+        self.keep_pending()
+        real_cut_point = upload.faults.cut_point
+
+        def claim_when_activated(name):
+            if name == 'upload.activated':
+                self.store.claim(*KEY)
+            real_cut_point(name)
+
+        with mock.patch.object(upload.faults, 'cut_point',
+                               claim_when_activated):
+            self.run_upload()
+
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+        self.assertEqual([], self.saved)
+        self.assertEqual(SNAPSHOT, self.db[uuids.instance].system_metadata[
+            shelved.PENDING_UPLOAD_KEY])
+        self.assertEqual({}, self.uploader._retries)
+
+    def test_a_lease_held_by_another_host_uploads_nothing(self):
+        record = self.keep_pending()
+        other = disks.make_store(self.instances_path, 'compute-b')
+        token = other.take_upload_lease(record)
+
+        self.run_upload()
+
+        self.assertEqual([], self.glance.updates)
+        self.assert_still_pending()
+        with open(self.lease_path()) as f:
+            self.assertEqual(token, f.read())
+
+    def test_an_own_lease_left_by_a_restart_is_taken_over_at_start(self):
+        record = self.keep_pending()
+        self.store.take_upload_lease(record)
+        self.run_upload()
+        self.assertEqual([], self.glance.updates)
+        self.run_upload(at_start=True)
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+
+    def test_an_uploaded_disk_is_not_uploaded_again(self):
+        record = self.keep_pending()
+        self.store.mark_uploaded(record)
+        self.run_upload()
+        self.assertEqual([], self.glance.updates)
+
+    def test_a_disk_nobody_needs_any_more_is_not_uploaded(self):
+        # Deleted, or shelved again with another snapshot: the recovery
+        # pass reclaims the disk.
+        self.keep_pending()
+        self.db[uuids.instance].system_metadata['shelved_image_id'] = (
+            driver_tests.OLD_SNAPSHOT)
+        self.run_upload()
+        del self.db[uuids.instance]
+        self.run_upload()
+        self.assertEqual([], self.glance.updates)
+        self.assertFalse(os.path.lexists(self.lease_path()))
+
+    def test_stopping_fails_an_upload_at_its_next_check(self):
+        self.keep_pending()
+        self.glance.after_chunk = lambda chunks: self.uploader.stop()
+        error = self.assertRaises(upload.UploadFailed, self.uploader._upload,
+                                  self.context, uuids.instance, SNAPSHOT,
+                                  False)
+        self.assertIn('the compute service is stopping', str(error))
+        self.assert_still_pending()
+
+    def test_the_upload_waits_its_delay_first(self):
+        self.keep_pending()
+        waited = []
+
+        class Stopping:
+            """Not stopping; records how long the upload waited."""
+
+            def wait(self, timeout):
+                waited.append(timeout)
+                return False
+
+            def is_set(self):
+                return False
+
+        self.uploader._stopping = Stopping()
+        self.uploader._run(self.context, KEY, 30, False)
+        self.assertEqual([30], waited)
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+
+    def test_a_stopped_uploader_starts_nothing(self):
+        self.keep_pending()
+        self.uploader.stop()
+        self.assertFalse(self.uploader.schedule(self.context, *KEY))
+        self.uploader._run(self.context, KEY, 5, False)
+        self.assertEqual([], self.glance.updates)
+        self.assertEqual({}, self.uploader._retries)
+
+
+class TestScheduling(UploadTestCase):
+    """Which uploads start; the thread pool only records them."""
+
+    def setUp(self):
+        super().setUp()
+        self.started = []
+        self.useFixture(fixtures.MockPatch(
+            'nova.thread_pool_factory.spawn_on',
+            side_effect=lambda executor, fn, *args: self.started.append(
+                (fn, args))))
+
+    def keys(self):
+        return [args[1] for _fn, args in self.started]
+
+    def test_schedule_starts_one_upload_per_disk(self):
+        self.assertTrue(self.uploader.schedule(self.context, *KEY, delay=30))
+        self.assertFalse(self.uploader.schedule(self.context, *KEY))
+        [(fn, args)] = self.started
+        self.assertEqual(self.uploader._run, fn)
+        self.assertEqual((self.context, KEY, 30, False), args)
+
+    def test_scan_starts_pending_uploads_only(self):
+        self.keep_pending()
+        disks.make_qcow2_instance(self.instances_path, uuids.uploaded)
+        self.store.keep(uuids.uploaded, SNAPSHOT, 'qcow2')
+        self.uploader.scan(at_start=True)
+        [(_fn, (context, key, delay, at_start))] = self.started
+        self.assertEqual((KEY, 0, True), (key, delay, at_start))
+        self.assertTrue(context.is_admin)
+
+    def test_scan_waits_for_the_next_try_of_a_failed_upload(self):
+        self.keep_pending()
+        self.uploader._retries[KEY] = (time.monotonic() + 600, 1)
+        self.uploader.scan(at_start=False)
+        self.assertEqual([], self.started)
+        self.uploader._retries[KEY] = (time.monotonic() - 1, 1)
+        self.uploader.scan(at_start=False)
+        self.assertEqual([KEY], self.keys())
+
+    def test_scan_if_due_scans_at_most_every_scan_seconds(self):
+        self.keep_pending()
+        self.uploader.scan_if_due()
+        self.assertEqual([KEY], self.keys())
+        # The upload ended (failed with no retry due, or another host has
+        # it): only the next due scan looks again.
+        self.uploader._active.clear()
+        self.uploader.scan_if_due()
+        self.assertEqual([KEY], self.keys())
+        self.uploader._last_scan -= upload.SCAN_SECONDS + 1
+        self.uploader.scan_if_due()
+        self.assertEqual([KEY, KEY], self.keys())
+
+    def test_a_storage_that_cannot_be_read_starts_nothing(self):
+        with mock.patch.object(self.store, 'list_kept',
+                               side_effect=PermissionError(13, 'denied')):
+            self.uploader.scan(at_start=True)
+        self.assertEqual([], self.started)
+        self.assertIn('Cannot look for pending snapshot uploads',
+                      self.stdlog.logger.output)
+
+
+class TestHeartbeat(UploadTestCase):
+
+    class Ticks:
+        """An event whose wait times out ``ticks`` times, then is set."""
+
+        def __init__(self, ticks):
+            self.ticks = ticks
+
+        def wait(self, timeout):
+            self.ticks -= 1
+            return self.ticks < 0
+
+    def test_the_heartbeat_keeps_the_lease_young(self):
+        record = self.keep_pending()
+        token = self.store.take_upload_lease(record)
+        disks.age(self.lease_path())
+        before = os.lstat(self.lease_path()).st_mtime
+        beat = upload._Heartbeat(self.store, record, token)
+        beat._done = self.Ticks(1)
+        beat._beat()
+        beat.check()
+        self.assertGreater(os.lstat(self.lease_path()).st_mtime, before + 60)
+
+    def test_a_lease_taken_over_abandons_the_upload(self):
+        record = self.keep_pending()
+        token = self.store.take_upload_lease(record)
+        disks.age(self.lease_path(), storage.UPLOAD_LEASE_SECONDS + 60)
+        other = disks.make_store(self.instances_path, 'compute-b')
+        self.assertIsNotNone(other.take_upload_lease(record))
+        beat = upload._Heartbeat(self.store, record, token)
+        beat._done = self.Ticks(3)
+        beat._beat()
+        self.assertRaises(upload.UploadAbandoned, beat.check)
+
+
+class TestClearPendingMark(UploadTestCase):
+
+    def pending(self, mark=SNAPSHOT):
+        return self.instance(uuid=uuids.instance, system_metadata={
+            'shelved_image_id': SNAPSHOT, shelved.PENDING_UPLOAD_KEY: mark})
+
+    def test_the_mark_is_removed_while_the_instance_is_idle(self):
+        instance = self.pending()
+        self.assertTrue(upload.clear_pending_mark(instance, SNAPSHOT))
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
+        self.assertEqual([(uuids.instance, [None])], self.saved)
+
+    def test_a_busy_instance_keeps_its_mark(self):
+        # An unshelve in progress removes the mark itself.
+        self.stub_out('nova.objects.Instance.save',
+                      mock.Mock(side_effect=exception.UnexpectedTaskStateError(
+                          instance_uuid=uuids.instance, expected=[None],
+                          actual='unshelving')))
+        self.assertFalse(upload.clear_pending_mark(self.pending(), SNAPSHOT))
+
+    def test_a_deleted_instance_has_no_mark_to_clear(self):
+        self.stub_out('nova.objects.Instance.save',
+                      mock.Mock(side_effect=exception.InstanceNotFound(
+                          instance_id=uuids.instance)))
+        self.assertFalse(upload.clear_pending_mark(self.pending(), SNAPSHOT))
+
+    def test_the_mark_of_another_snapshot_is_left(self):
+        instance = self.pending(mark=driver_tests.OLD_SNAPSHOT)
+        self.assertTrue(upload.clear_pending_mark(instance, SNAPSHOT))
+        self.assertEqual(driver_tests.OLD_SNAPSHOT,
+                         instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
+        self.assertEqual([], self.saved)
+
+
+class FakeClock:
+    """``time`` as the upload module sees it: a clock the test sets."""
+
+    def __init__(self, now):
+        self.now = now
+        self.slept = []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+
+
+class TestCheckedReader(test.NoDBTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.checks = 0
+
+    def check(self):
+        self.checks += 1
+
+    def reader(self, data, max_mbps=0):
+        return upload._CheckedReader(io.BytesIO(data), self.check, max_mbps)
+
+    def test_read_without_size_returns_everything_checked(self):
+        data = os.urandom(3 * upload.CHUNK_BYTES + 5)
+        self.assertEqual(data, self.reader(data).read())
+        # Once at the start, once at the end (less than CHECK_BYTES).
+        self.assertEqual(2, self.checks)
+        self.assertEqual(data, self.reader(data).read(None))
+
+    def test_read_without_size_stops_when_a_check_fails(self):
+        def claimed():
+            raise upload.UploadAbandoned('claimed')
+
+        reader = upload._CheckedReader(io.BytesIO(b'x' * 10), claimed, 0)
+        self.assertRaises(upload.UploadAbandoned, reader.read)
+
+    def test_reads_are_checked_every_check_bytes_and_at_the_end(self):
+        self.useFixture(fixtures.MockPatchObject(upload, 'CHECK_BYTES',
+                                                 4096))
+        reader = self.reader(b'x' * 10000)
+        checked_at = []
+        while True:
+            before = self.checks
+            chunk = reader.read(1024)
+            if self.checks != before:
+                checked_at.append(reader._read - len(chunk))
+            if not chunk:
+                break
+        self.assertEqual([0, 4096, 8192, 10000], checked_at)
+
+    def test_the_end_is_checked_before_glance_sees_it(self):
+        # Glance activates the image when the data ends: a claim during
+        # the last chunk must still stop it.
+        calls = []
+        reader = upload._CheckedReader(
+            io.BytesIO(b'x' * 10), lambda: calls.append('check'), 0)
+        self.assertEqual(b'x' * 10, reader.read(65536))
+        calls.append('data')
+        self.assertEqual(b'', reader.read(65536))
+        self.assertEqual(['check', 'data', 'check'], calls)
+
+    def test_a_read_returns_at_most_a_chunk(self):
+        reader = self.reader(b'x' * (2 * upload.CHUNK_BYTES))
+        self.assertEqual(upload.CHUNK_BYTES, len(reader.read(
+            10 * upload.CHUNK_BYTES)))
+
+    def test_a_bounded_upload_sleeps_when_ahead_of_its_rate(self):
+        clock = FakeClock(100.0)
+        self.useFixture(fixtures.MockPatchObject(upload, 'time', clock))
+        reader = self.reader(b'x' * (2 * units.Mi), max_mbps=4)
+        clock.now = 100.1
+        reader.read(units.Mi)
+        # 1 MiB at 4 MiB/s takes 0.25 s; 0.1 s have passed.
+        self.assertEqual(1, len(clock.slept))
+        self.assertAlmostEqual(0.15, clock.slept[0])
+        # Behind its rate: no sleep.
+        clock.now = 101.0
+        reader.read(units.Mi)
+        self.assertEqual(1, len(clock.slept))
+
+    def test_an_unbounded_upload_never_sleeps(self):
+        clock = FakeClock(100.0)
+        self.useFixture(fixtures.MockPatchObject(upload, 'time', clock))
+        self.reader(b'x' * (2 * units.Mi)).read()
+        self.assertEqual([], clock.slept)
+
+
+class TestUploadRate(UploadTestCase):
+
+    def test_the_configured_rate_bounds_the_upload(self):
+        self.flags(snapshot_upload_max_mbps=2, group='shelve_accel')
+        self.keep_pending()
+        # The clock never moves: every byte read is ahead of the rate.
+        clock = FakeClock(0.0)
+        self.useFixture(fixtures.MockPatchObject(upload, 'time', clock))
+        self.run_upload()
+        size = len(self.glance.data[SNAPSHOT])
+        self.assertAlmostEqual(size / (2 * units.Mi), clock.slept[-1])
+
+
+class TestServiceContext(UploadTestCase):
+
+    def test_uploads_started_by_a_scan_use_the_service_user(self):
+        auth = mock.sentinel.service_auth
+        with mock.patch('nova.service_auth.get_service_auth_plugin',
+                        return_value=auth) as plugin:
+            context = self.uploader._service_context()
+        plugin.assert_called_once_with('service_user')
+        self.assertIs(auth, context.user_auth_plugin)
+        self.assertTrue(context.is_admin)
