@@ -177,12 +177,14 @@ class SnapshotUploader:
 
     def _run(self, context, key, delay, at_start):
         instance_uuid, snapshot_id = key
+        started = None
         try:
             if delay and self._stopping.wait(delay):
                 return
             with self._slots:
                 if self._stopping.is_set():
                     return
+                started = time.monotonic()
                 self._upload(context, instance_uuid, snapshot_id, at_start)
             self._retries.pop(key, None)
         except UploadAbandoned as e:
@@ -196,10 +198,11 @@ class SnapshotUploader:
                        RETRY_MAX_SECONDS)
             self._retries[key] = (time.monotonic() + wait, failures)
             LOG.error('Uploading the kept root disk into snapshot %s failed '
-                      '(attempt %d): %s. The disk stays kept, the only copy '
-                      'of the instance, and the upload is tried again in '
-                      'about %d s.', snapshot_id, failures, e, wait,
-                      instance_uuid=instance_uuid,
+                      '(attempt %d, after %.1f s): %s. The disk stays kept, '
+                      'the only copy of the instance, and the upload is '
+                      'tried again in about %d s.', snapshot_id, failures,
+                      time.monotonic() - (started or time.monotonic()), e,
+                      wait, instance_uuid=instance_uuid,
                       exc_info=not isinstance(e, UploadFailed))
         finally:
             with self._lock:
