@@ -19,8 +19,11 @@ Needs the loopback cloud of ``tools/cloud/cloud.sh up`` in plugin mode, and
 root (it restarts nova-compute on c1 and c2 through ``cloud.sh
 compute-restart`` and reads the instance disks). One row per cut point of
 ``nova_shelve_accel.faults.POINTS``, each with its own server; what a row
-does is described in ``tests/e2e/matrix.py``. Prints one line per row and
-exits non-zero when any row fails. A row takes two to four minutes.
+does is described in ``tests/e2e/matrix.py``. The ``upload`` rows need
+``snapshot_upload = after_offload``: the matrix switches the cloud to mode
+fast-shelve for them (``cloud.sh mode``, a minute) and back to plugin at the
+end. Prints one line per row and exits non-zero when any row fails. A row
+takes two to four minutes.
 """
 
 import argparse

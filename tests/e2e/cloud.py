@@ -19,6 +19,7 @@ gunicorn writes with the number of body bytes it actually sent.
 """
 
 import configparser
+import hashlib
 import json
 import os
 import re
@@ -89,17 +90,28 @@ def placement(*args):
                      '--os-endpoint', PLACEMENT_URL, *args)
 
 
-def set_mode(mode):
-    """Restart the scheduler and computes as 'plugin' or 'stock'."""
-    if current_mode() == mode:
+def set_mode(mode, upload_delay=0):
+    """Restart the scheduler and computes in mode (see cloud.sh mode).
+
+    upload_delay: [shelve_accel] snapshot_upload_delay of 'fast-shelve'.
+    """
+    if current_mode() == mode and current_upload_delay() == upload_delay:
         return
+    env = dict(os.environ, SHELVE_ACCEL_UPLOAD_DELAY=str(upload_delay))
     subprocess.run(['bash', CLOUD_SH, 'mode', mode], check=True,
-                   capture_output=True)
+                   capture_output=True, env=env)
 
 
 def current_mode():
     with open(os.path.join(STATE, 'mode')) as f:
         return f.read().strip()
+
+
+def current_upload_delay():
+    """The snapshot_upload_delay the computes were started with."""
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(os.path.join(STATE, 'etc', 'nova', 'mode.conf'))
+    return conf.getint('shelve_accel', 'snapshot_upload_delay', fallback=0)
 
 
 def server(server_id):
@@ -137,6 +149,12 @@ def kept_disks(server_id):
     return sorted(os.path.join(KEPT_DIR, name)
                   for name in os.listdir(KEPT_DIR)
                   if name.startswith(server_id + '.'))
+
+
+def kept_record(kept_dir):
+    """The kept.json record of a kept-disk directory, as a dict."""
+    with open(os.path.join(kept_dir, 'kept.json')) as f:
+        return json.load(f)
 
 
 # -- compute services -----------------------------------------------------
@@ -276,6 +294,25 @@ def write_data(disk, size, workdir):
         for offset in range(0, size, DATA_CHUNK)])
 
 
+def convert_to_qcow2(disk, dest):
+    """Flatten a qcow2 disk into dest as Nova's cold snapshot does."""
+    subprocess.run(['qemu-img', 'convert', '-q', '-f', 'qcow2', '-O',
+                    'qcow2', disk, dest], check=True)
+
+
+def file_digests(path):
+    """(size, md5, sha512) of a file: what Glance records of image data."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    sha512 = hashlib.sha512()
+    size = 0
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1024 * 1024), b''):
+            md5.update(chunk)
+            sha512.update(chunk)
+            size += len(chunk)
+    return size, md5.hexdigest(), sha512.hexdigest()
+
+
 def read_marker(disk, length):
     """Read the marker back, through any backing file, guest running."""
     out = subprocess.run(
@@ -299,22 +336,32 @@ class GlanceDataCounter(object):
     def __init__(self):
         self.offset = os.path.getsize(GLANCE_ACCESS_LOG)
 
-    def downloads(self):
-        """[(image_id, bytes sent)] for every image data request."""
+    def _data_requests(self, method):
+        """[(image_id, status, bytes sent)] of method on image data."""
         with open(GLANCE_ACCESS_LOG) as f:
             f.seek(self.offset)
             lines = f.readlines()
         found = []
         for line in lines:
             m = _ACCESS_LINE.search(line)
-            if not m or m.group('method') != 'GET':
+            if not m or m.group('method') != method:
                 continue
             image = _IMAGE_DATA.match(m.group('path'))
             if image:
                 sent = m.group('sent')
-                found.append((image.group('image'),
+                found.append((image.group('image'), int(m.group('status')),
                               0 if sent == '-' else int(sent)))
         return found
+
+    def downloads(self):
+        """[(image_id, bytes sent)] for every image data request."""
+        return [(image, sent)
+                for image, _status, sent in self._data_requests('GET')]
+
+    def uploads(self):
+        """[(image_id, status)] for every upload of image data."""
+        return [(image, status)
+                for image, status, _sent in self._data_requests('PUT')]
 
     def bytes_sent(self, image_id=None):
         return sum(sent for image, sent in self.downloads()
@@ -332,6 +379,25 @@ def upload_test_image(workdir, prefix):
             '%s-%s' % (prefix, uuid.uuid4().hex[:8]))['id']
     finally:
         os.unlink(image_file)
+
+
+def image(image_id):
+    return openstack('image', 'show', image_id)
+
+
+def wait_for_image_status(image_id, status, timeout=300):
+    """The image once it has status; CloudError if it goes elsewhere."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = image(image_id)
+        if found['status'] == status:
+            return found
+        if found['status'] in ('killed', 'deleted', 'deactivated'):
+            raise CloudError('image %s went %s' % (image_id, found['status']))
+        if time.monotonic() > deadline:
+            raise CloudError('image %s is %s, not %s after %ds' % (
+                image_id, found['status'], status, timeout))
+        time.sleep(POLL_SECONDS)
 
 
 def shelved_snapshot(server_name):

@@ -27,6 +27,10 @@ from tests.e2e import cloud
 # none may outlive the operation that made it.
 IN_FLIGHT_PREFIXES = ('.staging-', '.reclaiming-')
 KEPT_SUBDIRECTORY = '_shelve_kept'
+# [libvirt] snapshots_directory: Nova's snapshot and the upload of a kept
+# disk convert the disk into a temporary directory here, which must not
+# outlive them either.
+SNAPSHOTS_SUBDIRECTORY = 'snapshots'
 
 
 def storages():
@@ -41,13 +45,16 @@ def _listdir(path):
 
 
 def in_flight_entries():
-    """Paths of every staging or trash entry on any storage."""
+    """Paths of every staging, trash or conversion entry on any storage."""
     found = set()
     for storage in storages():
         for directory in (storage, os.path.join(storage, KEPT_SUBDIRECTORY)):
             found.update(os.path.join(directory, name)
                          for name in _listdir(directory)
                          if name.startswith(IN_FLIGHT_PREFIXES))
+        snapshots = os.path.join(storage, SNAPSHOTS_SUBDIRECTORY)
+        found.update(os.path.join(snapshots, name)
+                     for name in _listdir(snapshots))
     return found
 
 
@@ -113,6 +120,21 @@ def wait_for_image_cache_passes(hosts, since, timeout=180):
         if not missing or time.monotonic() > deadline:
             return missing
         time.sleep(1)
+
+
+def server_gone(server_id, server_name, providers=None):
+    """What the cloud still holds of a deleted server: [] when nothing.
+
+    Its instance directories, its shelve snapshots (a queued one
+    included), its guests and its allocations.
+    """
+    left = instance_dirs(server_id)
+    left += ['image %s' % i for i in shelved_snapshots(server_name)]
+    left += ['guest on %s' % host
+             for host in sorted(cloud.domain_states(server_id))]
+    if allocations(server_id, providers):
+        left.append('allocations')
+    return left
 
 
 def shelved_snapshots(server_name):

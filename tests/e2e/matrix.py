@@ -21,6 +21,16 @@ again, and the row checks the design's invariants: the server is ACTIVE
 with its marker, one running guest, allocations on one provider, and
 nothing left on the storages; after its deletion, nothing at all.
 
+The ``upload`` rows run with ``snapshot_upload = after_offload`` (the
+cloud's mode ``fast-shelve``, switched to for them and back at the end):
+shelve skips the snapshot and the kept disk is uploaded into the queued
+image after the offload, and c1 crashes in that upload. Once c1 is back
+the snapshot must become active (c1 resumes its own upload at start-up),
+and an unshelve with c1 and c2 disabled must land on c3 with the data
+Glance sends from that snapshot. A crash while shelve skips the snapshot
+comes before the offload: the row reports the state Nova leaves and brings
+the server back to ACTIVE from it.
+
 ``tools/fault_matrix.py`` runs every row; the end-to-end tests run a few.
 """
 
@@ -39,6 +49,10 @@ PERIODIC_CRASH_WAIT = 90
 # A cut point of the recovery at start may also be reached by the first
 # image cache pass after the start.
 RECOVERY_CRASH_WAIT = 60
+# How long the background upload after a shelve gets to reach its cut
+# point, and the restarted host to finish it.
+UPLOAD_CRASH_WAIT = 120
+UPLOAD_WAIT = 300
 
 # The step of the kept disk's life each family of cut points belongs to.
 SCENARIOS = {
@@ -48,7 +62,14 @@ SCENARIOS = {
     'release': 'failed_unshelve',
     'reclaim': 'reclaim',
     'recover': 'recover',
+    'upload': 'upload',
 }
+# The cloud's mode each scenario needs (cloud.sh mode); 'plugin' otherwise.
+MODES = {
+    'upload': 'fast-shelve',
+}
+# The upload cut point reached while shelve runs, before the offload.
+SNAPSHOT_SKIPPED = 'upload.snapshot_skipped'
 # The cut point whose crash leaves the interrupted unshelve that the
 # recovery rolls back, and the step made to fail so that a release runs.
 INTERRUPTED_UNSHELVE = 'spawn.guest_started'
@@ -56,6 +77,10 @@ FAILED_STEP = 'spawn.guest_started'
 
 CHECKS = ('crashed', 'final state', 'marker', 'guests', 'allocations',
           'leftovers', 'deleted')
+# Checked as well by the upload rows whose crash comes after the offload:
+# the snapshot became active, and the unshelve outside the storage group
+# got its data from it.
+UPLOAD_CHECKS = ('snapshot', 'fallback')
 
 
 class RowError(Exception):
@@ -67,6 +92,9 @@ class Row:
 
     def __init__(self, point):
         self.point = point
+        self.required = CHECKS + (
+            UPLOAD_CHECKS if scenario(point) == 'upload' and
+            point != SNAPSHOT_SKIPPED else ())
         self.crashed = None
         self.after_restart = '-'
         self.at_end = '-'
@@ -86,7 +114,8 @@ class Row:
         failed = ['%s: %s' % (name, seen)
                   for name, (passed, seen) in self.checks.items()
                   if not passed]
-        missing = [name for name in CHECKS if name not in self.checks]
+        missing = [name for name in self.required
+                   if name not in self.checks]
         if missing:
             failed.append('not checked: %s' % ', '.join(missing))
         return failed + [n for n in self.notes if n.startswith('FAIL ')]
@@ -98,15 +127,16 @@ class Row:
     def cells(self):
         def seen(name):
             return self.checks.get(name, (None, '-'))[1]
-        return [self.point, seen('crashed'), self.after_restart, self.at_end,
+        return [self.point, seen('crashed'), self.after_restart,
+                seen('snapshot'), seen('fallback'), self.at_end,
                 seen('marker'), seen('leftovers'), seen('allocations'),
                 seen('guests'), seen('deleted'),
                 'PASS' if self.passed else 'FAIL']
 
 
-COLUMNS = ['point', 'crashed?', 'state after restart', 'state at end',
-           'marker', 'leftovers', 'allocations', 'guests', 'after delete',
-           'result']
+COLUMNS = ['point', 'crashed?', 'state after restart', 'snapshot',
+           'fallback', 'state at end', 'marker', 'leftovers', 'allocations',
+           'guests', 'after delete', 'result']
 
 
 def table(rows):
@@ -158,6 +188,10 @@ class Matrix:
         self.providers = None
         # host -> pid of the nova-compute this row started there
         self._pids = {}
+        # Glance's requests since the upload row's shelve.
+        self._glance = None
+        # The mode the cloud ran in before a row switched it.
+        self._mode_before = None
 
     # -- set-up -------------------------------------------------------------
 
@@ -173,6 +207,10 @@ class Matrix:
 
     def tear_down(self):
         try:
+            if self._mode_before:
+                self.log('back to mode %s' % self._mode_before)
+                cloud.set_mode(self._mode_before)
+                self._mode_before = None
             self.normal_computes()
         finally:
             if self.image_id:
@@ -193,6 +231,15 @@ class Matrix:
             if not cloud.compute_alive(host) or faults_of(host):
                 self._restart(host)
 
+    def use_mode(self, mode):
+        """Run the cloud in mode; tear_down switches back."""
+        if cloud.current_mode() == mode and not cloud.current_upload_delay():
+            return
+        self.log('switching the cloud to mode %s' % mode)
+        if self._mode_before is None:
+            self._mode_before = cloud.current_mode()
+        cloud.set_mode(mode)
+
     # -- one row ------------------------------------------------------------
 
     def run(self, point):
@@ -209,6 +256,10 @@ class Matrix:
             drive = getattr(self, '_drive_%s' % scenario(point), None)
             if drive is None:
                 raise RowError('no scenario for the cut point %s' % point)
+            self.use_mode(MODES.get(scenario(point), 'plugin'))
+            # The mode switch restarts every compute.
+            self._pids = {host: cloud.compute_pid(host)
+                          for host in cloud.COMPUTES}
             server = self._boot_with_marker()
             restarted, since = drive(row, server)
             srv = cloud.server(server['id'])
@@ -220,6 +271,9 @@ class Matrix:
             if late:
                 row.fail('FAIL no image cache pass of %s within 180 s'
                          % ', '.join(late))
+            after = getattr(self, '_after_%s' % scenario(point), None)
+            if after is not None:
+                after(row, server)
             self._finish(row, server)
             self.log('%s: at end %s' % (point, row.at_end))
         except (RowError, cloud.CloudError) as e:
@@ -320,6 +374,20 @@ class Matrix:
         self._restart_all(cloud.GROUP_HOSTS)
         return list(cloud.GROUP_HOSTS), time.time()
 
+    def _drive_upload(self, row, server):
+        self._restart('c1', crash_at=row.point)
+        self._glance = cloud.GlanceDataCounter()
+        cloud.openstack('server', 'shelve', server['id'], parse=False)
+        if row.point == SNAPSHOT_SKIPPED:
+            dead = self._await_cut(server['id'], ['c1'])
+        else:
+            # The upload runs in the background, during or after the
+            # offload: wait for the crash rather than for the shelve.
+            dead = self._await_death(['c1'], UPLOAD_CRASH_WAIT)
+        self._record_crash(row, dead)
+        self._restart('c1')
+        return ['c1'], time.time()
+
     def _shelve(self, row, server):
         cloud.openstack('server', 'shelve', server['id'], parse=False)
         srv = self._wait_done(server['id'])
@@ -336,6 +404,124 @@ class Matrix:
             row.notes.append('did not crash at the cut')
 
     # -- after the restart ----------------------------------------------------
+
+    def _after_upload(self, row, server):
+        if row.point == SNAPSHOT_SKIPPED:
+            self._resume_interrupted_shelve(row, server)
+            return
+        # The upload starts while the offload ends: a crash before the
+        # offload's last save leaves it to the recovery at start, which
+        # offloads again (or to Nova, between its last two saves).
+        srv = self._wait_done(server['id'])
+        if srv['status'] != 'SHELVED_OFFLOADED':
+            raise RowError('after the restart the server is %s, not '
+                           'shelved-offloaded' % describe(srv))
+        snapshot_id = self._check_snapshot(row, server)
+        if snapshot_id:
+            self._fall_back(row, server, snapshot_id)
+        else:
+            row.check('fallback', False, 'impossible: no active snapshot')
+
+    def _resume_interrupted_shelve(self, row, server):
+        """Bring back to ACTIVE a server whose shelve a crash cut short.
+
+        The crash comes before the shelve saved anything: Nova leaves the
+        task and the image the API made for the snapshot as they were.
+        """
+        srv = cloud.server(server['id'])
+        row.notes.append('Nova left the server %s' % describe(srv))
+        if srv.get('OS-EXT-STS:task_state') == 'shelving':
+            # Nothing resumes a shelve after a restart (nor in stock Nova):
+            # as an operator would, reset the state and boot the guest.
+            cloud.openstack('server', 'set', '--auto-approve', '--state',
+                            'active', server['id'], parse=False)
+            cloud.openstack('server', 'reboot', '--hard', server['id'],
+                            parse=False)
+            row.notes.append('reset to active and rebooted')
+            srv = self._wait_done(server['id'])
+        if srv['status'] == 'SHUTOFF' and not srv.get('OS-EXT-STS:task_state'):
+            cloud.openstack('server', 'start', server['id'], parse=False)
+            row.notes.append('started')
+            srv = self._wait_done(server['id'])
+        if srv['status'] in ('SHELVED', 'SHELVED_OFFLOADED'):
+            return          # the shelve was recorded: _finish unshelves
+        # The server is not shelved: an image of its shelve is the one the
+        # API created for the snapshot that never came, which nothing
+        # records. The row deletes it as an operator would, and says so.
+        for image_id in invariants.shelved_snapshots(server['name']):
+            image = cloud.image(image_id)
+            row.notes.append('the interrupted shelve left image %s %s; '
+                             'deleted it' % (image_id, image['status']))
+            cloud.openstack('image', 'delete', image_id, parse=False)
+
+    def _check_snapshot(self, row, server):
+        """The snapshot's id once active, else None (and why, in the row).
+
+        The restarted host resumes its own upload at start-up; an upload
+        that stays queued must still have the kept disk, with the data.
+        Once active, the kept disk's record must say so, and Glance must
+        have taken the data once: a crash after it did must not make the
+        restarted host upload again.
+        """
+        images = invariants.shelved_snapshots(server['name'])
+        if len(images) != 1:
+            row.check('snapshot', False, 'images %s' % images)
+            return None
+        try:
+            image = cloud.wait_for_image_status(images[0], 'active',
+                                                UPLOAD_WAIT)
+        except cloud.CloudError as e:
+            kept = cloud.kept_disks(server['id'])
+            intact = bool(kept) and cloud.read_marker(
+                os.path.join(kept[0], 'disk'),
+                len(server['marker'])) == server['marker']
+            row.check('snapshot', intact, '%s, kept disk %s' % (
+                cloud.image(images[0])['status'],
+                'intact' if intact else 'LOST'))
+            row.notes.append(str(e))
+            return None
+        # The record is written after Glance activated the image.
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            pending = [cloud.kept_record(d)['snapshot_pending']
+                       for d in cloud.kept_disks(server['id'])]
+            if pending != [True] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        uploads = [status for image_id, status in self._glance.uploads()
+                   if image_id == image['id']]
+        row.check('snapshot', pending == [False] and uploads == [204],
+                  'active, %s upload%s%s' % (
+                      len(uploads), '' if len(uploads) == 1 else 's',
+                      '' if pending == [False]
+                      else ', kept.json pending %s' % pending))
+        return image['id']
+
+    def _fall_back(self, row, server, snapshot_id):
+        """Unshelve with the storage group disabled: c3 downloads it."""
+        size = cloud.image(snapshot_id)['size']
+        self._set_enabled('c1', False)
+        self._set_enabled('c2', False)
+        glance = cloud.GlanceDataCounter()
+        cloud.openstack('server', 'unshelve', server['id'], parse=False)
+        srv = self._wait_done(server['id'])
+        self._set_enabled('c1', True)
+        self._set_enabled('c2', True)
+        sent = [n for image, n in glance.downloads() if image == snapshot_id]
+        row.check('fallback',
+                  cloud.host_of(srv) == cloud.OUTSIDE_HOST and
+                  sent == [size],
+                  '%s, snapshot sent %s of %d bytes' % (
+                      describe(srv), '+'.join(map(str, sent)) or 'none',
+                      size))
+        # The kept disk is stale now: c1 and c2's image cache pass gives
+        # it back to the storage.
+        since = time.time()
+        late = invariants.wait_for_image_cache_passes(cloud.GROUP_HOSTS,
+                                                      since)
+        if late:
+            row.fail('FAIL no image cache pass of %s within 180 s after '
+                     'the fallback' % ', '.join(late))
 
     def _finish(self, row, server):
         srv = cloud.server(server['id'])
@@ -423,19 +609,14 @@ class Matrix:
                 self._ask_delete(server['id'])
                 time.sleep(5)
             time.sleep(cloud.POLL_SECONDS)
-        left = invariants.instance_dirs(server['id'])
-        left += ['image %s' % i
-                 for i in invariants.shelved_snapshots(server['name'])]
-        guests = cloud.domain_states(server['id'])
-        left += ['guest on %s' % host for host in sorted(guests)]
-        if invariants.allocations(server['id'], self.providers):
-            left.append('allocations')
+        left = invariants.server_gone(server['id'], server['name'],
+                                      self.providers)
         row.check('deleted', not left, ', '.join(
             os.path.basename(p) for p in left) or 'clean')
         # What the row's server left must not weigh on the next rows.
         for image in invariants.shelved_snapshots(server['name']):
             cloud.openstack('image', 'delete', image, parse=False)
-        for host in guests:
+        for host in cloud.domain_states(server['id']):
             cloud.virsh(host, 'destroy', server['id'])
             cloud.virsh(host, 'undefine', '--nvram', server['id'])
 

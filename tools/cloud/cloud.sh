@@ -10,7 +10,10 @@
 #   cloud.sh mode fast-shelve
 #                            as plugin, with [shelve_accel] snapshot_upload =
 #                            after_offload: shelve skips the snapshot and the
-#                            kept disk is uploaded after the offload
+#                            kept disk is uploaded after the offload;
+#                            SHELVE_ACCEL_UPLOAD_DELAY=SECONDS in the
+#                            caller's environment sets [shelve_accel]
+#                            snapshot_upload_delay (default 0)
 #   cloud.sh mode stock      computes run libvirt.LibvirtDriver, no filter
 #   cloud.sh status          what runs, where the logs are
 #   cloud.sh compute-restart HOST
@@ -365,6 +368,11 @@ endpoint_override = $GLANCE_URL
 [neutron]
 auth_type = none
 endpoint_override = $NEUTRON_URL
+# What a compute authenticates to Glance with when no request's token is
+# at hand: uploading a kept disk that another host, or this one before a
+# restart, left pending (snapshot_upload = after_offload).
+[service_user]
+auth_type = none
 [placement]
 auth_type = admin_token
 endpoint = $PLACEMENT_URL
@@ -421,14 +429,22 @@ compute_conf_args() {
 
 write_mode_conf() {
     local mode=$1 driver filters upload=at_shelve
+    local delay=${SHELVE_ACCEL_UPLOAD_DELAY:-0}
+    [[ $delay =~ ^[0-9]+$ ]] ||
+        die "SHELVE_ACCEL_UPLOAD_DELAY=$delay is not a number of seconds"
     filters=ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter
     case $mode in
     plugin|fast-shelve)
         driver=nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver
         filters=$filters,HostAggregateGroupFilter
-        [ "$mode" = fast-shelve ] && upload=after_offload;;
+        if [ "$mode" = fast-shelve ]; then
+            upload=after_offload
+        else
+            delay=0
+        fi;;
     stock)
-        driver=libvirt.LibvirtDriver;;
+        driver=libvirt.LibvirtDriver
+        delay=0;;
     *) die "unknown mode '$mode': use 'plugin', 'fast-shelve' or 'stock'";;
     esac
     cat > "$ETC/nova/mode.conf" <<EOF
@@ -439,6 +455,7 @@ compute_driver = $driver
 enabled_filters = $filters
 [shelve_accel]
 snapshot_upload = $upload
+snapshot_upload_delay = $delay
 EOF
     echo "$mode" > "$STATE/mode"
 }
