@@ -354,9 +354,10 @@ def print_table(summary, bursts):
 def write_csv(path, rows):
     if not rows:
         return
-    keys = list(rows[0])
+    # Rows of different modes have different columns.
+    keys = list(dict.fromkeys(key for row in rows for key in row))
     with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
+        writer = csv.DictWriter(f, fieldnames=keys, restval='')
         writer.writeheader()
         writer.writerows(rows)
 

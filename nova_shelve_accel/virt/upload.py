@@ -25,7 +25,8 @@ record, is the instance's only copy until this module has uploaded it:
   upload runs, lets one host at a time upload a disk.
 
 The disk is converted as Nova's cold libvirt snapshot converts it, into the
-snapshots directory, and the image gets the metadata Nova's snapshot gives.
+snapshots directory but at the lowest CPU and I/O priority, and the image
+gets the metadata Nova's snapshot gives.
 The copy is used only if the disk was still kept, unchanged, after the
 conversion: a claim moves the disk away before a guest runs on it. While
 the copy streams to Glance the upload stops as soon as the disk is claimed
@@ -37,6 +38,7 @@ import os
 import threading
 import time
 
+from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils import units
 
@@ -46,10 +48,10 @@ from nova import context as nova_context
 from nova import exception
 from nova.image import glance
 from nova import objects
+import nova.privsep.utils
 from nova import service_auth
 from nova import thread_pool_factory
 from nova import utils
-from nova.virt.libvirt import utils as libvirt_utils
 
 from nova_shelve_accel import faults
 from nova_shelve_accel import shelved
@@ -294,8 +296,7 @@ class SnapshotUploader:
         os.makedirs(directory, exist_ok=True)
         with utils.tempdir(dir=directory) as tmpdir:
             copy = os.path.join(tmpdir, image['id'])
-            libvirt_utils.extract_snapshot(disk, disk_format, copy,
-                                           image_format)
+            convert_for_snapshot(disk, disk_format, copy, image_format)
             # The copy is the disk as kept only if nothing claimed the disk
             # while qemu-img read it.
             check()
@@ -310,6 +311,27 @@ class SnapshotUploader:
         LOG.info('Uploaded the root disk into snapshot %s: %.1f MiB in '
                  '%.1f s.', image['id'], size / units.Mi,
                  time.monotonic() - started, instance=instance)
+
+
+def convert_for_snapshot(disk, disk_format, copy, image_format):
+    """Convert as Nova's cold libvirt snapshot does, at the lowest priority.
+
+    The arguments of Nova's ``extract_snapshot`` (``-t none`` where the
+    storage allows O_DIRECT, ``-c`` with ``[libvirt] snapshot_compression``
+    for qcow2), but under ``nice``/``ionice``: the upload runs beside
+    guests and unshelves on the same host and must yield to them.
+    """
+    out_format = {'iso': 'raw', 'ploop': 'parallels'}.get(image_format,
+                                                          image_format)
+    cache_mode = ('none' if nova.privsep.utils.supports_direct_io(
+        os.path.dirname(copy)) else 'writeback')
+    command = ['nice', '-n', '19', 'ionice', '-c', '3', 'qemu-img',
+               'convert', '-t', cache_mode, '-O', out_format,
+               '-f', disk_format]
+    if CONF.libvirt.snapshot_compression and out_format == 'qcow2':
+        command.append('-c')
+    with compute_utils.disk_ops_semaphore:
+        processutils.execute(*command, disk, copy)
 
 
 def clear_pending_mark(instance, snapshot_id):

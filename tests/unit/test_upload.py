@@ -27,13 +27,13 @@ import time
 from unittest import mock
 
 import fixtures
+from oslo_concurrency import processutils
 from oslo_utils.fixture import uuidsentinel as uuids
 from oslo_utils import units
 
 from nova.compute import vm_states
 from nova import exception
 from nova import test
-from nova.virt.libvirt import utils as libvirt_utils
 
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
@@ -189,18 +189,39 @@ class TestUpload(UploadTestCase):
 
     def test_a_claim_during_the_conversion_uploads_nothing(self):
         self.keep_pending()
-        real_extract = libvirt_utils.extract_snapshot
+        real_convert = upload.convert_for_snapshot
 
-        def extract_then_claim(*args):
-            real_extract(*args)
+        def convert_then_claim(*args):
+            real_convert(*args)
             self.store.claim(*KEY)
 
-        with mock.patch.object(libvirt_utils, 'extract_snapshot',
-                               extract_then_claim):
+        with mock.patch.object(upload, 'convert_for_snapshot',
+                               convert_then_claim):
             self.run_upload()
 
         self.assertEqual([], self.glance.updates)
         self.assertEqual({}, self.uploader._retries)
+
+    def test_the_conversion_yields_to_guests_and_unshelves(self):
+        self.flags(snapshot_compression=True, group='libvirt')
+        real_execute = processutils.execute
+        commands = []
+
+        def recording_execute(*command, **kwargs):
+            commands.append(command)
+            return real_execute(*command, **kwargs)
+
+        self.keep_pending()
+        with mock.patch.object(processutils, 'execute', recording_execute):
+            self.run_upload()
+
+        [convert] = [c for c in commands if 'convert' in c]
+        self.assertEqual(('nice', '-n', '19', 'ionice', '-c', '3',
+                          'qemu-img', 'convert'), convert[:8])
+        self.assertIn('-c', convert)
+        self.assertEqual(('-f', 'qcow2'), convert[convert.index('-f'):
+                                                  convert.index('-f') + 2])
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
 
     def test_a_disk_changed_since_it_was_kept_is_not_uploaded(self):
         self.keep_pending()
