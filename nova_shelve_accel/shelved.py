@@ -32,17 +32,17 @@ PENDING_UPLOAD_KEY = 'shelve_accel_snapshot_pending'
 
 def pending_snapshot_id(instance):
     """The snapshot id still waiting for the kept disk's data, or None."""
-    sysmeta = instance.system_metadata
-    snapshot_id = sysmeta.get('shelved_image_id')
-    if snapshot_id and sysmeta.get(PENDING_UPLOAD_KEY) == snapshot_id:
-        return snapshot_id
-    return None
+    return _shelved_image_named_by(instance, PENDING_UPLOAD_KEY)
 
 
 def kept_snapshot_id(instance):
     """The snapshot id the instance's kept root disk matches, or None."""
+    return _shelved_image_named_by(instance, KEPT_DISK_KEY)
+
+
+def _shelved_image_named_by(instance, key):
     sysmeta = instance.system_metadata
     snapshot_id = sysmeta.get('shelved_image_id')
-    if snapshot_id and sysmeta.get(KEPT_DISK_KEY) == snapshot_id:
+    if snapshot_id and sysmeta.get(key) == snapshot_id:
         return snapshot_id
     return None

@@ -134,14 +134,29 @@ class SnapshotUploader:
                           self._store.path)
             return
         now = time.monotonic()
+        storage_now = self._storage_now() if pending else None
         for record in pending:
             key = (record.instance_uuid, record.snapshot_id)
             next_try = self._retries.get(key, (0, 0))[0]
-            if next_try <= now and not self._in_upload_delay(record):
+            if next_try <= now and not self._in_upload_delay(record,
+                                                             storage_now):
                 self.schedule(self._service_context(), *key,
                               at_start=at_start)
 
-    def _in_upload_delay(self, record):
+    def _storage_now(self):
+        """The storage's clock once per scan, or None if unreadable.
+
+        Only needed to honour snapshot_upload_delay; reading it touches a
+        file on the shared storage.
+        """
+        if not CONF.shelve_accel.snapshot_upload_delay:
+            return None
+        try:
+            return self._store.storage_now()
+        except OSError:
+            return None
+
+    def _in_upload_delay(self, record, storage_now):
         """Whether the disk was kept less than snapshot_upload_delay ago.
 
         The host that kept it waits that long before uploading, so that an
@@ -151,16 +166,16 @@ class SnapshotUploader:
         next scan.
         """
         delay = CONF.shelve_accel.snapshot_upload_delay
-        if not delay:
+        if not delay or storage_now is None:
             return False
         try:
             kept_at = os.lstat(os.path.join(
                 self._store.kept_dir(record.instance_uuid,
                                      record.snapshot_id),
                 storage.RECORD_NAME)).st_mtime
-            return self._store.storage_now() - kept_at < delay
         except OSError:
             return False
+        return storage_now - kept_at < delay
 
     def stop(self):
         """Stop every upload at its next check (the service is stopping)."""
