@@ -10,11 +10,18 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""What an instance's system metadata says about its kept root disk.
+"""What an instance's system metadata says about its kept root disk, and
+what a compute host reports about its storage.
 
-Shared by the compute driver, which writes it at offload, and the scheduler
-filter, which reads it; it imports nothing of libvirt.
+Shared by the compute driver, which writes them, and the scheduler filter,
+which reads them; it imports nothing of libvirt.
 """
+
+# Compute node stat: free share of the filesystem holding instances_path,
+# in percent, read at the host's last resource update. The filter's floor
+# is about the storage's real fill; Nova's own free disk figure counts every
+# instance at its flavor's full disk, which a reused kept disk does not add.
+STORAGE_FREE_STAT = 'shelve_accel_storage_free_percent'
 
 # Set at offload to the id of the snapshot the kept disk matches. A kept disk
 # is trusted only while this equals ``shelved_image_id``, which Nova replaces

@@ -62,6 +62,8 @@ def make_hosts(count, group_size):
             state.aggregates = [aggregate]
             state.free_disk_mb = 500 * 1024
             state.total_usable_disk_gb = 1000
+            # What a host running the plugin's driver reports.
+            state.stats = {shelved.STORAGE_FREE_STAT: '50.0'}
             hosts.append(state)
     return hosts
 

@@ -69,19 +69,18 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
         storage = _KeptDiskStorage(kept_on, hosts)
         groups = storage.groups
         floor = 0 if pending else CONF.shelve_accel.free_space_floor_percent
-        qualified = [h for h in hosts
-                     if storage.is_shared_by(h) and
-                     _storage_above_floor(h, floor)]
+        sharing = [h for h in hosts if storage.is_shared_by(h)]
+        qualified = [h for h in sharing if _storage_above_floor(h, floor)]
         if not qualified and pending:
             raise exception.NoValidHost(reason=_pending_message(
                 instance, kept_on, groups or _groups_of_host(kept_on),
                 len(hosts)))
         if not qualified:
             LOG.info('No host sharing the storage of %s (groups %s) can take '
-                     'instance %s; letting all %d hosts through '
+                     'instance %s: %s; letting all %d hosts through '
                      '(stock scheduling).', kept_on,
                      sorted(groups) or 'none', spec_obj.instance_uuid,
-                     len(hosts))
+                     _why_none_qualified(sharing, floor), len(hosts))
             return hosts
         LOG.debug('Instance %s has a kept root disk on the storage of %s '
                   '(groups %s): %d of %d hosts share it.',
@@ -221,13 +220,52 @@ def _warn_several_groups(host, groups):
                 host, ', '.join(sorted(groups)), GROUP_KEY)
 
 
-def _storage_above_floor(host_state, floor):
+def _why_none_qualified(sharing, floor):
+    # Said at INFO on every fallback: an operator must tell "the group's
+    # hosts were full or filtered out" from "their storage is low" without
+    # turning debug logging on.
+    if not sharing:
+        return 'none of them is left by the other filters'
+    return 'below the free-space floor of %d%%: %s' % (floor, ', '.join(
+        '%s (%s)' % (h.host, _free_text(h)) for h in sharing))
+
+
+def _free_text(host_state):
+    free, source = _free_percent(host_state)
+    if free is None:
+        return 'reports no disk'
+    return '%.1f%% free %s' % (free, source)
+
+
+def _free_percent(host_state):
+    """Free share of the host's instance storage, and where it comes from.
+
+    The host's own reading of its storage, from its last resource update,
+    when it runs the plugin's driver: reusing a kept disk adds no data to
+    the storage. Otherwise Nova's view, which counts every instance at its
+    flavor's full disk, including those this scheduler placed since.
+    """
+    reported = (host_state.stats or {}).get(shelved.STORAGE_FREE_STAT)
+    if reported is not None:
+        try:
+            return float(reported), 'as the host read it'
+        except ValueError:
+            LOG.warning('%s reports %s = %r, not a number; using Nova\'s '
+                        'free disk figure.', host_state.host,
+                        shelved.STORAGE_FREE_STAT, reported)
     total_mb = host_state.total_usable_disk_gb * 1024
     if total_mb <= 0:
+        return None, None
+    return (100.0 * host_state.free_disk_mb / total_mb,
+            "in Nova's accounting")
+
+
+def _storage_above_floor(host_state, floor):
+    free, _source = _free_percent(host_state)
+    if free is None:
         LOG.debug('%s reports no disk; not reusing a kept disk there.',
                   host_state.host)
         return False
-    free = 100.0 * host_state.free_disk_mb / total_mb
     if free < floor:
         LOG.debug('%s has %.1f%% of its storage free, below '
                   '[shelve_accel] free_space_floor_percent = %d.',

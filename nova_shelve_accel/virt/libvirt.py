@@ -525,7 +525,10 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         # The resource tracker's periodic, outside its lock: also the time
         # to pick up uploads that a stopped or dead host left pending.
         self._uploads.scan_if_due()
-        return super().get_available_resource(nodename)
+        data = super().get_available_resource(nodename)
+        data.setdefault('stats', {})[shelved.STORAGE_FREE_STAT] = (
+            '%.1f' % self._kept_disks.free_percent())
+        return data
 
     def update_provider_tree(self, provider_tree, nodename, allocations=None):
         super().update_provider_tree(provider_tree, nodename,

@@ -21,9 +21,12 @@ import json
 import os
 from unittest import mock
 
+from nova import context as nova_context
+from nova import objects
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.fixtures import libvirt as fakelibvirt
 
+from nova_shelve_accel import shelved
 from tests.functional import base
 
 
@@ -135,6 +138,42 @@ class TestPartialOffload(base.ShelveAccelTestBase):
         # The floor, and nothing else, was the reason: below it, keep.
         self.flags(free_space_floor_percent=0, group='shelve_accel')
         self._shelve_keeping(server, self.storage_of(self.host_of(server)))
+
+    # 3b
+    def test_floor_reads_the_storage_not_nova_accounting(self):
+        # A and B each run a server whose flavor's disk is 90% of the
+        # storage: Nova counts it as used (and libvirt as overcommitted),
+        # so its free disk figure for both hosts is near zero. The storage
+        # itself is as free as before, and reusing a kept disk adds nothing
+        # to it: the unshelve must stay in g1.
+        real_free = self.computes['A'].driver._kept_disks.free_percent()
+        self.assertGreater(real_free, 2, 'the test needs some free disk')
+        floor = int(real_free / 2)
+        self.flags(free_space_floor_percent=floor, group='shelve_accel')
+        local_gb = self._compute_node('A').local_gb
+        big = self._create_flavor(name='m1.big', memory_mb=512, vcpu=1,
+                                  disk=int(local_gb * 0.9), ephemeral=0)
+        for host in ('A', 'B'):
+            self.boot(host=host, flavor_id=big)
+            self.update_resources(host)
+            node = self._compute_node(host)
+            accounted = 100.0 * min(node.free_disk_gb,
+                                    node.disk_available_least) / local_gb
+            self.assertLess(accounted, floor)
+            self.assertGreaterEqual(
+                float(node.stats[shelved.STORAGE_FREE_STAT]), floor)
+        server = self._boot_with_marker('A')
+        server = self._shelve_keeping(server, self.g1_path)
+        snapshot_id = self.snapshot_id(server)
+
+        server = self.unshelve(server)
+        server = self.assert_runs_on(server, ('A', 'B'))
+        self.assertEqual(0, self.downloads[snapshot_id])
+        self.assertEqual(0x5a, base.read_marker(self.instance_disk(server)))
+
+    def _compute_node(self, host):
+        return objects.ComputeNode.get_by_nodename(
+            nova_context.get_admin_context(), host)
 
     # 4
     def test_volume_backed_offloads_as_stock(self):

@@ -89,7 +89,10 @@ class FilterTestCase(test.NoDBTestCase):
         return fakes.FakeHostState(name, name, {
             'aggregates': [a for a in aggregates if name in a.hosts],
             'free_disk_mb': free_disk_mb,
-            'total_usable_disk_gb': total_usable_disk_gb})
+            'total_usable_disk_gb': total_usable_disk_gb,
+            # Set from the compute node, as the host manager does; these
+            # hosts report no storage reading of their own.
+            'stats': {}})
 
     def hosts(self, names, aggregates=(), **attrs):
         return [self.host(name, aggregates, **attrs) for name in names]
@@ -103,8 +106,15 @@ class FilterTestCase(test.NoDBTestCase):
 
     def warnings(self, text):
         """Warnings of the filter containing ``text``."""
+        return self._logged('WARNING', text)
+
+    def infos(self, text):
+        """Info messages of the filter containing ``text``."""
+        return self._logged('INFO', text)
+
+    def _logged(self, level, text):
         return [line for line in self.stdlog.logger.output.splitlines()
-                if ' WARNING [%s] ' % filters.__name__ in line and
+                if ' %s [%s] ' % (level, filters.__name__) in line and
                 text in line]
 
 
@@ -221,6 +231,50 @@ class TestUnshelveWithKeptDisk(FilterTestCase):
         for h in hosts[:2]:
             h.free_disk_mb = 1
         self.assertEqual(['A', 'B', 'C'], self.passing(hosts, self.spec()))
+
+    def test_storage_share_read_by_the_host_wins_over_nova_accounting(self):
+        # Nova counts every instance at its flavor's full disk; a reused
+        # kept disk adds nothing, so the host's own reading decides.
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        hosts[1].free_disk_mb = 1
+        hosts[1].stats = {shelved.STORAGE_FREE_STAT: '40.0'}
+        self.assertEqual(['A', 'B'], self.passing(hosts, self.spec()))
+
+    def test_storage_share_read_by_the_host_below_the_floor_excludes(self):
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        hosts[1].stats = {shelved.STORAGE_FREE_STAT: '9.9'}
+        self.assertEqual(['A'], self.passing(hosts, self.spec()))
+
+    def test_unreadable_storage_share_falls_back_to_nova_accounting(self):
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        hosts[1].stats = {shelved.STORAGE_FREE_STAT: 'full'}
+        hosts[1].free_disk_mb = 1
+        self.assertEqual(['A'], self.passing(hosts, self.spec()))
+        self.assertEqual(1, len(self.warnings(
+            "B reports %s = 'full', not a number" %
+            shelved.STORAGE_FREE_STAT)))
+
+    def test_fallback_says_the_free_share_of_each_group_host(self):
+        self.offloaded(shelved_host='A')
+        hosts = self.g1_and_c()
+        hosts[0].stats = {shelved.STORAGE_FREE_STAT: '3.5'}
+        hosts[1].free_disk_mb = TOTAL_GB * 1024 * 8 // 100
+        self.assertEqual(['A', 'B', 'C'], self.passing(hosts, self.spec()))
+        self.assertEqual(1, len(self.infos(
+            'below the free-space floor of 10%: A (3.5% free as the host '
+            "read it), B (8.0% free in Nova's accounting); letting all 3 "
+            'hosts through')))
+
+    def test_fallback_says_no_group_host_was_left(self):
+        self.offloaded(shelved_host='A')
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        self.passing(self.hosts('CD', [g1]), self.spec())
+        self.assertEqual(1, len(self.infos(
+            'none of them is left by the other filters; letting all 2 '
+            'hosts through')))
 
     def test_all_pass_when_no_group_host_is_handed_in(self):
         self.offloaded(shelved_host='A')

@@ -321,6 +321,40 @@ class TestRootDiskFormat(DriverTestCase):
                                                         None))
 
 
+class TestStorageReport(DriverTestCase):
+    """The free share of the storage, for the filter's floor."""
+
+    def stub_parent(self, stats):
+        self.stub_out(
+            'nova.virt.libvirt.driver.LibvirtDriver.get_available_resource',
+            lambda drvr, nodename: {'local_gb': 7, 'stats': stats})
+
+    def reported(self):
+        data = self.drvr.get_available_resource(NODE)
+        return data['stats']
+
+    def test_reports_the_free_share_of_the_instance_storage(self):
+        self.stub_parent({'uptime': 'up 1 day'})
+        stats = self.reported()
+        # The statvfs of instances_path, as the floor at offload reads it.
+        self.assertAlmostEqual(self.drvr._kept_disks.free_percent(),
+                               float(stats[shelved.STORAGE_FREE_STAT]),
+                               delta=0.1)
+        self.assertEqual('up 1 day', stats['uptime'])
+
+    def test_reports_it_when_the_stock_driver_gives_no_stats(self):
+        self.stub_out(
+            'nova.virt.libvirt.driver.LibvirtDriver.get_available_resource',
+            lambda drvr, nodename: {'local_gb': 7})
+        self.assertIn(shelved.STORAGE_FREE_STAT, self.reported())
+
+    def test_a_full_storage_reports_zero(self):
+        self.stub_parent({})
+        self.useFixture(fixtures.MockPatch(
+            'os.statvfs', return_value=mock.Mock(f_blocks=100, f_bavail=0)))
+        self.assertEqual('0.0', self.reported()[shelved.STORAGE_FREE_STAT])
+
+
 class TestUpdateProviderTree(DriverTestCase):
 
     def setUp(self):
@@ -1186,10 +1220,10 @@ class TestUploadsFromTheDriver(DriverTestCase):
         self.keep_pending()
         stock = self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.driver.LibvirtDriver.get_available_resource',
-            return_value=mock.sentinel.resources)).mock
+            side_effect=lambda node: {'local_gb': 7})).mock
 
-        self.assertIs(mock.sentinel.resources,
-                      self.drvr.get_available_resource(NODE))
+        self.assertEqual(7, self.drvr.get_available_resource(NODE)[
+            'local_gb'])
         # The next periodic, within SCAN_SECONDS, does not scan again.
         self.drvr.get_available_resource(NODE)
 
