@@ -53,3 +53,20 @@ def _shelved_image_named_by(instance, key):
     if snapshot_id and sysmeta.get(key) == snapshot_id:
         return snapshot_id
     return None
+
+
+def reason_to_reclaim(instance, snapshot_id):
+    """Why a disk kept at ``snapshot_id`` is of no use any more, or None.
+
+    ``instance`` is the instance the disk was kept for, as read from its
+    cell's database (None if it is not there). A kept disk is needed exactly
+    while its instance exists and is still shelved with that snapshot: Nova
+    replaces ``shelved_image_id`` at every shelve and removes it at
+    unshelve.
+    """
+    if instance is None or instance.deleted:
+        return 'the instance was deleted'
+    if instance.system_metadata.get('shelved_image_id') != snapshot_id:
+        return 'the instance is no longer shelved with snapshot %s' % (
+            snapshot_id)
+    return None

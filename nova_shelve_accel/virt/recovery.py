@@ -249,13 +249,9 @@ class Recovery:
 
     def _resolve_kept(self, instance, record):
         """True if ``instance`` still owns the kept disk of ``record``."""
-        if instance is None or instance.deleted:
-            self._store.reclaim(record, 'the instance was deleted')
-            return False
-        if instance.system_metadata.get('shelved_image_id') != (
-                record.snapshot_id):
-            self._store.reclaim(record, 'the instance is no longer shelved '
-                                'with snapshot %s' % record.snapshot_id)
+        reason = shelved.reason_to_reclaim(instance, record.snapshot_id)
+        if reason:
+            self._store.reclaim(record, reason)
             return False
         self._store.protect_backing_file(record, nova.privsep.path.utime)
         if not record.snapshot_pending and _pending_for(
@@ -292,9 +288,7 @@ class Recovery:
                      record.snapshot_id, instance=instance)
 
     def _resolve_damaged(self, instance, item):
-        if (instance is None or instance.deleted or
-                instance.system_metadata.get('shelved_image_id') !=
-                item.snapshot_id):
+        if shelved.reason_to_reclaim(instance, item.snapshot_id):
             self._store.reclaim_path(
                 item.path, item.instance_uuid, item.snapshot_id,
                 'it was never usable (%s) and the instance no longer needs '

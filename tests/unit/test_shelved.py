@@ -49,3 +49,36 @@ class TestKeptSnapshotId(test.NoDBTestCase):
         instance = self._instance(shelved_image_id=SNAPSHOT,
                                   **{shelved.KEPT_DISK_KEY: SNAPSHOT})
         self.assertEqual(SNAPSHOT, shelved.kept_snapshot_id(instance))
+
+
+class TestReasonToReclaim(test.NoDBTestCase):
+
+    def _instance(self, deleted=False, **sysmeta):
+        return fake_instance.fake_instance_obj(
+            nova_context.get_admin_context(), system_metadata=sysmeta,
+            deleted=deleted, expected_attrs=['system_metadata'])
+
+    def test_needed_while_shelved_with_that_snapshot(self):
+        instance = self._instance(shelved_image_id=SNAPSHOT)
+        self.assertIsNone(shelved.reason_to_reclaim(instance, SNAPSHOT))
+
+    def test_instance_not_in_the_database(self):
+        self.assertEqual('the instance was deleted',
+                         shelved.reason_to_reclaim(None, SNAPSHOT))
+
+    def test_instance_deleted(self):
+        instance = self._instance(deleted=True, shelved_image_id=SNAPSHOT)
+        self.assertEqual('the instance was deleted',
+                         shelved.reason_to_reclaim(instance, SNAPSHOT))
+
+    def test_shelved_again_with_another_snapshot(self):
+        instance = self._instance(shelved_image_id=SNAPSHOT)
+        self.assertEqual(
+            'the instance is no longer shelved with snapshot %s'
+            % OLD_SNAPSHOT,
+            shelved.reason_to_reclaim(instance, OLD_SNAPSHOT))
+
+    def test_unshelved(self):
+        # Nova removes shelved_image_id at unshelve.
+        self.assertIsNotNone(shelved.reason_to_reclaim(self._instance(),
+                                                       SNAPSHOT))
