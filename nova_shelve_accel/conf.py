@@ -160,6 +160,97 @@ Upper bound, in megabytes per second, of each background snapshot upload
 (``snapshot_upload = after_offload``); 0 means no bound. Use it when the
 uploads slow down the guests or the unshelves on the host.
 """),
+    cfg.IntOpt(
+        'max_kept_age',
+        default=0,
+        min=0,
+        help="""
+Age, in seconds, after which a kept root disk is evicted; 0 (the default)
+keeps it until the instance is unshelved or deleted.
+
+Checked at every image cache pass (``[image_cache] manager_interval``). Only
+disks whose snapshot is ``active`` in Glance are evicted: the instance's
+next unshelve downloads that snapshot, as stock Nova does. A disk whose
+snapshot is still being uploaded (``snapshot_upload = after_offload``) is
+the instance's only copy and is never evicted.
+
+Related options:
+
+* ``eviction_margin_percent``
+"""),
+    cfg.IntOpt(
+        'eviction_margin_percent',
+        default=5,
+        min=0,
+        max=100,
+        help="""
+Storage pressure eviction margin, in percent of the storage's size.
+
+When the free share of the filesystem holding ``[DEFAULT] instances_path``
+falls below ``free_space_floor_percent`` plus this margin, the host evicts
+the oldest kept disks whose snapshot is ``active`` in Glance, one at a time,
+until the free share is above that level again or no such disk is left.
+Checked at every resource update (``[DEFAULT] update_resources_interval``).
+Never a disk whose snapshot is still being uploaded.
+
+Related options:
+
+* ``free_space_floor_percent``
+* ``max_kept_age``
+"""),
+    cfg.FloatOpt(
+        'headroom_weight_multiplier',
+        default=1000.0,
+        help="""
+Multiplier of the scheduler weigher
+``nova_shelve_accel.scheduler.weights.ShelvedHeadroomWeigher``, which keeps
+room in each storage group for the instances shelved there with kept disks.
+
+For a new server (or any request but the unshelve of a kept disk in its
+group), the weigher gives a host of a storage group a weight between 0 and
+1: the share of the RAM and vCPUs that the group's shelved instances need
+to come back that the group's hosts would still have free with this request
+on this host (1 when they would have it all); a host in no storage group
+weighs 1. For the unshelve of a kept disk, it spreads the instances over
+the group's hosts by free RAM. The weight is multiplied by this value.
+
+The default outweighs Nova's resource weighers (each adds at most its own
+multiplier, 1.0 by default): a group's room is used only when no other
+host can take the request, or another group is shorter of room. Set it
+near 1.0 to make the room a mere preference, or to 0 to turn the weigher
+off (it then reads nothing). Negative values fill the groups with the least
+room first; do not use them.
+
+Can be overridden per host aggregate with the aggregate metadata key
+``headroom_weight_multiplier``. Only read if the weigher is listed in
+``[filter_scheduler] weight_classes``.
+
+Related options:
+
+* ``headroom_refresh_interval``
+* ``[filter_scheduler] weight_classes``
+"""),
+    cfg.IntOpt(
+        'headroom_refresh_interval',
+        default=60,
+        min=0,
+        help="""
+Seconds for which nova-scheduler reuses its count of the RAM and vCPUs that
+the instances shelved with kept disks need, per storage group, before
+counting again.
+
+The count reads every shelved-offloaded instance of every cell; a
+scheduling request never does. Instances shelved or unshelved since the
+last count are seen at the next one, so a short interval follows a burst of
+shelves sooner and a long one reads the databases less often. If a cell
+cannot be read, its instances count as needing nothing until the next
+count. 0 counts at every request the weigher weighs, whose cost then grows
+with the number of shelved instances: for tests only.
+
+Related options:
+
+* ``headroom_weight_multiplier``
+"""),
 ]
 
 

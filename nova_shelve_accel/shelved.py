@@ -17,6 +17,9 @@ Shared by the compute driver, which writes them, and the scheduler filter,
 which reads them; it imports nothing of libvirt.
 """
 
+# Aggregate metadata key naming the storage group of the aggregate's hosts.
+GROUP_KEY = 'shelve_storage_group'
+
 # Compute node stat: free share of the filesystem holding instances_path,
 # in percent, read at the host's last resource update. The filter's floor
 # is about the storage's real fill; Nova's own free disk figure counts every

@@ -10,6 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+import collections
+
 from oslo_log import log as logging
 
 from nova.compute import vm_states
@@ -21,6 +23,7 @@ from nova.scheduler import filters
 from nova.scheduler import utils as scheduler_utils
 
 from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 
 CONF = nova.conf.CONF
@@ -28,7 +31,7 @@ accel_conf.register_opts(CONF)
 LOG = logging.getLogger(__name__)
 
 # Aggregate metadata key naming the storage group of the aggregate's hosts.
-GROUP_KEY = 'shelve_storage_group'
+GROUP_KEY = shelved.GROUP_KEY
 
 
 class HostAggregateGroupFilter(filters.BaseHostFilter):
@@ -61,12 +64,12 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
 
     def filter_all(self, filter_obj_list, spec_obj):
         hosts = list(filter_obj_list)
-        instance = self._shelved_instance(spec_obj)
+        instance = self.shelved_instance(spec_obj)
         kept_on = instance and instance.system_metadata.get('shelved_host')
         if not kept_on:
             return hosts
         pending = shelved.pending_snapshot_id(instance)
-        storage = _KeptDiskStorage(kept_on, hosts)
+        storage = KeptDiskStorage(kept_on, hosts)
         groups = storage.groups
         floor = 0 if pending else CONF.shelve_accel.free_space_floor_percent
         sharing = [h for h in hosts if storage.is_shared_by(h)]
@@ -76,11 +79,21 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
                 instance, kept_on, groups or _groups_of_host(kept_on),
                 len(hosts)))
         if not qualified:
+            why = _why_none_qualified(sharing, floor)
+            # The hosts handed in may all be outside the group: then only
+            # the database names it.
+            groups = groups or _groups_of_host(kept_on)
             LOG.info('No host sharing the storage of %s (groups %s) can take '
                      'instance %s: %s; letting all %d hosts through '
                      '(stock scheduling).', kept_on,
                      sorted(groups) or 'none', spec_obj.instance_uuid,
-                     _why_none_qualified(sharing, floor), len(hosts))
+                     why, len(hosts))
+            notifications.notify(
+                'shelve_accel.scheduler.fallback', spec_obj.instance_uuid,
+                project_id=instance.project_id, kept_on=kept_on,
+                kept_groups=sorted(groups),
+                snapshot_id=instance.system_metadata.get('shelved_image_id'),
+                reason=why, candidates=len(hosts))
             return hosts
         LOG.debug('Instance %s has a kept root disk on the storage of %s '
                   '(groups %s): %d of %d hosts share it.',
@@ -88,8 +101,11 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
                   len(qualified), len(hosts))
         return qualified
 
-    def _shelved_instance(self, spec_obj):
-        """The instance unshelved onto its kept disk, or None."""
+    def shelved_instance(self, spec_obj):
+        """The instance unshelved onto its kept disk, or None.
+
+        The headroom weigher tells these requests apart with it too.
+        """
         if scheduler_utils.request_is_rebuild(spec_obj):
             return None
         # A move of an existing instance (unshelve, migrate, evacuate) is
@@ -102,10 +118,7 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
         if not cell:
             return None
         instance = self._load_instance(cell, spec_obj.instance_uuid)
-        if (instance is None or
-                instance.vm_state != vm_states.SHELVED_OFFLOADED or
-                not (shelved.kept_snapshot_id(instance) or
-                     shelved.pending_snapshot_id(instance))):
+        if instance is None or not is_offloaded_with_kept_disk(instance):
             return None
         return instance
 
@@ -120,29 +133,67 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
                 return None
 
 
-class _KeptDiskStorage:
-    """The storage groups of one request: which hosts share the kept disk.
+def is_offloaded_with_kept_disk(instance):
+    """Whether the instance is shelved-offloaded with its root disk kept."""
+    return (instance.vm_state == vm_states.SHELVED_OFFLOADED and
+            bool(shelved.kept_snapshot_id(instance) or
+                 shelved.pending_snapshot_id(instance)))
+
+
+class StorageGroups:
+    """The storage groups named by the aggregates of the hosts of a request.
 
     The host states of Nova's host manager share one object per aggregate,
     so each aggregate is read once per request, not once per host in it:
-    the cost grows with the number of hosts, not with its square.
+    the cost grows with the number of hosts, not with its square. Shared by
+    the filter and the headroom weigher.
     """
 
-    def __init__(self, kept_on, host_states):
-        self.kept_on = kept_on
+    def __init__(self, host_states):
         # id(aggregate) -> the group it names, or None.
         self._group_of = {}
-        self.groups = set()
+        # (aggregate, group) for the aggregates that name a group.
+        self._named = []
         for host_state in host_states:
             for aggregate in host_state.aggregates:
                 if id(aggregate) in self._group_of:
                     continue
                 group = _group_of_aggregate(aggregate)
                 self._group_of[id(aggregate)] = group
-                # The aggregate, not the host state, says where kept_on is:
-                # kept_on may have been filtered out before.
-                if group and kept_on in (aggregate.hosts or ()):
-                    self.groups.add(group)
+                if group:
+                    self._named.append((aggregate, group))
+
+    def of_host_state(self, host_state):
+        """The groups of the aggregates a host of the request is in."""
+        groups = {self._group_of[id(aggregate)]
+                  for aggregate in host_state.aggregates}
+        groups.discard(None)
+        return groups
+
+    def listing(self, host):
+        """The groups whose aggregates list ``host``.
+
+        The aggregates, not the host states, say where a host is: it may
+        have been filtered out before.
+        """
+        return {group for aggregate, group in self._named
+                if host in (aggregate.hosts or ())}
+
+    def members(self):
+        """{group: the hosts its aggregates list}."""
+        hosts = collections.defaultdict(set)
+        for aggregate, group in self._named:
+            hosts[group].update(aggregate.hosts or ())
+        return hosts
+
+
+class KeptDiskStorage:
+    """Which hosts of one request share the storage holding a kept disk."""
+
+    def __init__(self, kept_on, host_states):
+        self.kept_on = kept_on
+        self._storage_groups = StorageGroups(host_states)
+        self.groups = self._storage_groups.listing(kept_on)
         if len(self.groups) > 1:
             _warn_several_groups(kept_on, self.groups)
 
@@ -150,9 +201,7 @@ class _KeptDiskStorage:
         # A host in no group has storage of its own, shared with nobody.
         if host_state.host == self.kept_on:
             return True
-        own_groups = {self._group_of[id(aggregate)]
-                      for aggregate in host_state.aggregates}
-        own_groups.discard(None)
+        own_groups = self._storage_groups.of_host_state(host_state)
         if not own_groups & self.groups:
             LOG.debug('%s is in no storage group of %s; its storage does '
                       'not hold the kept disk.', host_state.host,
@@ -166,9 +215,9 @@ class _KeptDiskStorage:
 def _groups_of_host(host):
     """The storage groups of ``host``, read from the database.
 
-    Only for the message of an unshelve that fails: there, no host handed
-    to the filter shares an aggregate with ``host``, so their aggregates
-    cannot name its group.
+    Only for the messages of an unshelve that cannot stay in the group:
+    there, no host handed to the filter may share an aggregate with
+    ``host``, so their aggregates cannot name its group.
     """
     try:
         aggregates = objects.AggregateList.get_by_host(

@@ -34,6 +34,7 @@ Wherever a kept disk cannot be used the stock code path runs unchanged.
 """
 
 import os
+import time
 
 import os_resource_classes as orc
 from oslo_concurrency import processutils
@@ -54,8 +55,10 @@ from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import faults
+from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel.virt import eviction
 from nova_shelve_accel.virt import recovery
 from nova_shelve_accel.virt import upload
 
@@ -103,6 +106,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         self._recovery = recovery.Recovery(self, self._kept_disks,
                                            root_disk_format)
         self._uploads = upload.SnapshotUploader(self, self._kept_disks)
+        self._evictor = eviction.Evictor(self._kept_disks)
         # Instances whose instance directory is kept instead of deleted by
         # the destroy in progress, with the request's context.
         self._keeping = {}
@@ -111,6 +115,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         self._owing = {}
         # Instances being spawned on a claimed kept disk.
         self._reusing = set()
+        # Instances being spawned here, on a kept disk or not.
+        self._spawning = set()
 
     def init_host(self, host):
         super().init_host(host)
@@ -168,7 +174,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         if destroy_disks and instance.task_state in _OFFLOADING:
             reason = self._reason_not_to_keep(instance, block_device_info)
             if reason:
-                self._log_not_kept(instance, reason)
+                self._log_not_kept(context, instance, reason)
                 if self._snapshot_skipped(instance):
                     self._owing[instance.uuid] = context
             else:
@@ -233,7 +239,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                     % (self._kept_disks.instances_path, free, floor))
         return None
 
-    def _log_not_kept(self, instance, reason):
+    def _log_not_kept(self, context, instance, reason):
         snapshot_id = instance.system_metadata.get('shelved_image_id')
         try:
             earlier = snapshot_id and self._kept_disks.find(instance.uuid,
@@ -250,6 +256,15 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             LOG.info('Not keeping the root disk at shelve-offload: %s. '
                      'Unshelve will download the snapshot.', reason,
                      instance=instance)
+            self._notify_not_kept(context, instance, reason)
+
+    @staticmethod
+    def _notify_not_kept(context, instance, reason):
+        notifications.notify(
+            'shelve_accel.disk.not_kept', instance.uuid, context=context,
+            project_id=instance.project_id,
+            snapshot_id=instance.system_metadata.get('shelved_image_id'),
+            reason=reason)
 
     def delete_instance_files(self, instance):
         if instance.uuid in self._keeping:
@@ -280,12 +295,19 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                 LOG.warning('Not keeping the root disk at shelve-offload: '
                             '%s. Unshelve will download snapshot %s.', e,
                             snapshot_id, instance=instance)
+            self._notify_not_kept(context, instance, str(e))
             return False
         faults.cut_point('keep.moved_in')
         instance.system_metadata[shelved.KEPT_DISK_KEY] = snapshot_id
-        LOG.info('Kept the root disk in %s for unshelve.',
-                 self._kept_disks.kept_dir(instance.uuid, snapshot_id),
+        path = self._kept_disks.kept_dir(instance.uuid, snapshot_id)
+        LOG.info('Kept the root disk in %s for unshelve.', path,
                  instance=instance)
+        notifications.notify(
+            'shelve_accel.disk.kept', instance.uuid, context=context,
+            project_id=instance.project_id, snapshot_id=snapshot_id,
+            path=path, disk_bytes=record.allocated_bytes,
+            disk_format=record.disk_format,
+            snapshot_pending=record.snapshot_pending)
         if record.snapshot_pending:
             self._uploads.schedule(
                 context, instance.uuid, snapshot_id,
@@ -318,22 +340,47 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     # -- unshelve ----------------------------------------------------------
 
+    def spawns_in_progress(self):
+        """Whether this host is starting a guest (background work yields)."""
+        return bool(self._spawning)
+
     def spawn(self, context, instance, image_meta, injected_files,
               admin_password, allocations, network_info=None,
               block_device_info=None, power_on=True, accel_info=None):
+        self._spawning.add(instance.uuid)
+        try:
+            self._spawn(context, instance, image_meta, injected_files,
+                        admin_password, allocations, network_info=network_info,
+                        block_device_info=block_device_info,
+                        power_on=power_on, accel_info=accel_info)
+        finally:
+            self._spawning.discard(instance.uuid)
+
+    def _spawn(self, context, instance, image_meta, injected_files,
+               admin_password, allocations, network_info=None,
+               block_device_info=None, power_on=True, accel_info=None):
         args = (context, instance, image_meta, injected_files,
                 admin_password, allocations)
         kwargs = dict(network_info=network_info,
                       block_device_info=block_device_info,
                       power_on=power_on, accel_info=accel_info)
         snapshot_id = self._unshelving_snapshot(instance)
-        if not snapshot_id or not self._claim_kept_disk(instance, snapshot_id):
+        not_reused = snapshot_id and self._claim_kept_disk(instance,
+                                                           snapshot_id)
+        if not snapshot_id or not_reused:
             if snapshot_id and shelved.pending_snapshot_id(instance):
                 self._refuse_queued_snapshot(context, instance, snapshot_id)
+            if not_reused and (shelved.kept_snapshot_id(instance) or
+                               shelved.pending_snapshot_id(instance)):
+                notifications.notify(
+                    'shelve_accel.unshelve.fallback', instance.uuid,
+                    context=context, project_id=instance.project_id,
+                    snapshot_id=snapshot_id, reason=not_reused)
             super().spawn(*args, **kwargs)
             self._forget_kept_disk(instance)
             return
 
+        started = time.monotonic()
         self._reusing.add(instance.uuid)
         try:
             super().spawn(*args, **kwargs)
@@ -356,6 +403,10 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         self._forget_kept_disk(instance)
         LOG.info('Unshelved on the kept root disk; no image data was '
                  'downloaded.', instance=instance)
+        notifications.notify(
+            'shelve_accel.disk.reused', instance.uuid, context=context,
+            project_id=instance.project_id, snapshot_id=snapshot_id,
+            duration_s=round(time.monotonic() - started, 3))
 
     @staticmethod
     def _forget_kept_disk(instance):
@@ -388,20 +439,24 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         return instance.system_metadata.get('shelved_image_id')
 
     def _claim_kept_disk(self, instance, snapshot_id):
-        """Take the kept disk of this shelve if it is here and sound."""
+        """Take the kept disk of this shelve if it is here and sound.
+
+        Returns None once it is claimed, otherwise why it was not.
+        """
         try:
             record = self._kept_disks.find(instance.uuid, snapshot_id)
         except OSError as e:
             LOG.warning('Cannot look for a kept root disk in %s: %s. '
                         'Unshelving from snapshot %s.', self._kept_disks.path,
                         e, snapshot_id, instance=instance)
-            return False
+            return 'cannot read %s: %s' % (self._kept_disks.path, e)
         if record is None:
             if shelved.kept_snapshot_id(instance):
                 LOG.info('No kept root disk for snapshot %s on storage %s; '
                          'unshelving from the snapshot.', snapshot_id,
                          self._kept_disks.path, instance=instance)
-            return False
+            return 'no kept root disk for snapshot %s in %s' % (
+                snapshot_id, self._kept_disks.path)
         host_format = root_disk_format()
         if host_format != record.disk_format:
             LOG.warning('Not reusing the kept root disk in %s: it is a %s '
@@ -413,7 +468,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                         record.disk_format, CONF.libvirt.images_type,
                         host_format or 'no file', snapshot_id,
                         instance=instance)
-            return False
+            return 'the kept disk is %s and this host stores root disks ' \
+                   'as %s' % (record.disk_format, host_format or 'no file')
         try:
             self._kept_disks.verify(record, instance.uuid, snapshot_id)
             faults.cut_point('claim.verified')
@@ -424,11 +480,11 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                         'snapshot %s instead; the kept disk is reclaimed '
                         'once the instance runs.', e, snapshot_id,
                         instance=instance)
-            return False
+            return 'verification failed: %s' % e
         if not claimed:
             LOG.info('Another host claimed the kept root disk first; '
                      'unshelving from the snapshot.', instance=instance)
-            return False
+            return 'another host claimed the kept disk first'
         faults.cut_point('claim.renamed')
         try:
             self._kept_disks.check_claimed(record, instance.uuid, snapshot_id)
@@ -439,8 +495,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                         snapshot_id, instance=instance)
             self._give_back(instance, snapshot_id, 'it changed after it was '
                             'claimed')
-            return False
-        return True
+            return 'the kept disk changed after it was claimed: %s' % e
+        return None
 
     def _release_kept_disk(self, instance, snapshot_id):
         """After a failed spawn: remove the guest, then give the disk back.
@@ -516,6 +572,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         still_kept = self._recovery.run(context, at_start=False,
                                         busy=self._reusing | set(
                                             self._keeping))
+        self._evictor.evict_old()
         # An offloaded instance has no host, so Nova counts it as using no
         # image: passing it in keeps the base of its image_ref alive, and
         # the pass above touched each kept disk's actual backing file.
@@ -523,8 +580,10 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def get_available_resource(self, nodename):
         # The resource tracker's periodic, outside its lock: also the time
-        # to pick up uploads that a stopped or dead host left pending.
+        # to pick up uploads that a stopped or dead host left pending, and
+        # to make room on a storage that runs short.
         self._uploads.scan_if_due()
+        self._evictor.evict_if_pressed()
         data = super().get_available_resource(nodename)
         data.setdefault('stats', {})[shelved.STORAGE_FREE_STAT] = (
             '%.1f' % self._kept_disks.free_percent())

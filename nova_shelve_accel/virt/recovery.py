@@ -51,6 +51,7 @@ from nova import objects
 import nova.privsep.path
 
 from nova_shelve_accel import faults
+from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 from nova_shelve_accel.virt import upload
@@ -251,7 +252,10 @@ class Recovery:
         """True if ``instance`` still owns the kept disk of ``record``."""
         reason = shelved.reason_to_reclaim(instance, record.snapshot_id)
         if reason:
-            self._store.reclaim(record, reason)
+            if self._store.reclaim(record, reason):
+                _notify_reclaimed(instance, record.instance_uuid,
+                                  record.snapshot_id, reason,
+                                  disk_bytes=record.allocated_bytes)
             return False
         self._store.protect_backing_file(record, nova.privsep.path.utime)
         if not record.snapshot_pending and _pending_for(
@@ -289,12 +293,22 @@ class Recovery:
 
     def _resolve_damaged(self, instance, item):
         if shelved.reason_to_reclaim(instance, item.snapshot_id):
-            self._store.reclaim_path(
-                item.path, item.instance_uuid, item.snapshot_id,
-                'it was never usable (%s) and the instance no longer needs '
-                'it' % item.problem)
+            reason = ('it was never usable (%s) and the instance no longer '
+                      'needs it' % item.problem)
+            if self._store.reclaim_path(item.path, item.instance_uuid,
+                                        item.snapshot_id, reason):
+                _notify_reclaimed(instance, item.instance_uuid,
+                                  item.snapshot_id, reason)
         else:
             self._store.report_damaged(item)
+
+
+def _notify_reclaimed(instance, instance_uuid, snapshot_id, reason,
+                      disk_bytes=None):
+    notifications.notify(
+        'shelve_accel.disk.reclaimed', instance_uuid,
+        project_id=instance.project_id if instance else None,
+        snapshot_id=snapshot_id, reason=reason, disk_bytes=disk_bytes)
 
 
 def _pending_for(instance, snapshot_id):

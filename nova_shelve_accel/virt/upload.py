@@ -34,7 +34,9 @@ the copy streams to Glance the upload stops as soon as the disk is claimed
 retried with backoff; the disk stays kept and pending meanwhile.
 """
 
+import ctypes
 import os
+import signal
 import threading
 import time
 
@@ -42,6 +44,7 @@ from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils import units
 
+from nova.compute import task_states
 from nova.compute import utils as compute_utils
 import nova.conf
 from nova import context as nova_context
@@ -54,6 +57,7 @@ from nova import thread_pool_factory
 from nova import utils
 
 from nova_shelve_accel import faults
+from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 
@@ -69,6 +73,17 @@ RETRY_MAX_SECONDS = 3600
 # every CHECK_BYTES, that the disk is still kept and the lease still ours.
 CHUNK_BYTES = 1 * units.Mi
 CHECK_BYTES = 16 * units.Mi
+# An upload starts once the offload that kept the disk is over (its last
+# steps would otherwise share the storage with the conversion), waiting at
+# most this long, and pauses while this host starts guests, at most this
+# long each time: an unshelve beside an upload must stay fast.
+OFFLOAD_WAIT_SECONDS = 60
+SPAWN_YIELD_SECONDS = 30
+POLL_SECONDS = 0.2
+# The task states of a shelve and its offload.
+_SHELVING = (task_states.SHELVING, task_states.SHELVING_IMAGE_PENDING_UPLOAD,
+             task_states.SHELVING_IMAGE_UPLOADING,
+             task_states.SHELVING_OFFLOADING)
 
 
 class UploadAbandoned(Exception):
@@ -140,7 +155,7 @@ class SnapshotUploader:
             next_try = self._retries.get(key, (0, 0))[0]
             if next_try <= now and not self._in_upload_delay(record,
                                                              storage_now):
-                self.schedule(self._service_context(), *key,
+                self.schedule(service_context(), *key,
                               at_start=at_start)
 
     def _storage_now(self):
@@ -181,15 +196,6 @@ class SnapshotUploader:
         """Stop every upload at its next check (the service is stopping)."""
         self._stopping.set()
 
-    @staticmethod
-    def _service_context():
-        """Credentials for an upload that outlived the shelving request."""
-        context = nova_context.get_admin_context()
-        auth = _service_user_auth()
-        if auth is not None:
-            context.user_auth_plugin = auth
-        return context
-
     # -- one upload --------------------------------------------------------
 
     def _run(self, context, key, delay, at_start):
@@ -209,6 +215,9 @@ class SnapshotUploader:
             LOG.info('Stopped uploading the kept root disk into snapshot %s: '
                      '%s. The image stays queued.', snapshot_id, e,
                      instance_uuid=instance_uuid)
+            notifications.notify(
+                'shelve_accel.snapshot_upload.abandoned', instance_uuid,
+                context=context, snapshot_id=snapshot_id, reason=str(e))
         except Exception as e:
             failures = self._retries.get(key, (0, 0))[1] + 1
             wait = min(RETRY_FIRST_SECONDS * 2 ** (failures - 1),
@@ -221,6 +230,12 @@ class SnapshotUploader:
                       time.monotonic() - (started or time.monotonic()), e,
                       wait, instance_uuid=instance_uuid,
                       exc_info=not isinstance(e, UploadFailed))
+            notifications.notify(
+                'shelve_accel.snapshot_upload.error', instance_uuid,
+                context=context, snapshot_id=snapshot_id, reason=str(e),
+                attempt=failures, retry_in_s=wait,
+                duration_s=round(time.monotonic() - (
+                    started or time.monotonic()), 3))
         finally:
             with self._lock:
                 self._active.discard(key)
@@ -229,7 +244,7 @@ class SnapshotUploader:
         record = self._store.find(instance_uuid, snapshot_id)
         if record is None or not record.snapshot_pending:
             return          # claimed, reclaimed or uploaded meanwhile
-        instance = _instance(instance_uuid)
+        instance = self._offloaded_instance(instance_uuid)
         if instance is None or instance.system_metadata.get(
                 'shelved_image_id') != snapshot_id:
             return          # not needed any more: the recovery reclaims it
@@ -263,6 +278,7 @@ class SnapshotUploader:
                             storage.ROOT_DISK)
 
         def check():
+            self._yield_to_spawns()
             if self._stopping.is_set():
                 raise UploadFailed('the compute service is stopping')
             if not self._store.unchanged(record):
@@ -272,7 +288,7 @@ class SnapshotUploader:
 
         check()     # before converting a disk that is not ours any more
         self.upload(context, instance, image, disk, record.disk_format,
-                    check)
+                    check, busy=self._driver.spawns_in_progress)
         faults.cut_point('upload.finished')
         image = self._image_api.get(context, snapshot_id)
         if image.get('status') != 'active':
@@ -280,6 +296,24 @@ class SnapshotUploader:
                                % (snapshot_id, image.get('status')))
         faults.cut_point('upload.activated')
         self._finish(instance, record)
+
+    def _offloaded_instance(self, instance_uuid):
+        """The instance, read once the shelve that kept its disk is over."""
+        deadline = time.monotonic() + OFFLOAD_WAIT_SECONDS
+        while True:
+            instance = _instance(instance_uuid)
+            if (instance is None or instance.task_state not in _SHELVING or
+                    time.monotonic() >= deadline or
+                    self._stopping.wait(POLL_SECONDS)):
+                return instance
+
+    def _yield_to_spawns(self):
+        """Wait while this host starts guests, up to SPAWN_YIELD_SECONDS."""
+        deadline = time.monotonic() + SPAWN_YIELD_SECONDS
+        while (self._driver.spawns_in_progress() and
+               time.monotonic() < deadline):
+            if self._stopping.wait(POLL_SECONDS):
+                return
 
     def _finish(self, instance, record):
         if not self._store.mark_uploaded(record):
@@ -293,12 +327,14 @@ class SnapshotUploader:
         if instance is not None:
             clear_pending_mark(instance, record.snapshot_id)
 
-    def upload(self, context, instance, image, disk, disk_format, check):
+    def upload(self, context, instance, image, disk, disk_format, check,
+               busy=None):
         """Convert ``disk`` and upload it into the queued ``image``.
 
         As Nova's cold libvirt snapshot does: the same conversion, the same
         image format and metadata. ``check`` runs after the conversion and
-        while the data streams; it raises to stop the upload.
+        while the data streams; it raises to stop the upload. The
+        conversion pauses while ``busy()`` says so.
         """
         image_format = CONF.libvirt.snapshot_image_format or disk_format
         metadata = self._driver._create_snapshot_metadata(
@@ -307,11 +343,17 @@ class SnapshotUploader:
         LOG.info('Uploading the root disk %s (%.1f MiB) into snapshot %s '
                  'as %s.', disk, os.path.getsize(disk) / units.Mi,
                  image['id'], image_format, instance=instance)
+        notifications.notify(
+            'shelve_accel.snapshot_upload.start', instance.uuid,
+            context=context, project_id=instance.project_id,
+            snapshot_id=image['id'], path=disk,
+            disk_bytes=os.path.getsize(disk), image_format=image_format)
         directory = CONF.libvirt.snapshots_directory
         os.makedirs(directory, exist_ok=True)
         with utils.tempdir(dir=directory) as tmpdir:
             copy = os.path.join(tmpdir, image['id'])
-            convert_for_snapshot(disk, disk_format, copy, image_format)
+            convert_for_snapshot(disk, disk_format, copy, image_format,
+                                 busy=busy)
             # The copy is the disk as kept only if nothing claimed the disk
             # while qemu-img read it.
             check()
@@ -323,18 +365,28 @@ class SnapshotUploader:
                         _CheckedReader(data, check,
                                        CONF.shelve_accel
                                        .snapshot_upload_max_mbps))
+        duration = time.monotonic() - started
         LOG.info('Uploaded the root disk into snapshot %s: %.1f MiB in '
-                 '%.1f s.', image['id'], size / units.Mi,
-                 time.monotonic() - started, instance=instance)
+                 '%.1f s.', image['id'], size / units.Mi, duration,
+                 instance=instance)
+        notifications.notify(
+            'shelve_accel.snapshot_upload.end', instance.uuid,
+            context=context, project_id=instance.project_id,
+            snapshot_id=image['id'], image_bytes=size,
+            duration_s=round(duration, 3))
 
 
-def convert_for_snapshot(disk, disk_format, copy, image_format):
+def convert_for_snapshot(disk, disk_format, copy, image_format,
+                         busy=None):
     """Convert as Nova's cold libvirt snapshot does, at the lowest priority.
 
     The arguments of Nova's ``extract_snapshot`` (``-t none`` where the
     storage allows O_DIRECT, ``-c`` with ``[libvirt] snapshot_compression``
     for qcow2), but under ``nice``/``ionice``: the upload runs beside
-    guests and unshelves on the same host and must yield to them.
+    guests and unshelves on the same host and must yield to them. While
+    ``busy()`` says so, qemu-img is stopped outright (SIGSTOP); it dies
+    with the thread that started it, so that a killed nova-compute leaves
+    no stopped copy behind.
     """
     out_format = {'iso': 'raw', 'ploop': 'parallels'}.get(image_format,
                                                           image_format)
@@ -345,8 +397,58 @@ def convert_for_snapshot(disk, disk_format, copy, image_format):
                '-f', disk_format]
     if CONF.libvirt.snapshot_compression and out_format == 'qcow2':
         command.append('-c')
+    pauser = _Pauser(busy) if busy else None
     with compute_utils.disk_ops_semaphore:
-        processutils.execute(*command, disk, copy)
+        processutils.execute(*command, disk, copy,
+                             preexec_fn=_die_with_parent,
+                             on_execute=pauser and pauser.start,
+                             on_completion=pauser and pauser.stop)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    # Runs in the child between fork and exec; nice and ionice exec on, so
+    # the setting reaches qemu-img.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class _Pauser:
+    """Stops a process while ``busy()``, SPAWN_YIELD_SECONDS at a time."""
+
+    def __init__(self, busy):
+        self._busy = busy
+        self._done = threading.Event()
+        self._process = None
+
+    def start(self, process):
+        self._process = process
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def stop(self, process):
+        self._done.set()
+
+    def _run(self):
+        stopped_at = None
+        while not self._done.wait(POLL_SECONDS):
+            if stopped_at is None:
+                if self._busy():
+                    self._signal(signal.SIGSTOP)
+                    stopped_at = time.monotonic()
+            elif (not self._busy() or
+                  time.monotonic() - stopped_at > SPAWN_YIELD_SECONDS):
+                self._signal(signal.SIGCONT)
+                stopped_at = None
+        if stopped_at is not None:
+            self._signal(signal.SIGCONT)
+
+    def _signal(self, signum):
+        try:
+            self._process.send_signal(signum)
+        except ProcessLookupError:
+            pass
 
 
 def clear_pending_mark(instance, snapshot_id):
@@ -379,6 +481,15 @@ def _instance(instance_uuid):
             expected_attrs=['system_metadata'])
     except exception.InstanceNotFound:
         return None
+
+
+def service_context():
+    """Credentials for Glance work that outlived the request behind it."""
+    context = nova_context.get_admin_context()
+    auth = _service_user_auth()
+    if auth is not None:
+        context.user_auth_plugin = auth
+    return context
 
 
 def _service_user_auth():

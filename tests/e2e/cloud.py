@@ -27,6 +27,8 @@ import subprocess
 import time
 import uuid
 
+import fixtures
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 STATE = os.environ.get('SHELVE_ACCEL_STATE',
@@ -63,7 +65,7 @@ def check_cloud_is_up():
     """Fail, with what to do, when there is no cloud to test against."""
     if not os.path.exists(os.path.join(STATE, 'mode')):
         raise CloudError(
-            'No loopback cloud in %s. Start it with "sudo %s up" (the '
+            'No loopback cloud in %s. Start it as root with "%s up" (the '
             'end-to-end tests need it, and do not start it themselves).'
             % (STATE, CLOUD_SH))
 
@@ -217,6 +219,59 @@ def domain_states(server_id):
         if server_id in virsh(host, 'list', '--all', '--uuid').split():
             states[host] = virsh(host, 'domstate', server_id).strip()
     return states
+
+
+class NotificationListener(fixtures.Fixture):
+    """nova-shelve-accel's notifications, read from the cloud's RabbitMQ.
+
+    Runs ``tools/cloud/listen_notifications.py`` (a real oslo.messaging
+    notification listener, with the cloud's Python) for the test's life.
+    """
+
+    def _setUp(self):
+        self._out = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                 'events.jsonl')
+        with open(self._out, 'wb') as out:
+            self._proc = subprocess.Popen(
+                [os.path.join(VENV, 'bin', 'python'),
+                 os.path.join(REPO, 'tools', 'cloud',
+                              'listen_notifications.py'),
+                 '--config-file', os.path.join(STATE, 'etc', 'nova',
+                                               'nova.conf')],
+                stdout=out, stderr=subprocess.PIPE)
+        self.addCleanup(self._stop)
+        # The queue is bound once it says so: nothing sent later is lost.
+        line = self._proc.stderr.readline()
+        if b'listening' not in line:
+            raise CloudError('the notification listener did not start: %s'
+                             % (line + self._proc.stderr.read()).decode())
+
+    def _stop(self):
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def events(self, event_type, instance_uuid):
+        """Messages of that type about that instance received so far."""
+        with open(self._out) as f:
+            messages = [json.loads(line) for line in f if line.strip()]
+        return [m for m in messages if m['event_type'] == event_type and
+                m['payload'].get('instance_uuid') == instance_uuid]
+
+    def wait_for(self, event_type, instance_uuid, timeout=60):
+        """The first such message, waiting for it if needed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.events(event_type, instance_uuid)
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                raise CloudError('no %s notification about %s within %d s'
+                                 % (event_type, instance_uuid, timeout))
+            time.sleep(POLL_SECONDS)
 
 
 def image_cache_pass_starts():

@@ -36,6 +36,7 @@ class ShelveUnshelveTest(testtools.TestCase):
         # Whatever a test switches, the next one starts from plugin mode.
         self.addCleanup(cloud.set_mode, 'plugin')
         self.image_id = cloud.upload_test_image(self.workdir, 'e2e')
+        self.notifications = self.useFixture(cloud.NotificationListener())
         self.addCleanup(cloud.openstack, 'image', 'delete', self.image_id,
                         parse=False)
 
@@ -98,6 +99,17 @@ class ShelveUnshelveTest(testtools.TestCase):
         self.assertEqual([], glance.downloads())
         self.assertEqual([], cloud.kept_disks(server_id))
 
+        kept = self.notifications.wait_for('shelve_accel.disk.kept',
+                                           server_id)
+        self.assertEqual('shelve_accel.c1', kept['publisher_id'])
+        self.assertEqual(snapshot_id, kept['payload']['snapshot_id'])
+        self.assertEqual(['g1'], kept['payload']['storage_groups'])
+        reused = self.notifications.wait_for('shelve_accel.disk.reused',
+                                             server_id)
+        self.assertEqual(cloud.host_of(srv), reused['payload']['host'])
+        self.assertEqual([], self.notifications.events(
+            'shelve_accel.unshelve.fallback', server_id))
+
     def test_unshelve_outside_group_downloads_and_reclaims(self):
         server_id, marker = self._boot_with_marker('c1')
         snapshot_id, size = self._shelve(server_id)
@@ -123,6 +135,19 @@ class ShelveUnshelveTest(testtools.TestCase):
         while cloud.kept_disks(server_id) and time.monotonic() < deadline:
             time.sleep(2)
         self.assertEqual([], cloud.kept_disks(server_id))
+
+        scheduled = self.notifications.wait_for(
+            'shelve_accel.scheduler.fallback', server_id)
+        self.assertEqual('none of them is left by the other filters',
+                         scheduled['payload']['reason'])
+        fallback = self.notifications.wait_for(
+            'shelve_accel.unshelve.fallback', server_id)
+        self.assertEqual('shelve_accel.c3', fallback['publisher_id'])
+        self.assertIn('no kept root disk for snapshot %s' % snapshot_id,
+                      fallback['payload']['reason'])
+        reclaimed = self.notifications.wait_for(
+            'shelve_accel.disk.reclaimed', server_id)
+        self.assertIn(reclaimed['payload']['host'], cloud.GROUP_HOSTS)
 
     def test_stock_mode_keeps_nothing_and_downloads(self):
         cloud.set_mode('stock')

@@ -36,6 +36,7 @@ from unittest import mock
 import fixtures
 from glanceclient import exc as glance_exc
 from oslo_config import cfg
+from oslo_messaging.notify import _impl_test as notify_test_driver
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 from oslo_utils.fixture import uuidsentinel as uuids
 from oslo_utils import timeutils
@@ -51,6 +52,7 @@ from nova.virt.libvirt import config as libvirt_config
 from nova.virt.libvirt import utils as libvirt_utils
 
 from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel import notifications
 from nova_shelve_accel.virt import upload
 
 CONF = cfg.CONF
@@ -224,6 +226,10 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
         self.router = self.useFixture(InstancesPathRouter(
             CONF.instances_path))
         super().setUp()
+        # Nova's test base sends notifications to oslo.messaging's
+        # in-memory driver; ours go there through a real Notifier.
+        notify_test_driver.reset()
+        notifications.forget_storage_groups()
         self._fake_host_environment()
         self._glance_keeps_image_data()
         self.downloads = self._count_image_downloads()
@@ -511,6 +517,15 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
             'status': 'enabled' if enabled else 'disabled'})
 
     # -- observations ------------------------------------------------------
+
+    @staticmethod
+    def events(event_type, instance_uuid=None):
+        """Payloads of our notifications of that type, oldest first."""
+        return [message['payload'] for _ctxt, message, _priority, _retry
+                in notify_test_driver.NOTIFICATIONS
+                if message['event_type'] == event_type and (
+                    instance_uuid is None or
+                    message['payload']['instance_uuid'] == instance_uuid)]
 
     @staticmethod
     def host_of(server):

@@ -286,6 +286,17 @@ class TestFastShelve(base.ShelveAccelTestBase):
         self.assertEqual(['queued', 'saving', 'active'],
                          self.image_statuses[snapshot_id])
         self._assert_uploaded_and_recorded(server, snapshot_id, kept)
+        [kept_event] = self.events('shelve_accel.disk.kept', server['id'])
+        self.assertTrue(kept_event['snapshot_pending'])
+        [start] = self.events('shelve_accel.snapshot_upload.start',
+                              server['id'])
+        [end] = self.events('shelve_accel.snapshot_upload.end',
+                            server['id'])
+        self.assertEqual((snapshot_id, snapshot_id, 'A'),
+                         (start['snapshot_id'], end['snapshot_id'],
+                          end['host']))
+        self.assertEqual(len(self.glance._imagedata[snapshot_id]),
+                         end['image_bytes'])
 
         self.set_service_status('A', enabled=False)
         self.set_service_status('B', enabled=False)
@@ -464,6 +475,10 @@ class TestFastShelve(base.ShelveAccelTestBase):
                          self.upload_attempts)
         self.assertIn('Stopped uploading the kept root disk into snapshot '
                       '%s' % snapshot_id, self.stdlog.logger.output)
+        [abandoned] = self.events('shelve_accel.snapshot_upload.abandoned',
+                                  server['id'])
+        self.assertIn('claimed by an unshelve', abandoned['reason'])
+        self.assertEqual([], self.events('shelve_accel.snapshot_upload.end'))
         self._wait_for(lambda: snapshot_id not in self.glance.images)
         self.assertNotIn('active', self.image_statuses[snapshot_id])
         sysmeta = self._sysmeta(server)

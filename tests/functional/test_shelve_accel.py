@@ -89,6 +89,18 @@ class TestPartialOffload(base.ShelveAccelTestBase):
         self.assertEqual(1, self.downloads[base.IMAGE_ID])
         self.assertEqual(0x5a, base.read_marker(self.instance_disk(server)))
         self.assertEqual([], self.kept_disks(self.g1_path))
+        [kept] = self.events('shelve_accel.disk.kept', server['id'])
+        self.assertEqual(
+            {'host': 'A', 'storage_groups': ['g1'],
+             'snapshot_id': snapshot_id, 'snapshot_pending': False,
+             'project_id': server['tenant_id']},
+            {k: kept[k] for k in ('host', 'storage_groups', 'snapshot_id',
+                                  'snapshot_pending', 'project_id')})
+        self.assertGreater(kept['disk_bytes'], 0)
+        [reused] = self.events('shelve_accel.disk.reused', server['id'])
+        self.assertEqual(self.host_of(server), reused['host'])
+        self.assertEqual(snapshot_id, reused['snapshot_id'])
+        self.assertEqual([], self.events('shelve_accel.unshelve.fallback'))
         self.assertNotIn('kept.json', os.listdir(
             os.path.dirname(self.instance_disk(server))))
         # The compute deleted the snapshot, as after any unshelve.
@@ -109,11 +121,29 @@ class TestPartialOffload(base.ShelveAccelTestBase):
         server = self.assert_runs_on(server, ('C',))
         self.assertEqual(1, self.downloads[snapshot_id])
         self.assertEqual(0x5a, base.read_marker(self.instance_disk(server)))
+        [scheduled] = self.events('shelve_accel.scheduler.fallback',
+                                  server['id'])
+        self.assertEqual('A', scheduled['kept_on'])
+        self.assertEqual(['g1'], scheduled['kept_groups'])
+        self.assertEqual('none of them is left by the other filters',
+                         scheduled['reason'])
+        [fallback] = self.events('shelve_accel.unshelve.fallback',
+                                 server['id'])
+        self.assertEqual('C', fallback['host'])
+        self.assertEqual('no kept root disk for snapshot %s in %s'
+                         % (snapshot_id, os.path.join(self.c_path,
+                                                      base.KEPT_SUBDIR)),
+                         fallback['reason'])
         # The disk kept in g1 outlives the unshelve until the next pass of
         # a host of g1, disabled or not.
         self.assertEqual(1, len(self.kept_disks(self.g1_path)))
         self.run_image_cache_pass('B')
         self.assertEqual([], self.kept_disks(self.g1_path))
+        [reclaimed] = self.events('shelve_accel.disk.reclaimed',
+                                  server['id'])
+        self.assertEqual('B', reclaimed['host'])
+        self.assertEqual('the instance is no longer shelved with snapshot '
+                         '%s' % snapshot_id, reclaimed['reason'])
 
     # 3
     def test_storage_below_floor_offloads_as_stock(self):
@@ -129,6 +159,11 @@ class TestPartialOffload(base.ShelveAccelTestBase):
         self.assertIn('Not keeping the root disk at shelve-offload: the '
                       'storage %s has' % self.g1_path,
                       self.stdlog.logger.output)
+        [not_kept] = self.events('shelve_accel.disk.not_kept', server['id'])
+        self.assertIn('below [shelve_accel] free_space_floor_percent = 100',
+                      not_kept['reason'])
+        self.assertEqual(snapshot_id, not_kept['snapshot_id'])
+        self.assertEqual([], self.events('shelve_accel.disk.kept'))
 
         server = self.unshelve(server)
         server = self.assert_runs_on(server, ('A', 'B', 'C'))

@@ -908,7 +908,7 @@ class TestKeepAtOffload(DriverTestCase):
 
     def test_not_keeping_again_names_the_disk_kept_for_this_shelve(self):
         self.keep(uuids.instance)
-        self.drvr._log_not_kept(self.instance(uuid=uuids.instance),
+        self.drvr._log_not_kept(None, self.instance(uuid=uuids.instance),
                                 'partial offload is disabled')
         self.assertIn('stays in %s' % self.drvr._kept_disks.kept_dir(
             uuids.instance, SNAPSHOT), self.stdlog.logger.output)

@@ -22,7 +22,9 @@ pool, isolated per test.
 import dataclasses
 import io
 import os
+import signal
 import subprocess
+import sys
 import time
 from unittest import mock
 
@@ -191,8 +193,8 @@ class TestUpload(UploadTestCase):
         self.keep_pending()
         real_convert = upload.convert_for_snapshot
 
-        def convert_then_claim(*args):
-            real_convert(*args)
+        def convert_then_claim(*args, **kwargs):
+            real_convert(*args, **kwargs)
             self.store.claim(*KEY)
 
         with mock.patch.object(upload, 'convert_for_snapshot',
@@ -391,6 +393,183 @@ class TestUpload(UploadTestCase):
         self.uploader._run(self.context, KEY, 5, False)
         self.assertEqual([], self.glance.updates)
         self.assertEqual({}, self.uploader._retries)
+
+
+class RecordingStop:
+    """Not stopping; runs ``on_wait`` at each wait instead of sleeping."""
+
+    def __init__(self, on_wait):
+        self.waits = 0
+        self._on_wait = on_wait
+
+    def wait(self, timeout):
+        self.waits += 1
+        self._on_wait(self.waits)
+        return False
+
+    def is_set(self):
+        return False
+
+
+class TestYielding(UploadTestCase):
+    """The upload keeps out of the way of the offload and of guest starts."""
+
+    def test_the_upload_starts_once_the_offload_is_over(self):
+        self.keep_pending()
+        instance = self.db[uuids.instance]
+        instance.task_state = 'shelving_offloading'
+
+        def offload_goes_on(waits):
+            # Nothing converted or sent while the offload runs.
+            self.assertEqual([], self.glance.updates)
+            if waits == 3:
+                instance.task_state = None
+
+        self.uploader._stopping = RecordingStop(offload_goes_on)
+        self.run_upload()
+        self.assertEqual(3, self.uploader._stopping.waits)
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+
+    def test_an_offload_that_never_ends_delays_the_upload_only_so_long(self):
+        self.keep_pending()
+        self.db[uuids.instance].task_state = 'shelving_offloading'
+        clock = iter(range(0, 1000, 10))
+        self.useFixture(fixtures.MockPatch(
+            'time.monotonic', side_effect=lambda: next(clock)))
+        self.uploader._stopping = RecordingStop(lambda waits: None)
+        instance = self.uploader._offloaded_instance(uuids.instance)
+        self.assertEqual(uuids.instance, instance.uuid)
+        self.assertEqual(upload.OFFLOAD_WAIT_SECONDS // 10 - 1,
+                         self.uploader._stopping.waits)
+
+    def test_the_upload_pauses_while_this_host_starts_a_guest(self):
+        self.keep_pending()
+        self.drvr._spawning.add(uuids.other)
+        chunks_then = []
+
+        def guest_starting(waits):
+            chunks_then.append(len(self.glance.data.get(SNAPSHOT, b'')))
+            if waits == 4:
+                self.drvr._spawning.discard(uuids.other)
+
+        self.uploader._stopping = RecordingStop(guest_starting)
+        self.run_upload()
+        # It waited before converting, and sent nothing meanwhile.
+        self.assertEqual([0, 0, 0, 0], chunks_then)
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+
+    def test_the_conversion_is_paused_while_this_host_starts_guests(self):
+        self.keep_pending()
+        real_convert = upload.convert_for_snapshot
+        seen = []
+
+        def convert(*args, busy=None):
+            seen.append(busy)
+            real_convert(*args, busy=busy)
+
+        with mock.patch.object(upload, 'convert_for_snapshot', convert):
+            self.run_upload()
+        self.assertEqual([self.drvr.spawns_in_progress], seen)
+
+    def test_a_host_that_never_stops_starting_guests_delays_only_so_long(self):
+        self.drvr._spawning.add(uuids.other)
+        clock = iter(range(0, 1000, 5))
+        self.useFixture(fixtures.MockPatch(
+            'time.monotonic', side_effect=lambda: next(clock)))
+        self.uploader._stopping = RecordingStop(lambda waits: None)
+        self.uploader._yield_to_spawns()
+        self.assertEqual(upload.SPAWN_YIELD_SECONDS // 5 - 1,
+                         self.uploader._stopping.waits)
+
+    def test_a_spawn_is_counted_while_it_runs_and_after_it_fails(self):
+        seen = []
+
+        def stock_spawn(*args, **kwargs):
+            seen.append(self.drvr.spawns_in_progress())
+            raise exception.NovaException('the guest did not start')
+
+        self.stub_out('nova.virt.libvirt.driver.LibvirtDriver.spawn',
+                      stock_spawn)
+        instance = self.instance(uuid=uuids.booting,
+                                 system_metadata={})
+        self.assertRaises(exception.NovaException, self.drvr.spawn,
+                          self.context, instance, None, [], None, {})
+        self.assertEqual([True], seen)
+        self.assertFalse(self.drvr.spawns_in_progress())
+
+
+class TestConversionPauses(test.NoDBTestCase):
+    """qemu-img is stopped while the host starts guests; never left so."""
+
+    def setUp(self):
+        super().setUp()
+        self.busy = False
+        self.pauser = upload._Pauser(lambda: self.busy)
+        # A process that runs until killed, as a long conversion does.
+        self.process = subprocess.Popen(['sleep', '60'])
+        self.addCleanup(self.process.wait)
+        self.addCleanup(self.process.kill)
+        self.pauser.start(self.process)
+        self.addCleanup(self.pauser.stop, self.process)
+
+    def state(self):
+        with open('/proc/%d/stat' % self.process.pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0]
+
+    def wait_for_state(self, states):
+        for _ in range(100):
+            if self.state() in states:
+                return
+            time.sleep(upload.POLL_SECONDS / 2)
+        self.fail('process state %s, not %s' % (self.state(), states))
+
+    def test_stopped_while_busy_and_continued_after(self):
+        self.wait_for_state('S')
+        self.busy = True
+        self.wait_for_state('T')
+        self.busy = False
+        self.wait_for_state('S')
+
+    def test_continued_when_the_conversion_ends_during_a_pause(self):
+        self.busy = True
+        self.wait_for_state('T')
+        self.pauser.stop(self.process)
+        self.wait_for_state('S')
+
+    def test_a_pause_lasts_at_most_spawn_yield_seconds(self):
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_shelve_accel.virt.upload.SPAWN_YIELD_SECONDS', 0.5))
+        self.busy = True
+        self.wait_for_state('T')
+        self.wait_for_state('S')
+
+
+class TestConversionDiesWithItsParent(test.NoDBTestCase):
+
+    def test_a_killed_parent_leaves_no_conversion_behind(self):
+        # The parent starts a child with our preexec function and is then
+        # killed, as nova-compute by kill -9.
+        script = (
+            'import subprocess, sys, time\n'
+            'from nova_shelve_accel.virt import upload\n'
+            'child = subprocess.Popen(["sleep", "60"],'
+            ' preexec_fn=upload._die_with_parent)\n'
+            'print(child.pid, flush=True)\n'
+            'time.sleep(60)\n')
+        parent = subprocess.Popen([sys.executable, '-c', script],
+                                  stdout=subprocess.PIPE)
+        child_pid = int(parent.stdout.readline())
+        os.kill(child_pid, 0)       # running
+        parent.kill()
+        parent.wait()
+        for _ in range(100):
+            try:
+                os.kill(child_pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(child_pid, signal.SIGKILL)
+        self.fail('the child outlived its killed parent')
 
 
 class TestScheduling(UploadTestCase):
@@ -633,7 +812,7 @@ class TestServiceContext(UploadTestCase):
         auth = mock.sentinel.service_auth
         with mock.patch('nova.service_auth.get_service_auth_plugin',
                         return_value=auth) as plugin:
-            context = self.uploader._service_context()
+            context = upload.service_context()
         plugin.assert_called_once_with('service_user')
         self.assertIs(auth, context.user_auth_plugin)
         self.assertTrue(context.is_admin)

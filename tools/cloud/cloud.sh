@@ -393,8 +393,10 @@ manager_interval = 20
 enabled = False
 [spice]
 enabled = False
+# Notifications on RabbitMQ, as a cloud with Ceilometer has them: the
+# end-to-end tests consume nova-shelve-accel's events there.
 [oslo_messaging_notifications]
-driver = noop
+driver = messagingv2
 [oslo_concurrency]
 lock_path = $STATE/nova/lock
 EOF
