@@ -1,0 +1,660 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""nova-shelve-accel-status on real options, directories and aggregates.
+
+Options are set with Nova's test flags or parsed from a nova.conf written
+by the test; directories are real temporary ones; aggregates are created
+in the test's API database.
+"""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import fixtures
+from oslo_config import cfg
+from oslo_db.sqlalchemy import enginefacade
+from oslo_db.sqlalchemy import test_fixtures as db_fixtures
+from oslo_upgradecheck import upgradecheck
+import testtools
+
+import nova.conf
+from nova import context as nova_context
+from nova.db.api import api as api_db_api
+from nova import objects
+from nova import test
+
+from nova_shelve_accel.cmd import status
+from nova_shelve_accel import conf as accel_conf
+
+CONF = nova.conf.CONF
+SUCCESS = upgradecheck.Code.SUCCESS
+WARNING = upgradecheck.Code.WARNING
+FAILURE = upgradecheck.Code.FAILURE
+NOBODY = 65534
+NOVA_FILTERS = 'nova.scheduler.filters.all_filters'
+GOOD_FILTERS = ['ComputeFilter', 'ImagePropertiesFilter',
+                'HostAggregateGroupFilter']
+
+
+class NovaConfFile(fixtures.Fixture):
+    """A nova.conf written by the test, and the arguments naming it.
+
+    Nova's ConfFixture parsed the global CONF with no file at all.
+    ``parse()`` parses it again from this file, as a service started with
+    ``--config-file`` would; ``args_for_main()`` leaves the parsing to
+    ``main()``, and drops at the end the command line option that
+    ``upgradecheck.main`` registers, as a new process would not have it.
+    """
+
+    def __init__(self, text):
+        super().__init__()
+        self.text = textwrap.dedent(text)
+
+    def _setUp(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        path = os.path.join(tmp, 'nova.conf')
+        with open(path, 'w') as f:
+            f.write(self.text)
+        # An empty --config-dir: no /etc/nova/nova.conf.d of the machine.
+        config_dir = os.path.join(tmp, 'nova.conf.d')
+        os.mkdir(config_dir)
+        self.args = ['--config-file', path, '--config-dir', config_dir]
+
+    def parse(self):
+        self._unparse()
+        CONF(self.args, project='nova')
+
+    def args_for_main(self):
+        # Cleanups run last first: unregistering needs CONF unparsed.
+        self.addCleanup(CONF.unregister_opt, cfg.SubCommandOpt('command'))
+        self._unparse()
+        return self.args
+
+    def _unparse(self):
+        CONF.clear()
+        self.addCleanup(CONF.clear)
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """Run the block as user nobody, where root could write anything."""
+    if os.geteuid() != 0:
+        # Not root: the directories the tests make read-only stay so.
+        yield
+        return
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+class CheckTestMixin:
+
+    def setUp(self):
+        super().setUp()
+        self.cmd = status.UpgradeCommands()
+
+    def assertResult(self, result, code, *fragments):
+        self.assertEqual(code, result.code, result.details)
+        for fragment in fragments:
+            self.assertIn(fragment, result.details)
+
+    def use_plugin_driver(self):
+        self.flags(compute_driver=status.PLUGIN_DRIVER)
+
+    def parse_nova_conf(self, text):
+        self.useFixture(NovaConfFile(text)).parse()
+
+
+class TestComputeDriver(CheckTestMixin, test.NoDBTestCase):
+
+    def test_plugin_driver_applies_the_compute_checks(self):
+        self.use_plugin_driver()
+        self.assertResult(self.cmd._check_compute_driver(), SUCCESS,
+                          status.PLUGIN_DRIVER, 'runs the plugin')
+
+    def test_plugin_driver_without_nova_shim_fails(self):
+        self.use_plugin_driver()
+        self.hide_module(status.DRIVER_SHIM)
+        self.assertResult(self.cmd._check_compute_driver(), FAILURE,
+                          status.DRIVER_SHIM, 'does not start')
+
+    def hide_module(self, name):
+        # None in sys.modules is how Python says a module is not there.
+        previous = sys.modules.get(name)
+        sys.modules[name] = None
+        if previous is None:
+            self.addCleanup(sys.modules.pop, name)
+        else:
+            self.addCleanup(sys.modules.__setitem__, name, previous)
+
+    def test_misspelled_plugin_driver_fails(self):
+        self.flags(compute_driver='nova_shelve_accel.PartialOffloadDriver')
+        self.assertResult(self.cmd._check_compute_driver(), FAILURE,
+                          'nova_shelve_accel.PartialOffloadDriver',
+                          'Set compute_driver = %s' % status.PLUGIN_DRIVER)
+
+    def test_no_compute_driver_skips_the_compute_checks(self):
+        self.flags(compute_driver=None)
+        result = self.cmd._check_compute_driver()
+        self.assertResult(result, SUCCESS, 'compute_driver is not set')
+        for check in (self.cmd._check_shelve_accel_options,
+                      self.cmd._check_kept_disks_directory,
+                      self.cmd._check_image_cache_pass):
+            self.assertEqual(result.details, check().details)
+
+    def test_other_driver_skips_the_compute_checks(self):
+        self.flags(compute_driver='libvirt.LibvirtDriver')
+        # Even what would fail on a host of the plugin.
+        self.flags(manager_interval=-1, group='image_cache')
+        self.flags(instances_path='/nonexistent/instances')
+        for check in (self.cmd._check_compute_driver,
+                      self.cmd._check_shelve_accel_options,
+                      self.cmd._check_kept_disks_directory,
+                      self.cmd._check_image_cache_pass):
+            self.assertResult(check(), SUCCESS, 'Skipped',
+                              'libvirt.LibvirtDriver')
+
+    def test_compute_options_without_the_driver_warn(self):
+        self.parse_nova_conf("""
+            [DEFAULT]
+            compute_driver = libvirt.LibvirtDriver
+            [shelve_accel]
+            partial_offload = true
+            snapshot_upload = after_offload
+            free_space_floor_percent = 5
+            """)
+        result = self.cmd._check_compute_driver()
+        self.assertResult(result, WARNING, 'partial_offload',
+                          'snapshot_upload', 'keeps no disk')
+        # The scheduler's option is at home in a scheduler's nova.conf.
+        self.assertNotIn('free_space_floor_percent', result.details)
+
+    def test_scheduler_option_alone_without_the_driver_is_fine(self):
+        self.parse_nova_conf("""
+            [DEFAULT]
+            compute_driver = libvirt.LibvirtDriver
+            [shelve_accel]
+            free_space_floor_percent = 5
+            """)
+        self.assertResult(self.cmd._check_compute_driver(), SUCCESS,
+                          'Skipped')
+
+
+class TestSchedulerOptions(testtools.TestCase):
+
+    def test_scheduler_options_are_options_of_the_group(self):
+        [(group, options)] = accel_conf.list_opts()
+        self.assertLessEqual(status.SCHEDULER_OPTIONS,
+                             {option.name for option in options})
+
+
+class TestSchedulerFilter(CheckTestMixin, test.NoDBTestCase):
+
+    def set_filters(self, enabled, available=(NOVA_FILTERS,
+                                              status.FILTER_PATH)):
+        self.flags(enabled_filters=enabled, available_filters=available,
+                   group='filter_scheduler')
+
+    def test_filter_available_and_last(self):
+        self.set_filters(GOOD_FILTERS)
+        self.assertResult(self.cmd._check_scheduler_filter(), SUCCESS,
+                          'available and last')
+
+    def test_filter_not_enabled_warns_and_says_where_to_run(self):
+        self.set_filters(['ComputeFilter', 'ImagePropertiesFilter'])
+        self.assertResult(self.cmd._check_scheduler_filter(), WARNING,
+                          'not in [filter_scheduler] enabled_filters',
+                          status.FILTER_PATH, 'run this command there')
+
+    def test_nova_default_filters_warn(self):
+        self.assertResult(self.cmd._check_scheduler_filter(), WARNING,
+                          'HostAggregateGroupFilter is not in')
+
+    def test_filter_not_last_fails(self):
+        self.set_filters(['ComputeFilter', 'HostAggregateGroupFilter',
+                          'ImagePropertiesFilter',
+                          'ServerGroupAffinityFilter'])
+        self.assertResult(
+            self.cmd._check_scheduler_filter(), FAILURE, 'must be last',
+            'ImagePropertiesFilter, ServerGroupAffinityFilter come after',
+            'No valid host was found')
+
+    def test_filter_enabled_but_not_available_fails(self):
+        self.set_filters(GOOD_FILTERS, available=[NOVA_FILTERS])
+        self.assertResult(self.cmd._check_scheduler_filter(), FAILURE,
+                          'SchedulerHostFilterNotFound',
+                          'available_filters = %s' % status.FILTER_PATH)
+
+    def test_available_filter_that_does_not_load_fails(self):
+        wrong = 'nova_shelve_accel.scheduler.filters.HostAggregateFilter'
+        self.set_filters(GOOD_FILTERS,
+                         available=[NOVA_FILTERS, status.FILTER_PATH, wrong])
+        self.assertResult(self.cmd._check_scheduler_filter(), FAILURE,
+                          'available_filters = %s does not load' % wrong)
+
+
+class TestShelveAccelOptions(CheckTestMixin, test.NoDBTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.use_plugin_driver()
+
+    def check(self):
+        return self.cmd._check_shelve_accel_options()
+
+    def test_defaults_are_consistent(self):
+        self.assertResult(self.check(), SUCCESS, 'partial_offload = True',
+                          'snapshot_upload = at_shelve')
+
+    def test_kept_disks_in_the_image_cache_directory_fails(self):
+        self.flags(kept_disks_subdirectory='_base', group='shelve_accel')
+        self.assertResult(self.check(), FAILURE, 'both \'_base\'',
+                          'refuses to start')
+
+    def test_partial_offload_off_warns(self):
+        self.flags(partial_offload=False, group='shelve_accel')
+        self.assertResult(self.check(), WARNING, 'partial_offload = False',
+                          'no root disk is kept')
+
+    def test_image_backend_without_files_warns(self):
+        self.flags(images_type='rbd', group='libvirt')
+        self.assertResult(self.check(), WARNING, 'images_type = rbd',
+                          'never keeps one')
+
+    def test_no_free_space_floor_warns(self):
+        self.flags(free_space_floor_percent=0, group='shelve_accel')
+        self.assertResult(self.check(), WARNING,
+                          'free_space_floor_percent = 0', 'full')
+
+    def test_full_free_space_floor_warns(self):
+        self.flags(free_space_floor_percent=100, group='shelve_accel')
+        self.assertResult(self.check(), WARNING,
+                          'free_space_floor_percent = 100', 'never')
+
+    def test_eviction_margin_up_to_a_full_storage_warns(self):
+        self.flags(free_space_floor_percent=20, eviction_margin_percent=80,
+                   group='shelve_accel')
+        self.assertResult(self.check(), WARNING, 'eviction_margin_percent = '
+                          '100%', 'every kept disk')
+
+    def test_rejected_value_fails_naming_the_option(self):
+        self.parse_nova_conf("""
+            [DEFAULT]
+            compute_driver = %s
+            [shelve_accel]
+            snapshot_upload = sometimes
+            """ % status.PLUGIN_DRIVER)
+        self.assertResult(self.check(), FAILURE, 'snapshot_upload',
+                          'sometimes', 'correct it in nova.conf')
+
+
+class TestFastShelveOptions(CheckTestMixin, test.NoDBTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.use_plugin_driver()
+        self.flags(snapshot_upload='after_offload', group='shelve_accel')
+        self.flags(shelved_offload_time=0)
+
+    def check(self):
+        return self.cmd._check_shelve_accel_options()
+
+    def test_with_service_user_credentials_it_is_consistent(self):
+        # The loopback cloud's Glance has no Keystone: no token needed.
+        self.flags(auth_type='none', group='service_user')
+        self.assertResult(self.check(), SUCCESS,
+                          'snapshot_upload = after_offload')
+
+    def test_without_service_user_credentials_warns(self):
+        self.assertResult(self.check(), WARNING, '[service_user] has no '
+                          'credentials', 'resumed after a restart')
+
+    def test_service_user_credentials_that_do_not_load_warn(self):
+        # A plugin that does not exist: keystoneauth registers no options
+        # for it, which would outlive the test.
+        self.flags(auth_type='passwrd', group='service_user')
+        self.assertResult(self.check(), WARNING,
+                          '[service_user] credentials do not load', 'passwrd')
+
+    def test_delayed_offload_warns(self):
+        self.flags(auth_type='none', group='service_user')
+        self.flags(shelved_offload_time=3600)
+        self.assertResult(self.check(), WARNING,
+                          'shelved_offload_time = 3600', 'no effect')
+
+    def test_without_partial_offload_it_has_no_effect(self):
+        self.flags(auth_type='none', group='service_user')
+        self.flags(partial_offload=False, group='shelve_accel')
+        self.assertResult(self.check(), WARNING, 'after_offload has no '
+                          'effect while partial_offload = False')
+
+
+class TestKeptDisksDirectory(CheckTestMixin, test.NoDBTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.use_plugin_driver()
+        tmp = self.useFixture(fixtures.TempDir()).path
+        # Traversable by user nobody, as /var/lib/nova is: this directory
+        # and the test's own temporary directory holding it.
+        for directory in (os.path.dirname(tmp), tmp):
+            os.chmod(directory, 0o755)
+        self.instances_path = os.path.join(tmp, 'instances')
+        os.mkdir(self.instances_path)
+        self.kept_dir = os.path.join(self.instances_path, '_shelve_kept')
+        self.flags(instances_path=self.instances_path)
+
+    def check(self):
+        return self.cmd._check_kept_disks_directory()
+
+    def test_directory_to_be_created_at_first_keep(self):
+        self.assertResult(self.check(), SUCCESS, self.kept_dir,
+                          'creates it when it keeps the first disk')
+        self.assertFalse(os.path.lexists(self.kept_dir))
+
+    def test_existing_directory(self):
+        os.mkdir(self.kept_dir, 0o700)
+        self.assertResult(self.check(), SUCCESS, self.kept_dir,
+                          'on the filesystem of %s' % self.instances_path)
+
+    def test_configured_subdirectory_name_is_checked(self):
+        self.flags(kept_disks_subdirectory='kept', group='shelve_accel')
+        os.symlink(self.instances_path,
+                   os.path.join(self.instances_path, 'kept'))
+        self.assertResult(self.check(), FAILURE,
+                          os.path.join(self.instances_path, 'kept'))
+
+    def test_link_fails(self):
+        target = os.path.join(self.instances_path, 'elsewhere')
+        os.mkdir(target)
+        os.symlink(target, self.kept_dir)
+        self.assertResult(self.check(), FAILURE, self.kept_dir,
+                          'symbolic link', 'never follows')
+
+    def test_file_fails(self):
+        open(self.kept_dir, 'w').close()
+        self.assertResult(self.check(), FAILURE, self.kept_dir,
+                          'not a directory but a file')
+
+    def test_other_filesystem_fails(self):
+        # /proc is a directory of / and always a filesystem of its own.
+        self.flags(instances_path='/')
+        self.flags(kept_disks_subdirectory='proc', group='shelve_accel')
+        self.assertResult(self.check(), FAILURE, '/proc is a filesystem of '
+                          'its own', 'Invalid cross-device link')
+
+    def test_directory_not_writable_fails(self):
+        os.mkdir(self.kept_dir, 0o555)
+        with unprivileged():
+            result = self.check()
+        self.assertResult(result, FAILURE, self.kept_dir,
+                          'not writable by uid %d' % (
+                              NOBODY if os.geteuid() == 0 else os.geteuid()))
+
+    def test_missing_directory_in_read_only_instances_path_fails(self):
+        os.chmod(self.instances_path, 0o555)
+        with unprivileged():
+            result = self.check()
+        self.assertResult(result, FAILURE, self.kept_dir,
+                          '%s is not writable' % self.instances_path,
+                          'cannot create it')
+
+    def test_missing_instances_path_fails(self):
+        os.rmdir(self.instances_path)
+        self.assertResult(self.check(), FAILURE, self.instances_path,
+                          'does not exist', 'mount the instance storage')
+
+    def test_instances_path_not_a_directory_fails(self):
+        os.rmdir(self.instances_path)
+        open(self.instances_path, 'w').close()
+        self.assertResult(self.check(), FAILURE, self.instances_path,
+                          'is not a directory')
+
+
+class TestImageCachePass(CheckTestMixin, test.NoDBTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.use_plugin_driver()
+
+    def check(self):
+        return self.cmd._check_image_cache_pass()
+
+    def test_default_interval(self):
+        self.assertResult(self.check(), SUCCESS, 'every 2400 seconds')
+
+    def test_disabled_pass_warns(self):
+        self.flags(manager_interval=-1, group='image_cache')
+        self.assertResult(self.check(), WARNING, 'manager_interval = -1',
+                          'reclaims', 'another host of the same storage')
+
+    def test_zero_means_nova_default_interval(self):
+        self.flags(manager_interval=0, group='image_cache')
+        self.assertResult(self.check(), SUCCESS, '60 seconds')
+
+
+class TestStorageGroups(CheckTestMixin, test.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.context = nova_context.get_admin_context()
+        self.flags(host='c1')
+        self.use_plugin_driver()
+
+    def aggregate(self, name, group, *hosts):
+        aggregate = objects.Aggregate(self.context, name=name)
+        if group is not None:
+            aggregate.metadata = {status.shelved.GROUP_KEY: group}
+        aggregate.create()
+        for host in hosts:
+            aggregate.add_host(host)
+        return aggregate
+
+    def check(self):
+        return self.cmd._check_storage_groups()
+
+    def test_no_storage_group(self):
+        self.aggregate('az1', None, 'c1', 'c2')
+        self.assertResult(self.check(), SUCCESS, 'No aggregate has a '
+                          'shelve_storage_group')
+
+    def test_groups_say_where_this_host_is(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.aggregate('g2', 'g2', 'c3', 'c4', 'c5')
+        self.assertResult(self.check(), SUCCESS, 'g1 (2 hosts)',
+                          'g2 (3 hosts)', 'c1, is in storage group g1')
+
+    def test_group_spread_over_aggregates_is_one_group(self):
+        # Names compare without surrounding whitespace, as in the filter.
+        self.aggregate('rack1', 'g1', 'c1', 'c2')
+        self.aggregate('rack2', ' g1 ', 'c3')
+        self.aggregate('rack3', 'g1', 'c1')
+        self.assertResult(self.check(), SUCCESS,
+                          'Storage groups: g1 (3 hosts).')
+
+    def test_host_in_two_groups_fails(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.aggregate('g2', 'g2', 'c2', 'c3')
+        self.assertResult(self.check(), FAILURE, 'c2 (g1, g2)',
+                          'mounts one storage')
+
+    def test_blank_group_warns(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        blank = self.aggregate('nameless', '  ', 'c3', 'c4')
+        self.assertResult(self.check(), WARNING, 'blank shelve_storage_group',
+                          'nameless (id %s)' % blank.id)
+
+    def test_group_of_one_host_warns(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.aggregate('g2', 'g2', 'c3')
+        self.aggregate('g3', 'g3')
+        self.assertResult(self.check(), WARNING, 'fewer than two hosts: '
+                          'g2 (c3), g3 (no host)')
+
+    def test_failure_comes_before_warnings(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.aggregate('g2', 'g2', 'c2')
+        result = self.check()
+        self.assertResult(result, FAILURE, 'several storage groups',
+                          'fewer than two hosts')
+        self.assertLess(result.details.index('several'),
+                        result.details.index('fewer'))
+
+    def test_stock_driver_in_a_group_warns(self):
+        self.flags(compute_driver='libvirt.LibvirtDriver')
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.assertResult(self.check(), WARNING, 'This host, c1, is in '
+                          'storage group g1', 'libvirt.LibvirtDriver')
+
+    def test_no_compute_driver_in_a_group(self):
+        # A controller that is also in an aggregate: no nova-compute here.
+        self.flags(compute_driver=None)
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.assertResult(self.check(), SUCCESS)
+
+    def test_api_database_not_configured_warns(self):
+        self.flags(connection=None, group='api_database')
+        self.assertResult(self.check(), WARNING, '[api_database] '
+                          'connection is not set', 'nova-api or '
+                          'nova-scheduler')
+
+    def test_unreachable_api_database_warns(self):
+        # A factory not started yet, as in a new process: the check
+        # configures it from [api_database].
+        self.useFixture(db_fixtures.ReplaceEngineFacadeFixture(
+            api_db_api.context_manager, enginefacade.transaction_context()))
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self.flags(connection='sqlite:///%s/missing/api.db' % tmp,
+                   max_retries=0, group='api_database')
+        self.assertResult(self.check(), WARNING, 'cannot read the host '
+                          'aggregates', 'reaches it')
+
+    def test_database_password_is_not_shown(self):
+        self.assertEqual(
+            'mysql+pymysql://nova:***@db/nova_api failed',
+            status._without_credentials(
+                'mysql+pymysql://nova:s3cr:et@db/nova_api failed'))
+
+
+class TestMain(test.TestCase):
+    """The command, from its arguments to its exit code."""
+
+    def setUp(self):
+        super().setUp()
+        self.output = io.StringIO()
+        self.useFixture(fixtures.MonkeyPatch('sys.stdout', self.output))
+        self.errors = io.StringIO()
+        self.useFixture(fixtures.MonkeyPatch('sys.stderr', self.errors))
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self.instances_path = os.path.join(tmp, 'instances')
+        os.mkdir(self.instances_path)
+        context = nova_context.get_admin_context()
+        group = objects.Aggregate(context, name='g1', metadata={
+            status.shelved.GROUP_KEY: 'g1'})
+        group.create()
+        group.add_host('c1')
+        group.add_host('c2')
+
+    def main(self, nova_conf, *options):
+        conf = self.useFixture(NovaConfFile(nova_conf))
+        return status.main(conf.args_for_main() + ['upgrade', 'check'] +
+                           list(options))
+
+    def nova_conf(self, enabled_filters=','.join(GOOD_FILTERS), extra=''):
+        common = textwrap.dedent("""
+            [DEFAULT]
+            host = c1
+            compute_driver = %s
+            instances_path = %s
+            [filter_scheduler]
+            available_filters = %s
+            available_filters = %s
+            enabled_filters = %s
+            """) % (status.PLUGIN_DRIVER, self.instances_path, NOVA_FILTERS,
+                    status.FILTER_PATH, enabled_filters)
+        return common + textwrap.dedent(extra)
+
+    def test_all_checks_succeed(self):
+        self.assertEqual(0, self.main(self.nova_conf()))
+        table = self.output.getvalue()
+        self.assertIn('nova-shelve-accel Upgrade Check Results', table)
+        self.assertEqual(6, table.count('Result: Success'))
+
+    def test_a_warning_exits_1(self):
+        conf = self.nova_conf(extra='[image_cache]\nmanager_interval = -1')
+        self.assertEqual(1, self.main(conf))
+        self.assertIn('Result: Warning', self.output.getvalue())
+
+    def test_a_failure_exits_2_and_json_names_it(self):
+        conf = self.nova_conf(
+            enabled_filters='HostAggregateGroupFilter,ComputeFilter')
+        self.assertEqual(2, self.main(conf, '--json'))
+        output = json.loads(self.output.getvalue())
+        results = {c['check']: c['result'] for c in output['checks']}
+        self.assertEqual(
+            {'Compute driver': SUCCESS, 'Scheduler filter': FAILURE,
+             '[shelve_accel] options': SUCCESS,
+             'Kept-disks directory': SUCCESS, 'Image cache pass': SUCCESS,
+             'Storage groups': SUCCESS}, results)
+
+    def test_the_worst_result_wins(self):
+        conf = self.nova_conf(
+            enabled_filters='HostAggregateGroupFilter,ComputeFilter',
+            extra='[image_cache]\nmanager_interval = -1')
+        self.assertEqual(2, self.main(conf))
+
+    def test_unreadable_nova_conf_is_an_error_not_a_result(self):
+        conf = self.useFixture(NovaConfFile(self.nova_conf()))
+        args = conf.args_for_main()
+        missing = args[1] + '.missing'
+        self.assertEqual(255, status.main(
+            ['--config-file', missing] + args[2:] + ['upgrade', 'check']))
+        self.assertEqual('', self.output.getvalue())
+        self.assertIn('Error: Failed to find some config files: %s'
+                      % missing, self.errors.getvalue())
+
+    def test_wrong_command_line_is_an_error_not_a_failure(self):
+        # argparse exits 2 on its own; 2 would say "a check failed".
+        self.assertEqual(255, self.main(self.nova_conf(), '--no-such-option'))
+        self.assertIn('unrecognized arguments: --no-such-option',
+                      self.errors.getvalue())
+
+    def test_installed_console_script(self):
+        conf = self.useFixture(NovaConfFile(self.nova_conf(extra="""
+            [shelve_accel]
+            kept_disks_subdirectory = _base
+            """)))
+        script = os.path.join(os.path.dirname(sys.executable),
+                              'nova-shelve-accel-status')
+        # Its own process: no API database there, and the test's CONF is
+        # not parsed by it.
+        process = subprocess.run(
+            [script] + conf.args + ['upgrade', 'check', '--json'],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True)
+        self.assertEqual(2, process.returncode, process.stderr)
+        results = {c['check']: (c['result'], c['details'])
+                   for c in json.loads(process.stdout)['checks']}
+        self.assertEqual(FAILURE, results['[shelve_accel] options'][0])
+        self.assertIn('refuses to start', results['[shelve_accel] options'][1])
+        self.assertEqual(WARNING, results['Storage groups'][0])
+        self.assertEqual(SUCCESS, results['Kept-disks directory'][0])
