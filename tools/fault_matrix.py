@@ -13,7 +13,7 @@
 
 """Crash nova-compute at every cut point and check what the cloud makes of it.
 
-    sudo tools/fault_matrix.py [--rows keep.staged,spawn.finished] [--list]
+    tools/fault_matrix.py [--rows keep.staged,spawn.finished] [--list]
 
 Needs the loopback cloud of ``tools/cloud/cloud.sh up`` in plugin mode, and
 root (it restarts nova-compute on c1 and c2 through ``cloud.sh
