@@ -56,6 +56,7 @@ from nova import context as nova_context
 from nova import objects
 
 from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 
@@ -571,6 +572,12 @@ def reclaim_one(entry, reclaim, apply):
     except OSError as e:
         LOG.error('Could not reclaim %s: %s', entry['path'], e)
         entry.update(result='failed', error=str(e))
+    if entry['result'] == 'reclaimed':
+        notifications.notify(
+            'shelve_accel.disk.reclaimed', entry['instance'],
+            project_id=entry['project'], snapshot_id=entry['snapshot'],
+            reason=entry['reason'], disk_bytes=entry['allocated_bytes'],
+            by_command=True)
     return entry
 
 
@@ -749,7 +756,10 @@ command_opt = cfg.SubCommandOpt('command', title='Commands',
 def parse_config(argv):
     """Read the command line and nova.conf as nova-manage does."""
     CONF.register_cli_opt(command_opt)
-    config.parse_args(argv, init_rpc=False)
+    # With the transport, as nova-manage: the cell mappings' transport URLs
+    # are read against [DEFAULT] transport_url, and a reclaim is notified
+    # on Nova's bus like one of the periodic pass.
+    config.parse_args(argv)
 
 
 def setup_logging():

@@ -43,6 +43,7 @@ from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 from oslo_upgradecheck import upgradecheck
+from oslo_utils import importutils
 
 import nova.conf
 from nova import context as nova_context
@@ -649,6 +650,10 @@ class _StorageGroups:
 def main(argv=None):
     """Entry point of ``nova-shelve-accel-status``."""
     objects.register_all()
+    # The database layer reads [profiler], as in every Nova command.
+    profiler = importutils.try_import('osprofiler.opts')
+    if profiler:
+        profiler.set_defaults(CONF)
     try:
         return upgradecheck.main(
             CONF, project='nova', upgrade_command=UpgradeCommands(),

@@ -27,6 +27,7 @@ import sys
 import fixtures
 from oslo_db import exception as db_exc
 from oslo_log import log as oslo_log
+from oslo_messaging.notify import _impl_test as test_driver
 from oslo_utils import fixture as utils_fixture
 from oslo_utils import uuidutils
 
@@ -576,6 +577,27 @@ class TestKeptReclaim(ManageTestCase):
                 record.instance_uuid), self.storage_log.output)
         self.assertIn('it was never usable (its kept.json is unreadable',
                       self.storage_log.output)
+
+    def test_each_disk_reclaimed_is_notified_as_the_periodic_pass_does(self):
+        cases = self.make_every_case()
+        test_driver.reset()
+
+        self.run_json('kept', 'reclaim', '--apply')
+
+        sent = {m['payload']['instance_uuid']: m for _c, m, _p, _r
+                in test_driver.NOTIFICATIONS
+                if m['event_type'] == 'shelve_accel.disk.reclaimed'}
+        self.assertEqual(sorted(cases[n].instance_uuid
+                                for n in self.UNNEEDED), sorted(sent))
+        for message in sent.values():
+            self.assertTrue(message['payload']['by_command'])
+            self.assertTrue(message['payload']['reason'])
+
+    def test_a_dry_run_notifies_nothing(self):
+        self.make_every_case()
+        test_driver.reset()
+        self.run_json('kept', 'reclaim')
+        self.assertEqual([], test_driver.NOTIFICATIONS)
 
     def test_a_pending_disk_still_needed_is_never_reclaimed(self):
         pending = self.keep(self.make_instance(sysmeta=self.shelved_with(

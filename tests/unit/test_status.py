@@ -658,3 +658,32 @@ class TestMain(test.TestCase):
         self.assertIn('refuses to start', results['[shelve_accel] options'][1])
         self.assertEqual(WARNING, results['Storage groups'][0])
         self.assertEqual(SUCCESS, results['Kept-disks directory'][0])
+
+
+class TestConsoleScriptReachesTheDatabase(testtools.TestCase):
+    """The installed command in a process of its own, as operators run it.
+
+    Nothing the test's fixtures registered helps it reach the database.
+    """
+
+    def test_the_storage_group_check_reads_the_api_database(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        api_db = os.path.join(tmp, 'api.sqlite')
+        conf = self.useFixture(NovaConfFile("""
+            [api_database]
+            connection = sqlite:///%s
+            max_retries = 0
+            """ % api_db))
+        script = os.path.join(os.path.dirname(sys.executable),
+                              'nova-shelve-accel-status')
+        process = subprocess.run(
+            [script] + conf.args + ['upgrade', 'check', '--json'],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True)
+        results = {c['check']: (c['result'], c['details'])
+                   for c in json.loads(process.stdout)['checks']}
+        result, details = results['Storage groups']
+        # An empty database: the query reached it and found no tables.
+        self.assertEqual(WARNING, result)
+        self.assertIn('no such table', details)
+        self.assertNotIn('no such option', details)
