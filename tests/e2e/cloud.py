@@ -229,22 +229,29 @@ class NotificationListener(fixtures.Fixture):
     """
 
     def _setUp(self):
-        self._out = os.path.join(self.useFixture(fixtures.TempDir()).path,
-                                 'events.jsonl')
-        with open(self._out, 'wb') as out:
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self._out = os.path.join(tmp, 'events.jsonl')
+        err = os.path.join(tmp, 'listener.err')
+        with open(self._out, 'wb') as out, open(err, 'wb') as errors:
             self._proc = subprocess.Popen(
                 [os.path.join(VENV, 'bin', 'python'),
                  os.path.join(REPO, 'tools', 'cloud',
                               'listen_notifications.py'),
                  '--config-file', os.path.join(STATE, 'etc', 'nova',
                                                'nova.conf')],
-                stdout=out, stderr=subprocess.PIPE)
+                stdout=out, stderr=errors)
         self.addCleanup(self._stop)
         # The queue is bound once it says so: nothing sent later is lost.
-        line = self._proc.stderr.readline()
-        if b'listening' not in line:
-            raise CloudError('the notification listener did not start: %s'
-                             % (line + self._proc.stderr.read()).decode())
+        # Libraries may warn on standard error first.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            with open(err) as f:
+                if 'listening' in f.read().split('\n'):
+                    return
+            time.sleep(POLL_SECONDS)
+        with open(err) as f:
+            raise CloudError('the notification listener did not start '
+                             'within 60 s; it said: %s' % f.read())
 
     def _stop(self):
         self._proc.terminate()

@@ -61,6 +61,9 @@ class Printer:
 
 def main():
     conf = cfg.ConfigOpts()
+    # Nova's services publish on the "nova" exchange unless nova.conf says
+    # otherwise ([DEFAULT] control_exchange).
+    messaging.set_transport_defaults(control_exchange='nova')
     conf(sys.argv[1:], project='nova')
     transport = messaging.get_notification_transport(conf)
     # The topics Nova's notifications go to, as nova.conf sets them.
