@@ -27,8 +27,6 @@ import subprocess
 import time
 import uuid
 
-import fixtures
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 STATE = os.environ.get('SHELVE_ACCEL_STATE',
@@ -219,66 +217,6 @@ def domain_states(server_id):
         if server_id in virsh(host, 'list', '--all', '--uuid').split():
             states[host] = virsh(host, 'domstate', server_id).strip()
     return states
-
-
-class NotificationListener(fixtures.Fixture):
-    """nova-shelve-accel's notifications, read from the cloud's RabbitMQ.
-
-    Runs ``tools/cloud/listen_notifications.py`` (a real oslo.messaging
-    notification listener, with the cloud's Python) for the test's life.
-    """
-
-    def _setUp(self):
-        tmp = self.useFixture(fixtures.TempDir()).path
-        self._out = os.path.join(tmp, 'events.jsonl')
-        err = os.path.join(tmp, 'listener.err')
-        with open(self._out, 'wb') as out, open(err, 'wb') as errors:
-            self._proc = subprocess.Popen(
-                [os.path.join(VENV, 'bin', 'python'),
-                 os.path.join(REPO, 'tools', 'cloud',
-                              'listen_notifications.py'),
-                 '--config-file', os.path.join(STATE, 'etc', 'nova',
-                                               'nova.conf')],
-                stdout=out, stderr=errors)
-        self.addCleanup(self._stop)
-        # The queue is bound once it says so: nothing sent later is lost.
-        # Libraries may warn on standard error first.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and self._proc.poll() is None:
-            with open(err) as f:
-                if 'listening' in f.read().split('\n'):
-                    return
-            time.sleep(POLL_SECONDS)
-        with open(err) as f:
-            raise CloudError('the notification listener did not start '
-                             'within 60 s; it said: %s' % f.read())
-
-    def _stop(self):
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-
-    def events(self, event_type, instance_uuid):
-        """Messages of that type about that instance received so far."""
-        with open(self._out) as f:
-            messages = [json.loads(line) for line in f if line.strip()]
-        return [m for m in messages if m['event_type'] == event_type and
-                m['payload'].get('instance_uuid') == instance_uuid]
-
-    def wait_for(self, event_type, instance_uuid, timeout=60):
-        """The first such message, waiting for it if needed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.events(event_type, instance_uuid)
-            if found:
-                return found[0]
-            if time.monotonic() > deadline:
-                raise CloudError('no %s notification about %s within %d s'
-                                 % (event_type, instance_uuid, timeout))
-            time.sleep(POLL_SECONDS)
 
 
 def image_cache_pass_starts():

@@ -25,6 +25,7 @@ import fixtures
 import testtools
 
 from tests.e2e import cloud
+from tests.e2e import listener
 
 
 class ShelveUnshelveTest(testtools.TestCase):
@@ -36,7 +37,7 @@ class ShelveUnshelveTest(testtools.TestCase):
         # Whatever a test switches, the next one starts from plugin mode.
         self.addCleanup(cloud.set_mode, 'plugin')
         self.image_id = cloud.upload_test_image(self.workdir, 'e2e')
-        self.notifications = self.useFixture(cloud.NotificationListener())
+        self.notifications = self.useFixture(listener.NotificationListener())
         self.addCleanup(cloud.openstack, 'image', 'delete', self.image_id,
                         parse=False)
 
