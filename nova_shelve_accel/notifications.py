@@ -33,7 +33,6 @@ from oslo_utils import timeutils
 
 import nova.conf
 from nova import context as nova_context
-from nova import objects
 from nova import rpc
 
 from nova_shelve_accel import shelved
@@ -121,15 +120,11 @@ def _storage_groups():
     if names is not None and now - read_at < GROUPS_TTL_SECONDS:
         return names
     try:
-        aggregates = objects.AggregateList.get_by_host(
-            nova_context.get_admin_context(), CONF.host,
-            key=shelved.GROUP_KEY)
+        names = shelved.groups_of_host(nova_context.get_admin_context(),
+                                       CONF.host)
     except Exception as e:
         LOG.debug('Cannot read the storage groups of %s: %s', CONF.host, e)
         return names or []
-    names = sorted({a.metadata[shelved.GROUP_KEY].strip()
-                    for a in aggregates
-                    if a.metadata.get(shelved.GROUP_KEY, '').strip()})
     _groups = (names, now)
     return names
 

@@ -17,6 +17,8 @@ Shared by the compute driver, which writes them, and the scheduler filter,
 which reads them; it imports nothing of libvirt.
 """
 
+from nova import objects
+
 # Aggregate metadata key naming the storage group of the aggregate's hosts.
 GROUP_KEY = 'shelve_storage_group'
 
@@ -73,3 +75,24 @@ def reason_to_reclaim(instance, snapshot_id):
         return 'the instance is no longer shelved with snapshot %s' % (
             snapshot_id)
     return None
+
+
+def group_name(aggregate):
+    """The storage group the aggregate's metadata names, or None.
+
+    A blank name names no group.
+    """
+    # Both fields are nullable in the Aggregate object.
+    group = ((aggregate.metadata or {}).get(GROUP_KEY) or '').strip()
+    return group or None
+
+
+def groups_of_host(context, host):
+    """Names of the storage groups of ``host``, sorted, from its aggregates.
+
+    The aggregates live in the API database: a compute reads them through
+    the conductor.
+    """
+    aggregates = objects.AggregateList.get_by_host(context, host,
+                                                   key=GROUP_KEY)
+    return sorted({g for g in map(group_name, aggregates) if g})

@@ -250,16 +250,6 @@ def _cell_failure(cell, result):
     return None
 
 
-def storage_groups(ctxt):
-    """The storage groups of this host, from the aggregates it is in."""
-    aggregates = objects.AggregateList.get_by_host(ctxt, CONF.host,
-                                                   key=shelved.GROUP_KEY)
-    # Blank names name no group, as in the scheduler filter.
-    return sorted({a.metadata[shelved.GROUP_KEY].strip()
-                   for a in aggregates
-                   if a.metadata[shelved.GROUP_KEY].strip()})
-
-
 # -- what is reported about one disk ---------------------------------------
 
 def kept_entry(store, record, owner, now):
@@ -638,7 +628,7 @@ def storage_usage(args):
         raise CommandError('Cannot read the filesystem of %s: %s'
                            % (store.instances_path, e))
     try:
-        groups = storage_groups(admin_context())
+        groups = shelved.groups_of_host(admin_context(), CONF.host)
     except Exception as e:
         LOG.debug('Reading the aggregates failed.', exc_info=True)
         print('Error: cannot read the storage groups of host %s from the '

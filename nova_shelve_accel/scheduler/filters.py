@@ -246,17 +246,12 @@ def _pending_message(instance, kept_on, groups, candidates):
 
 def _group_of_aggregate(aggregate):
     """The storage group the aggregate's metadata names, or None."""
-    # Both fields are nullable in the Aggregate object.
-    metadata = aggregate.metadata or {}
-    if GROUP_KEY not in metadata:
-        return None
-    group = metadata[GROUP_KEY].strip()
-    if not group:
+    group = shelved.group_name(aggregate)
+    if group is None and GROUP_KEY in (aggregate.metadata or {}):
         LOG.warning('Aggregate %s (id %s) has a blank %s; it names no '
                     'storage group and is ignored. Set it to the name of '
                     'the storage its hosts share, or unset it.',
                     aggregate.name, aggregate.id, GROUP_KEY)
-        return None
     return group
 
 

@@ -21,7 +21,6 @@ from oslo_utils import timeutils
 
 from nova.compute import task_states
 from nova.compute import vm_states
-from nova import exception
 
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
@@ -47,19 +46,9 @@ class EvictionTestCase(driver_tests.DriverTestCase):
         self.glance = self.useFixture(driver_tests.FakeGlance())
         self.store = self.drvr._kept_disks
         self.evictor = self.drvr._evictor
-        self.db = {}
-        self.saved = []
+        cells = self.useFixture(driver_tests.CellDatabase())
+        self.db, self.saved = cells.instances, cells.saved
         self.free_with_no_disk = 40.0
-
-        def get_by_uuid(cls, context, instance_uuid, expected_attrs=None):
-            if instance_uuid not in self.db:
-                raise exception.InstanceNotFound(instance_id=instance_uuid)
-            return self.db[instance_uuid]
-
-        self.stub_out('nova.objects.Instance.get_by_uuid', get_by_uuid)
-        self.stub_out('nova.objects.Instance.save',
-                      lambda inst, expected_task_state=None:
-                      self.saved.append((inst.uuid, expected_task_state)))
         self.stub_out(
             'nova_shelve_accel.storage.KeptDiskStore.free_percent',
             lambda store: self.free_with_no_disk - 10 * len(

@@ -120,6 +120,30 @@ class FakeGlance(fixtures.Fixture):
         return copy.deepcopy(image)
 
 
+class CellDatabase(fixtures.Fixture):
+    """The cell database as far as the driver's background work asks it.
+
+    ``instances`` holds the instances ``Instance.get_by_uuid`` finds;
+    ``saved`` records (uuid, expected_task_state) of every save.
+    """
+
+    def _setUp(self):
+        self.instances = {}
+        self.saved = []
+
+        def get_by_uuid(cls, context, instance_uuid, expected_attrs=None):
+            if instance_uuid not in self.instances:
+                raise exception.InstanceNotFound(instance_id=instance_uuid)
+            return self.instances[instance_uuid]
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.objects.Instance.get_by_uuid', get_by_uuid))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.objects.Instance.save',
+            lambda inst, expected_task_state=None: self.saved.append(
+                (inst.uuid, expected_task_state))))
+
+
 def converted(test, disk, source_format='qcow2', out_format='qcow2'):
     """What Nova's cold snapshot uploads of ``disk``.
 

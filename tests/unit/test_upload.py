@@ -56,19 +56,8 @@ class UploadTestCase(driver_tests.DriverTestCase):
         self.glance.add(SNAPSHOT)
         self.store = self.drvr._kept_disks
         self.uploader = self.drvr._uploads
-        # The cell database, as far as the uploader asks it.
-        self.db = {}
-        self.saved = []
-
-        def get_by_uuid(cls, context, instance_uuid, expected_attrs=None):
-            if instance_uuid not in self.db:
-                raise exception.InstanceNotFound(instance_id=instance_uuid)
-            return self.db[instance_uuid]
-
-        self.stub_out('nova.objects.Instance.get_by_uuid', get_by_uuid)
-        self.stub_out('nova.objects.Instance.save',
-                      lambda inst, expected_task_state=None:
-                      self.saved.append((inst.uuid, expected_task_state)))
+        cells = self.useFixture(driver_tests.CellDatabase())
+        self.db, self.saved = cells.instances, cells.saved
 
     def keep_pending(self, instance_uuid=uuids.instance):
         """A kept disk waiting for its upload, and its instance."""
