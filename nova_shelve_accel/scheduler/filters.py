@@ -12,6 +12,7 @@
 
 import collections
 
+from oslo_context import context as oslo_context
 from oslo_log import log as logging
 
 from nova.compute import vm_states
@@ -125,12 +126,19 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
     @staticmethod
     def _load_instance(cell, instance_uuid):
         ctxt = nova_context.get_admin_context()
-        with nova_context.target_cell(ctxt, cell) as cctxt:
-            try:
+        # target_cell() makes its copy of our admin context the thread's
+        # current one: put the request's back, or every later log line of
+        # this scheduling request would carry the copy's request id.
+        request_context = oslo_context.get_current()
+        try:
+            with nova_context.target_cell(ctxt, cell) as cctxt:
                 return objects.Instance.get_by_uuid(
                     cctxt, instance_uuid, expected_attrs=['system_metadata'])
-            except exception.InstanceNotFound:
-                return None
+        except exception.InstanceNotFound:
+            return None
+        finally:
+            if request_context is not None:
+                request_context.update_store()
 
 
 def is_offloaded_with_kept_disk(instance):

@@ -17,6 +17,7 @@ Only the filter's database lookup of the instance is replaced.
 
 from unittest import mock
 
+from oslo_context import context as oslo_context
 from oslo_utils.fixture import uuidsentinel as uuids
 
 from nova.compute import vm_states
@@ -521,6 +522,43 @@ class TestMisconfiguredGroups(FilterTestCase):
                                wraps=filters._group_of_aggregate) as read:
             self.assertEqual(names, self.passing(hosts, self.spec()))
         self.assertEqual(2, read.call_count)
+
+
+class TestInstanceLookup(test.NoDBTestCase):
+    """The filter's one database lookup, with the request's context."""
+
+    # Nova's real target_cell(), not the single-cell stand-in of NoDB tests:
+    # the lookup itself is faked, the context handling is under test.
+    USES_DB_SELF = True
+
+    def test_request_context_stays_current(self):
+        # The scheduler logs with the thread's current context: after the
+        # lookup it must still be the request's, not the cell-targeted
+        # admin copy the lookup used.
+        request = nova_context.RequestContext(user_id='u', project_id='p')
+        instance = fake_instance.fake_instance_obj(request)
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               return_value=instance) as get:
+            found = filters.HostAggregateGroupFilter._load_instance(
+                objects.CellMapping(uuid=uuids.cell, name='cell1',
+                                    database_connection='fake://',
+                                    transport_url='fake://'),
+                instance.uuid)
+        self.assertIs(instance, found)
+        self.assertTrue(get.call_args[0][0].is_admin)
+        self.assertIs(request, oslo_context.get_current())
+
+    def test_request_context_stays_current_when_not_found(self):
+        request = nova_context.RequestContext(user_id='u', project_id='p')
+        with mock.patch.object(
+                objects.Instance, 'get_by_uuid',
+                side_effect=exception.InstanceNotFound(instance_id='x')):
+            self.assertIsNone(
+                filters.HostAggregateGroupFilter._load_instance(
+                    objects.CellMapping(uuid=uuids.cell, name='cell1',
+                                        database_connection='fake://',
+                                        transport_url='fake://'), 'x'))
+        self.assertIs(request, oslo_context.get_current())
 
 
 class TestFilterLoading(test.NoDBTestCase):
