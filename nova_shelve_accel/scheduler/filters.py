@@ -187,6 +187,14 @@ class StorageGroups:
         return {group for aggregate, group in self._named
                 if host in (aggregate.hosts or ())}
 
+    def hosts_of(self, groups):
+        """The hosts the aggregates of ``groups`` list."""
+        hosts = set()
+        for aggregate, group in self._named:
+            if group in groups:
+                hosts.update(aggregate.hosts or ())
+        return hosts
+
     def members(self):
         """{group: the hosts its aggregates list}."""
         hosts = collections.defaultdict(set)
@@ -204,19 +212,22 @@ class KeptDiskStorage:
         self.groups = self._storage_groups.listing(kept_on)
         if len(self.groups) > 1:
             _warn_several_groups(kept_on, self.groups)
+        # The hosts the aggregates of those groups list; a host in no group
+        # has storage of its own, shared with nobody.
+        self._sharing = self._storage_groups.hosts_of(self.groups)
+        self._sharing.add(kept_on)
 
     def is_shared_by(self, host_state):
-        # A host in no group has storage of its own, shared with nobody.
-        if host_state.host == self.kept_on:
-            return True
-        own_groups = self._storage_groups.of_host_state(host_state)
-        if not own_groups & self.groups:
-            LOG.debug('%s is in no storage group of %s; its storage does '
-                      'not hold the kept disk.', host_state.host,
-                      self.kept_on)
+        # Run for every host of the request: a set lookup, no logging for
+        # the hosts outside the group (the filter logs the count).
+        if host_state.host not in self._sharing:
             return False
-        if len(own_groups) > 1:
-            _warn_several_groups(host_state.host, own_groups)
+        # The shelving host's groups were checked above.
+        if host_state.host != self.kept_on and len(
+                host_state.aggregates) > 1:
+            own_groups = self._storage_groups.of_host_state(host_state)
+            if len(own_groups) > 1:
+                _warn_several_groups(host_state.host, own_groups)
         return True
 
 
