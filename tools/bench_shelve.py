@@ -16,41 +16,52 @@ Run it through ``tools/benchmark.sh``, which brings the cloud up first.
 Three modes, side by side in one run: ``stock`` (libvirt.LibvirtDriver, no
 filter), ``plugin`` (PartialOffloadLibvirtDriver and
 HostAggregateGroupFilter, ``snapshot_upload = at_shelve``) and
-``fast-shelve`` (the same with ``snapshot_upload = after_offload``). For
-each mode and each amount of written data, every repetition:
+``fast-shelve`` (the same with ``snapshot_upload = after_offload``).
+
+The modes are interleaved: round 1 runs them in order, round 2 in reverse,
+and so on (A B C C B A A B C ...), so that no mode always runs on a fresher
+or fuller machine than another. In each round, each mode and each amount
+of written data gives one sample, which:
 
 * boots a server on c1 from a small qcow2 image, stops it and writes the
-  data into its root disk with qemu-io (as a guest would have);
+  data into its root disk with qemu-io (as a guest would have), then
+  flushes it (``sync``): no timed operation pays for the setup's writes;
 * times ``start`` (SHUTOFF to ACTIVE) and ``stop`` (ACTIVE to SHUTOFF): the
   lower bound, nothing is copied;
 * times ``shelve`` (request to SHELVED_OFFLOADED; the cloud offloads at
   once) and the time from the shelve request until its snapshot image is
   ``active`` (with ``fast-shelve`` the upload runs after the offload);
-* times ``unshelve`` (request to ACTIVE) once the snapshot is active,
-  counting the image bytes Glance sent during the unshelve (its access
-  log);
+* flushes what the shelve left to write back, as hours of idle time would
+  before a user unshelves, then times ``unshelve`` (request to ACTIVE),
+  counting the image bytes Glance sent (its access log) and splitting the
+  time into phases read from the services' logs (tools/phases.py);
 * with ``fast-shelve``, also the unshelve of a second server, shelved and
   uploaded before, onto c1 (``--host``) while the first one's upload runs
   there: the background upload must not slow an unshelve in the group
   down.
 
-Then a burst: several servers shelved at once (the time until all are
-SHELVED_OFFLOADED, and until all their snapshots are active), then all
-unshelved at once (the time until the last one is ACTIVE). After each
-switch of mode, one untimed round with the smallest size warms the
-restarted services up.
+Beside every timed operation the machine is sampled (tools/cloudstat.py):
+the page cache still to be written back when it started, the share of
+time the CPUs waited for I/O, and the CPU the cloud's services used. The
+scheduler and computes run with debug logs, which the phases are read
+from; every mode pays for them alike.
+
+Then, per mode, a burst: ``--burst`` tiny guests (flavor m1.burst, the
+least RAM the firmware boots in) with ``--burst-size`` of data each,
+shelved at once (the time until all are SHELVED_OFFLOADED, and until all
+their snapshots are active), then all unshelved at once: the time until
+each is ACTIVE, the Glance bytes and the peak CPU of each service.
 
 Times are taken through the API (openstacksdk), polling every 0.2 s.
-Output: tables on the terminal, ``samples.csv`` (every measurement),
-``summary.csv``, ``burst.csv``, ``unshelve.png`` and ``shelve.png`` in the
-output directory.
+Output: tables on the terminal; in the output directory ``samples.csv``
+(every measurement), ``summary.csv``, ``burst.csv``, ``burst_times.csv``
+and the plots ``unshelve.png``, ``shelve.png``, ``phases.png`` and
+``burst.png`` (tools/bench_report.py).
 """
 
 import argparse
-import csv
 import functools
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,13 +72,14 @@ import openstack
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
+import bench_report  # noqa: E402
+import cloudstat  # noqa: E402
+import phases  # noqa: E402
 from tests.e2e import cloud  # noqa: E402
 
-MODES = ('stock', 'plugin', 'fast-shelve')
-MODE_LABELS = {'stock': 'stock', 'plugin': 'at_shelve',
-               'fast-shelve': 'after_offload'}
+MODES = bench_report.MODES
 POLL = 0.2
-MIB = 1024 * 1024
+MIB = bench_report.MIB
 IMAGE_MB = 64
 
 
@@ -79,10 +91,10 @@ def parse_size(text):
     return int(text)
 
 
-def size_label(size):
-    if size >= 1024 * MIB and size % (1024 * MIB) == 0:
-        return '%d GiB' % (size // (1024 * MIB))
-    return '%d MiB' % (size // MIB)
+def round_orders(modes, rounds):
+    """The modes of each round: in order, then reversed, and so on."""
+    return [list(modes) if n % 2 == 0 else list(reversed(modes))
+            for n in range(rounds)]
 
 
 class Bench(object):
@@ -92,6 +104,8 @@ class Bench(object):
         self.workdir = workdir
         self.flavor = conn.compute.find_flavor(cloud.FLAVOR,
                                                ignore_missing=False)
+        self.burst_flavor = conn.compute.find_flavor(cloud.BURST_FLAVOR,
+                                                     ignore_missing=False)
         image_file = os.path.join(workdir, 'base.qcow2')
         cloud.make_image_file(image_file, IMAGE_MB)
         self.image = conn.image.create_image(
@@ -117,6 +131,38 @@ class Bench(object):
                     server_id, srv.status, srv.task_state, status))
             time.sleep(POLL)
 
+    def _wait_all(self, server_ids, status, since, timeout=1800):
+        """{server: seconds from since until it reached status}.
+
+        One listing per poll, so that each server's time is its own and not
+        the time its turn came in a loop of waits.
+        """
+        waiting, done = set(server_ids), {}
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for srv in self.conn.compute.servers(details=True):
+                if srv.id not in waiting:
+                    continue
+                if srv.status == 'ERROR':
+                    raise RuntimeError('server %s: ERROR: %s' % (
+                        srv.id, srv.fault))
+                if srv.status == status and not srv.task_state:
+                    done[srv.id] = time.monotonic() - since
+                    waiting.discard(srv.id)
+            if waiting and time.monotonic() > deadline:
+                raise RuntimeError('%d servers not %s after %d s' % (
+                    len(waiting), status, timeout))
+            if waiting:
+                time.sleep(POLL)
+        return done
+
+    def _wait_gone(self, server_ids, timeout=600):
+        deadline = time.monotonic() + timeout
+        while set(server_ids) & {s.id for s in self.conn.compute.servers()}:
+            if time.monotonic() > deadline:
+                raise RuntimeError('servers not deleted after %d s' % timeout)
+            time.sleep(1)
+
     def _timed(self, action, server_id, status):
         start = time.monotonic()
         action(server_id)
@@ -141,13 +187,23 @@ class Bench(object):
                     server_id, image and image.status))
             time.sleep(POLL)
 
-    def shelve_until_uploaded(self, server_id):
-        """(shelve seconds, seconds until the snapshot is active)."""
-        start = time.monotonic()
-        self.conn.compute.shelve_server(server_id)
-        self._wait(server_id, 'SHELVED_OFFLOADED')
-        shelve_s = time.monotonic() - start
-        return shelve_s, self.wait_snapshot_active(server_id, start)
+    def timed_shelve(self, server_id, row=None):
+        """Shelve; with a row, its time, phases and the machine's state.
+
+        Returns the monotonic time of the request. The sample's servers
+        run on c1 (boot_with_data).
+        """
+        start, started = time.monotonic(), time.time()
+        with cloudstat.Recorder() as machine:
+            self.conn.compute.shelve_server(server_id)
+            self._wait(server_id, 'SHELVED_OFFLOADED')
+        if row is not None:
+            row['shelve_s'] = time.monotonic() - start
+            _machine_columns(row, 'shelve', machine)
+            _phase_columns(row, 'sh_', phases.shelve_phases, server_id,
+                           'c1', started,
+                           started + row['shelve_s'])
+        return start
 
     # -- one server -----------------------------------------------------
 
@@ -169,6 +225,24 @@ class Bench(object):
         self.conn.compute.wait_for_delete(
             self.conn.compute.get_server(server_id), interval=1, wait=600)
 
+    def timed_unshelve(self, server_id, row):
+        """Unshelve, with its Glance bytes, phases and the machine's state."""
+        snapshot = self.snapshot_of(server_id)
+        # What the shelve and its upload left in the page cache is written
+        # back before a user comes back, hours later: not the unshelve's.
+        os.sync()
+        glance = cloud.GlanceDataCounter()
+        started = time.time()
+        with cloudstat.Recorder() as machine:
+            row['unshelve_s'], srv = self._timed(
+                self.conn.compute.unshelve_server, server_id, 'ACTIVE')
+        row['unshelve_host'] = srv.compute_host
+        row['glance_mib'] = round(glance.bytes_sent() / MIB, 1)
+        _machine_columns(row, 'unshelve', machine)
+        _phase_columns(row, 'ph_', phases.unshelve_phases, server_id,
+                       snapshot.id, srv.compute_host, started,
+                       started + row['unshelve_s'])
+
     def sample(self, mode, size, rep):
         server_id = self.boot_with_data(size)
         # With fast-shelve, a second server of the same size whose
@@ -187,14 +261,12 @@ class Bench(object):
             if other_id:
                 self.conn.compute.start_server(other_id)
                 self._wait(other_id, 'ACTIVE')
-                self.shelve_until_uploaded(other_id)
+                self.wait_snapshot_active(other_id,
+                                          self.timed_shelve(other_id))
                 # Its conversion and upload left data to write back; the
                 # timed shelve must not pay for it (stop did not).
                 os.sync()
-                start = time.monotonic()
-                self.conn.compute.shelve_server(server_id)
-                self._wait(server_id, 'SHELVED_OFFLOADED')
-                row['shelve_s'] = time.monotonic() - start
+                start = self.timed_shelve(server_id, row)
                 image = self.snapshot_of(server_id)
                 # On c1, where the upload runs: the host a guest start
                 # shares with the upload (2.91 --host).
@@ -209,14 +281,10 @@ class Bench(object):
                 row['snapshot_active_s'] = self.wait_snapshot_active(
                     server_id, start)
             else:
-                row['shelve_s'], row['snapshot_active_s'] = (
-                    self.shelve_until_uploaded(server_id))
+                row['snapshot_active_s'] = self.wait_snapshot_active(
+                    server_id, self.timed_shelve(server_id, row))
                 row['busy_overlapped'] = ''
-            glance = cloud.GlanceDataCounter()
-            row['unshelve_s'], srv = self._timed(
-                self.conn.compute.unshelve_server, server_id, 'ACTIVE')
-            row['unshelve_host'] = srv.compute_host
-            row['glance_mib'] = round(glance.bytes_sent() / MIB, 1)
+            self.timed_unshelve(server_id, row)
             row['cycle_s'] = row['shelve_s'] + row['unshelve_s']
             row['stop_start_s'] = row['stop_s'] + row['start_s']
             return row
@@ -227,195 +295,116 @@ class Bench(object):
 
     # -- burst ----------------------------------------------------------
 
+    def boot_many(self, count, size):
+        """count tiny servers, stopped, with size bytes written into each."""
+        prefix = 'burst-%s-' % uuid.uuid4().hex[:6]
+        # On the group's hosts, alternately: their disks are the ones the
+        # plugin keeps (stock Nova then unshelves them anywhere).
+        servers = [self.conn.compute.create_server(
+            name='%s%d' % (prefix, n), flavor_id=self.burst_flavor.id,
+            image_id=self.image.id, networks='none',
+            host=cloud.GROUP_HOSTS[n % len(cloud.GROUP_HOSTS)]).id
+            for n in range(count)]
+        self._wait_all(servers, 'ACTIVE', time.monotonic())
+        for server_id in servers:
+            self.conn.compute.stop_server(server_id)
+        self._wait_all(servers, 'SHUTOFF', time.monotonic())
+        for server_id in servers:
+            host = self.conn.compute.get_server(server_id).compute_host
+            cloud.write_data(cloud.disk_path(host, server_id), size,
+                             self.workdir)
+        os.sync()
+        return servers
+
     def burst(self, mode, count, size):
         # Shelved from SHUTOFF: the burst measures the snapshots and the
         # offloads, not the guests' shutdown.
-        servers = [self.boot_with_data(size) for _ in range(count)]
+        servers = self.boot_many(count, size)
         try:
             start = time.monotonic()
-            for server_id in servers:
-                self.conn.compute.shelve_server(server_id)
-            for server_id in servers:
-                self._wait(server_id, 'SHELVED_OFFLOADED')
-            all_shelved_s = time.monotonic() - start
+            with cloudstat.Recorder() as shelving:
+                for server_id in servers:
+                    self.conn.compute.shelve_server(server_id)
+                shelved = self._wait_all(servers, 'SHELVED_OFFLOADED', start)
             all_uploaded_s = max(self.wait_snapshot_active(s, start)
                                  for s in servers)
+            os.sync()
             glance = cloud.GlanceDataCounter()
             start = time.monotonic()
-            for server_id in servers:
-                self.conn.compute.unshelve_server(server_id)
-            done = []
-            for server_id in servers:
-                self._wait(server_id, 'ACTIVE')
-                done.append(time.monotonic() - start)
-            return {'mode': mode, 'servers': count, 'data_mib': size // MIB,
-                    'all_shelved_s': all_shelved_s,
-                    'all_uploaded_s': all_uploaded_s,
-                    'all_active_s': max(done),
-                    'median_server_s': statistics.median(done),
-                    'glance_mib': round(glance.bytes_sent() / MIB, 1)}
+            with cloudstat.Recorder() as unshelving:
+                for server_id in servers:
+                    self.conn.compute.unshelve_server(server_id)
+                active = self._wait_all(servers, 'ACTIVE', start)
+            hosts = sorted(self.conn.compute.get_server(s).compute_host
+                           for s in servers)
+            row = {'mode': mode, 'servers': count, 'data_mib': size // MIB,
+                   'all_shelved_s': max(shelved.values()),
+                   'all_uploaded_s': all_uploaded_s,
+                   'all_active_s': max(active.values()),
+                   'median_server_s': bench_report.median(active.values()),
+                   'unshelves_per_s': count / max(active.values()),
+                   'glance_mib': round(glance.bytes_sent() / MIB, 1),
+                   'on_hosts': ' '.join('%s:%d' % (h, hosts.count(h))
+                                        for h in sorted(set(hosts)))}
+            for name, cores in unshelving.summary()['peak_cores'].items():
+                row['peak_cores_' + name] = cores
+            for name, cores in shelving.summary()['peak_cores'].items():
+                row['shelve_peak_cores_' + name] = cores
+            return row, sorted(active.values())
         finally:
             for server_id in servers:
-                self.delete(server_id)
+                self.conn.compute.delete_server(server_id)
+            self._wait_gone(servers)
 
 
-# -- reporting ---------------------------------------------------------------
-
-def summarize(samples, sizes):
-    summary = []
-    for size in sizes:
-        for mode in MODES:
-            rows = [r for r in samples
-                    if r['mode'] == mode and r['data_mib'] == size // MIB]
-            if not rows:
-                continue
-            out = {'mode': mode, 'data_mib': size // MIB, 'n': len(rows)}
-            for key in ('unshelve_s', 'shelve_s', 'start_s', 'stop_s',
-                        'glance_mib', 'snapshot_active_s', 'cycle_s',
-                        'stop_start_s', 'unshelve_busy_s'):
-                values = [r[key] for r in rows if r[key] != '']
-                if not values:
-                    continue
-                out[key] = statistics.median(values)
-                out[key + '_min'] = min(values)
-                out[key + '_max'] = max(values)
-            summary.append(out)
-    return summary
+def _machine_columns(row, operation, machine):
+    summary = machine.summary()
+    row[operation + '_dirty_mib'] = summary['dirty_start_mib']
+    row[operation + '_iowait_pct'] = summary['iowait_pct']
+    row[operation + '_cores'] = round(sum(summary['mean_cores'].values()),
+                                      2)
 
 
-def _cell(row, key):
-    if key not in row:
-        return '-'
-    return '%.1f [%.1f-%.1f]' % (row[key], row[key + '_min'],
-                                 row[key + '_max'])
-
-
-def _ratio(numerator, denominator):
-    return '%.2fx' % (numerator / denominator) if denominator else '-'
-
-
-def _print_lines(lines):
-    widths = [max(len(line[i]) for line in lines)
-              for i in range(len(lines[0]))]
-    for n, line in enumerate(lines):
-        print('  '.join(cell.ljust(w) for cell, w in zip(line, widths)))
-        if n == 0:
-            print('  '.join('-' * w for w in widths))
-
-
-def _busy_note(row):
-    if row['unshelve_busy_s'] == '':
-        return ''
-    return ', unshelve during an upload %.1f s%s' % (
-        row['unshelve_busy_s'],
-        '' if row['busy_overlapped'] else ' (the upload had ended)')
-
-
-def print_table(summary, bursts):
-    by_key = {(r['mode'], r['data_mib']): r for r in summary}
-    print('\nMedian [min-max] seconds, request to final state, through the'
-          ' API. Modes: stock Nova; the plugin with snapshot_upload ='
-          ' at_shelve; with snapshot_upload = after_offload.')
-    lines = [('data', 'mode', 'n', 'shelve s', 'stop s', 'shelve/stop',
-              'snapshot active s', 'unshelve s', 'start s', 'Glance MiB',
-              'cycle s', 'stop+start s', 'cycle/(stop+start)',
-              'stock cycle/cycle')]
-    for row in summary:
-        stock = by_key.get(('stock', row['data_mib']))
-        lines.append((
-            size_label(row['data_mib'] * MIB), MODE_LABELS[row['mode']],
-            str(row['n']), _cell(row, 'shelve_s'), _cell(row, 'stop_s'),
-            _ratio(row['shelve_s'], row['stop_s']),
-            _cell(row, 'snapshot_active_s'), _cell(row, 'unshelve_s'),
-            _cell(row, 'start_s'), '%.0f' % row['glance_mib'],
-            _cell(row, 'cycle_s'), _cell(row, 'stop_start_s'),
-            _ratio(row['cycle_s'], row['stop_start_s']),
-            _ratio(stock['cycle_s'], row['cycle_s'])
-            if stock and row['mode'] != 'stock' else ''))
-    _print_lines(lines)
-    busy = [r for r in summary if 'unshelve_busy_s' in r]
-    if busy:
-        print('\nafter_offload: unshelve in the group while another '
-              'server\'s upload runs on the same host, against the unshelve '
-              'once the host is idle:')
-        lines = [('data', 'n', 'during upload s', 'idle s', 'ratio')]
-        for row in busy:
-            lines.append((size_label(row['data_mib'] * MIB), str(row['n']),
-                          _cell(row, 'unshelve_busy_s'),
-                          _cell(row, 'unshelve_s'),
-                          _ratio(row['unshelve_busy_s'],
-                                 row['unshelve_s'])))
-        _print_lines(lines)
-    if bursts:
-        print('\nBurst: servers shelved at once (from SHUTOFF), then '
-              'unshelved at once:')
-        for b in bursts:
-            print('  %-13s %d servers x %s: all SHELVED_OFFLOADED after '
-                  '%.1f s, all snapshots active after %.1f s; all ACTIVE '
-                  'after %.1f s (median server %.1f s), Glance sent %.0f '
-                  'MiB' % (
-                      MODE_LABELS[b['mode']], b['servers'],
-                      size_label(b['data_mib'] * MIB), b['all_shelved_s'],
-                      b['all_uploaded_s'], b['all_active_s'],
-                      b['median_server_s'], b['glance_mib']))
-
-
-def write_csv(path, rows):
-    if not rows:
+def _phase_columns(row, prefix, profile, *args):
+    if not cloud.current_debug():
         return
-    # Rows of different modes have different columns.
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=keys, restval='')
-        writer.writeheader()
-        writer.writerows(rows)
+    # A missing log line fails the run: a profile must not quietly vanish
+    # when Nova changes what it logs.
+    found = profile(*args)
+    row.update((prefix + name, value) for name, value in found.items())
 
 
-def plot(path, summary):
-    import matplotlib
-    matplotlib.use('Agg')
-    from matplotlib import pyplot
-
-    series = [('stock', 'unshelve_s', 'unshelve, stock Nova', 'o-'),
-              ('plugin', 'unshelve_s', 'unshelve, at_shelve', 's-'),
-              ('fast-shelve', 'unshelve_s', 'unshelve, after_offload', 'D-'),
-              ('plugin', 'start_s', 'start of a stopped server (bound)',
-               '^--')]
-    _plot_series(pyplot, path, summary, series, 'Unshelve time against disk '
-                 'data', 'seconds, request to ACTIVE (median, min-max)')
-
-
-def plot_shelve(path, summary):
-    from matplotlib import pyplot
-
-    series = [('stock', 'shelve_s', 'shelve, stock Nova', 'o-'),
-              ('plugin', 'shelve_s', 'shelve, at_shelve', 's-'),
-              ('fast-shelve', 'shelve_s', 'shelve, after_offload', 'D-'),
-              ('fast-shelve', 'snapshot_active_s',
-               'snapshot active, after_offload', 'D:'),
-              ('stock', 'stop_s', 'stop of a running server (bound)',
-               '^--')]
-    _plot_series(pyplot, path, summary, series, 'Shelve time against disk '
-                 'data', 'seconds from the request (median, min-max)')
+def run_rounds(bench, modes, sizes, rounds, debug):
+    samples = []
+    for number, order in enumerate(round_orders(modes, rounds), 1):
+        for mode in order:
+            if (cloud.current_mode(), cloud.current_debug()) != (mode,
+                                                                 debug):
+                print('== round %d: mode %s (restarting scheduler and '
+                      'computes)' % (number, mode), flush=True)
+                cloud.set_mode(mode, debug=debug)
+                # The first operations after the services restart are
+                # slow (stock Nova's first unshelves most of all): one
+                # untimed round first, so each row measures a warm cloud.
+                bench.sample(mode, min(sizes), 0)
+            else:
+                print('== round %d: mode %s' % (number, mode), flush=True)
+            for size in sizes:
+                row = bench.sample(mode, size, number)
+                bench_report.print_sample(row)
+                samples.append(row)
+    return samples
 
 
-def _plot_series(pyplot, path, summary, series, title, ylabel):
-    fig, ax = pyplot.subplots(figsize=(7, 4.5))
-    for mode, key, label, style in series:
-        rows = [r for r in summary if r['mode'] == mode and key in r]
-        xs = [r['data_mib'] / 1024 for r in rows]
-        ys = [r[key] for r in rows]
-        err = [[r[key] - r[key + '_min'] for r in rows],
-               [r[key + '_max'] - r[key] for r in rows]]
-        ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=label)
-    ax.set_xlabel('data written to the root disk (GiB)')
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+def run_bursts(bench, modes, count, size, debug):
+    bursts, completions = [], {}
+    for mode in modes:
+        print('== burst: mode %s, %d servers' % (mode, count), flush=True)
+        cloud.set_mode(mode, debug=debug)
+        row, completions[mode] = bench.burst(mode, count, size)
+        bench_report.print_burst(row)
+        bursts.append(row)
+    return bursts, completions
 
 
 def main():
@@ -423,14 +412,18 @@ def main():
     parser.add_argument('--sizes', default='256M,1G,4G',
                         help='data written per root disk '
                              '(default %(default)s)')
-    parser.add_argument('--repeat', type=int, default=3)
-    parser.add_argument('--burst', type=int, default=6,
+    parser.add_argument('--rounds', type=int, default=2,
+                        help='rounds of every mode and size, the modes in '
+                             'order then reversed (default %(default)s)')
+    parser.add_argument('--burst', type=int, default=30,
                         help='servers unshelved at once (0: no burst)')
-    parser.add_argument('--burst-size', default='256M')
+    parser.add_argument('--burst-size', default='64M',
+                        help='data written per burst server')
     parser.add_argument('--out', default='bench-results')
     parser.add_argument('--modes', default=','.join(MODES),
-                        help='modes to run, in this order '
-                             '(default %(default)s)')
+                        help='modes to run (default %(default)s)')
+    parser.add_argument('--no-debug', dest='debug', action='store_false',
+                        help='leave the debug logs off (no phase profile)')
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(',')]
     modes = args.modes.split(',')
@@ -442,47 +435,21 @@ def main():
     cloud.check_cloud_is_up()
 
     conn = openstack.connect(cloud=cloud.CLOUD)
-    samples, bursts = [], []
+    bursts, completions = [], {}
     with tempfile.TemporaryDirectory(dir='/var/tmp') as workdir:
         bench = Bench(conn, workdir)
         try:
-            for mode in modes:
-                print('== mode %s (restarting scheduler and computes)' % mode,
-                      flush=True)
-                cloud.set_mode(mode)
-                # The first operations after the services restart are slow
-                # (stock Nova's first unshelves most of all): one untimed
-                # round first, so each row measures a warm cloud.
-                bench.sample(mode, min(sizes), 0)
-                for size in sizes:
-                    for rep in range(1, args.repeat + 1):
-                        row = bench.sample(mode, size, rep)
-                        print('   %s %s #%d: shelve %.1f s (stop %.1f s), '
-                              'snapshot active %.1f s, unshelve %.1f s on '
-                              '%s (start %.1f s), Glance %.0f MiB%s' % (
-                                  mode, size_label(size), rep,
-                                  row['shelve_s'], row['stop_s'],
-                                  row['snapshot_active_s'],
-                                  row['unshelve_s'], row['unshelve_host'],
-                                  row['start_s'], row['glance_mib'],
-                                  _busy_note(row)), flush=True)
-                        samples.append(row)
-                if args.burst:
-                    bursts.append(bench.burst(
-                        mode, args.burst, parse_size(args.burst_size)))
+            samples = run_rounds(bench, modes, sizes, args.rounds,
+                                 args.debug)
+            if args.burst:
+                bursts, completions = run_bursts(
+                    bench, modes, args.burst, parse_size(args.burst_size),
+                    args.debug)
         finally:
             bench.close()
             cloud.set_mode('plugin')
 
-    summary = summarize(samples, sizes)
-    write_csv(os.path.join(args.out, 'samples.csv'), samples)
-    write_csv(os.path.join(args.out, 'summary.csv'), summary)
-    write_csv(os.path.join(args.out, 'burst.csv'), bursts)
-    plot(os.path.join(args.out, 'unshelve.png'), summary)
-    plot_shelve(os.path.join(args.out, 'shelve.png'), summary)
-    print_table(summary, bursts)
-    print('\nCSV and plots: %s/{samples,summary,burst}.csv, '
-          '%s/{unshelve,shelve}.png' % (args.out, args.out))
+    bench_report.report(args.out, samples, sizes, bursts, completions)
     print('Machine: %s, %d CPUs, QEMU TCG (no KVM)' % (
         subprocess.run(['uname', '-srm'], capture_output=True,
                        text=True).stdout.strip(), os.cpu_count()))

@@ -4,9 +4,9 @@
 # nova-shelve-accel with snapshot_upload = at_shelve and = after_offload,
 # printing the tables. As root, Debian bookworm.
 #
-#   tools/benchmark.sh [--sizes 256M,1G,4G] [--repeat 3] [--burst 6]
-#                      [--burst-size 256M] [--out bench-results]
-#                      [--modes stock,plugin,fast-shelve]
+#   tools/benchmark.sh [--sizes 256M,1G,4G] [--rounds 2] [--burst 30]
+#                      [--burst-size 64M] [--out bench-results]
+#                      [--modes stock,plugin,fast-shelve] [--no-debug]
 #
 # The cloud stays up afterwards; 'tools/cloud/cloud.sh down' stops it and
 # removes its state.

@@ -35,6 +35,7 @@ VENV = os.environ.get('SHELVE_ACCEL_VENV', '/opt/nova-shelve-accel/venv')
 CLOUD_SH = os.path.join(REPO, 'tools', 'cloud', 'cloud.sh')
 CLOUD = 'shelve-accel'
 FLAVOR = 'm1.shelve'
+BURST_FLAVOR = 'm1.burst'
 GROUP_HOSTS = ('c1', 'c2')
 OUTSIDE_HOST = 'c3'
 STORAGE = {
@@ -90,14 +91,17 @@ def placement(*args):
                      '--os-endpoint', PLACEMENT_URL, *args)
 
 
-def set_mode(mode, upload_delay=0):
+def set_mode(mode, upload_delay=0, debug=False):
     """Restart the scheduler and computes in mode (see cloud.sh mode).
 
     upload_delay: [shelve_accel] snapshot_upload_delay of 'fast-shelve'.
+    debug: their debug logs on (the phase profile reads them).
     """
-    if current_mode() == mode and current_upload_delay() == upload_delay:
+    if (current_mode(), current_upload_delay(), current_debug()) == (
+            mode, upload_delay, debug):
         return
-    env = dict(os.environ, SHELVE_ACCEL_UPLOAD_DELAY=str(upload_delay))
+    env = dict(os.environ, SHELVE_ACCEL_UPLOAD_DELAY=str(upload_delay),
+               SHELVE_ACCEL_DEBUG=str(int(debug)))
     subprocess.run(['bash', CLOUD_SH, 'mode', mode], check=True,
                    capture_output=True, env=env)
 
@@ -107,11 +111,21 @@ def current_mode():
         return f.read().strip()
 
 
-def current_upload_delay():
-    """The snapshot_upload_delay the computes were started with."""
+def _mode_conf():
     conf = configparser.ConfigParser(interpolation=None)
     conf.read(os.path.join(STATE, 'etc', 'nova', 'mode.conf'))
-    return conf.getint('shelve_accel', 'snapshot_upload_delay', fallback=0)
+    return conf
+
+
+def current_upload_delay():
+    """The snapshot_upload_delay the computes were started with."""
+    return _mode_conf().getint('shelve_accel', 'snapshot_upload_delay',
+                               fallback=0)
+
+
+def current_debug():
+    """Whether the scheduler and computes write debug logs."""
+    return _mode_conf().getboolean('DEFAULT', 'debug', fallback=False)
 
 
 def server(server_id):

@@ -71,6 +71,7 @@ CLOUDS_YAML=/etc/openstack/clouds.yaml
 COMPUTES=(c1 c2 c3)
 SHARED_INSTANCES=$STATE/storage/g1
 FLAVOR=m1.shelve
+BURST_FLAVOR=m1.burst
 DATABASES=(nova_api nova_cell0 nova placement glance neutron)
 
 PLACEMENT_URL=http://127.0.0.1:8778
@@ -284,9 +285,17 @@ paste.filter_factory = noauth:NoAuthIdentity.factory
 EOF
     grep -q ' noauth_identity context ' "$ETC/glance/glance-api-paste.ini" ||
         die "could not rewrite $ETC/glance/glance-api-paste.ini"
+    # delayed_delete: Nova's unshelve deletes the snapshot before it shows
+    # the server ACTIVE, and removing gigabytes from a store takes time
+    # that grows with the image (here ext4 mounted with 'discard' trims
+    # what it frees). Marked deleted at once, the data goes with the
+    # scrubber, outside every request's path: what the admin guide
+    # recommends.
     cat > "$ETC/glance/glance-api.conf" <<EOF
 [DEFAULT]
 enabled_backends = file:file
+delayed_delete = True
+scrub_time = 0
 worker_self_reference_url = $GLANCE_URL
 [glance_store]
 default_backend = file
@@ -303,6 +312,11 @@ flavor = keystone
 config_file = $ETC/glance/glance-api-paste.ini
 [oslo_concurrency]
 lock_path = $STATE/glance/lock
+EOF
+    cat > "$ETC/glance/glance-scrubber.conf" <<EOF
+[DEFAULT]
+# Seconds between the scrubber's passes over pending deletes.
+wakeup_time = 30
 EOF
 }
 
@@ -357,6 +371,14 @@ shelved_offload_time = 0
 # The test guests run firmware only and never answer an ACPI shutdown:
 # power off at once rather than wait 60 s for them (stop and shelve alike).
 shutdown_timeout = 0
+# Room for the benchmark's burst of tiny guests (tools/bench_shelve.py
+# --burst): 2 CPUs per host would hold 8 one-vCPU guests at Nova's
+# default ratio; the guests run firmware only and are mostly idle.
+cpu_allocation_ratio = 32.0
+[quota]
+instances = -1
+cores = -1
+ram = -1
 [wsgi]
 api_paste_config = $ETC/nova/api-paste.ini
 [api_database]
@@ -432,6 +454,10 @@ compute_conf_args() {
 write_mode_conf() {
     local mode=$1 driver filters upload=at_shelve
     local delay=${SHELVE_ACCEL_UPLOAD_DELAY:-0}
+    # Debug logs of the scheduler and computes: the phase profile
+    # (tools/bench_phases.py) reads its timestamps from them.
+    local debug=False
+    [ "${SHELVE_ACCEL_DEBUG:-0}" = 1 ] && debug=True
     [[ $delay =~ ^[0-9]+$ ]] ||
         die "SHELVE_ACCEL_UPLOAD_DELAY=$delay is not a number of seconds"
     filters=ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter
@@ -453,6 +479,7 @@ write_mode_conf() {
 # Written by 'cloud.sh mode $mode'.
 [DEFAULT]
 compute_driver = $driver
+debug = $debug
 [filter_scheduler]
 enabled_filters = $filters
 [shelve_accel]
@@ -646,6 +673,9 @@ cmd_up() {
         --config-file "$ETC/glance/glance-api.conf" db_sync
     gunicorn_app glance 9292 glance.wsgi.api:application \
         OS_GLANCE_CONFIG_DIR="$ETC/glance"
+    start glance-scrubber "$VENV/bin/glance-scrubber" --daemon \
+        --config-file "$ETC/glance/glance-api.conf" \
+        --config-file "$ETC/glance/glance-scrubber.conf"
 
     say "Neutron"
     write_neutron_conf
@@ -681,12 +711,15 @@ cmd_up() {
     wait_for_computes
     nova_manage cell_v2 discover_hosts
 
-    say "aggregate g1 and flavor $FLAVOR"
+    say "aggregate g1, flavors $FLAVOR and $BURST_FLAVOR"
     openstack_cli aggregate create g1 --property shelve_storage_group=g1 \
         >/dev/null
     openstack_cli aggregate add host g1 c1 >/dev/null
     openstack_cli aggregate add host g1 c2 >/dev/null
     openstack_cli flavor create "$FLAVOR" --vcpus 1 --ram 192 --disk 10 \
+        >/dev/null
+    # The benchmark's burst guests: the least RAM the firmware boots in.
+    openstack_cli flavor create "$BURST_FLAVOR" --vcpus 1 --ram 64 --disk 1 \
         >/dev/null
     say "up: openstack --os-cloud $CLOUD_NAME ...; logs in $LOGS"
 }
@@ -713,8 +746,8 @@ cmd_down() {
     for host in "${COMPUTES[@]}"; do
         stop "nova-compute-$host"
     done
-    for name in nova-scheduler nova-conductor nova-api neutron glance \
-            placement; do
+    for name in nova-scheduler nova-conductor nova-api neutron \
+            glance-scrubber glance placement; do
         stop "$name"
     done
     for host in "${COMPUTES[@]}"; do

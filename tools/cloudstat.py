@@ -1,0 +1,157 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""What the loopback cloud's machine is doing, read from /proc.
+
+For the benchmarks: the page cache still to be written back (a timed
+operation that starts while gigabytes are dirty pays for someone else's
+writes), the share of time the CPUs waited for I/O, and the CPU each
+service of the cloud used. A service is the session its process was
+started in by tools/cloud/cloud.sh (one pid file per service); QEMU
+processes, which libvirtd starts in sessions of their own, count as
+``qemu``.
+"""
+
+import glob
+import os
+import re
+import threading
+import time
+
+STATE = os.environ.get('SHELVE_ACCEL_STATE',
+                       '/var/lib/nova-shelve-accel-cloud')
+TICKS = os.sysconf('SC_CLK_TCK')
+# nova-compute-c1, libvirtd-c2: one service per kind, not per host.
+_HOST_SUFFIX = re.compile(r'-c\d+$')
+MIB = 1024 * 1024
+
+
+def dirty_mib():
+    """Page cache waiting for, or under, write-back (MiB)."""
+    fields = {}
+    with open('/proc/meminfo') as f:
+        for line in f:
+            name, value = line.split(':', 1)
+            fields[name] = int(value.split()[0])
+    return (fields['Dirty'] + fields['Writeback']) / 1024.0
+
+
+def _cpu_times():
+    """(iowait, total) jiffies of all CPUs."""
+    with open('/proc/stat') as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return values[4], sum(values)
+
+
+def _service_sessions():
+    """{session id: service name} from the cloud's pid files."""
+    sessions = {}
+    for path in glob.glob(os.path.join(STATE, 'run', '*.pid')):
+        try:
+            with open(path) as f:
+                sessions[int(f.read().strip())] = os.path.basename(path)[:-4]
+        except (OSError, ValueError):
+            continue
+    return sessions
+
+
+def _process_cpu():
+    """{pid: (session id, command, CPU jiffies)} of every process."""
+    found = {}
+    for stat in glob.glob('/proc/[0-9]*/stat'):
+        try:
+            with open(stat) as f:
+                text = f.read()
+        except OSError:
+            continue
+        # The command is in parentheses and may itself hold spaces.
+        command = text[text.index('(') + 1:text.rindex(')')]
+        fields = text[text.rindex(')') + 2:].split()
+        found[int(stat.split('/')[2])] = (
+            int(fields[3]), command, int(fields[11]) + int(fields[12]))
+    return found
+
+
+def service_cpu_seconds():
+    """CPU seconds used so far by each service's living processes.
+
+    The compute hosts' nova-compute and libvirtd count as one service each.
+    """
+    sessions = _service_sessions()
+    used = {}
+    for session, command, jiffies in _process_cpu().values():
+        if session in sessions:
+            name = _HOST_SUFFIX.sub('', sessions[session])
+        elif command.startswith('qemu-system'):
+            name = 'qemu'
+        else:
+            continue
+        used[name] = used.get(name, 0.0) + jiffies / TICKS
+    return used
+
+
+class Recorder(object):
+    """Samples the machine in a thread while a timed operation runs.
+
+    ``summary()`` gives the dirty page cache at the start and its peak,
+    the I/O wait share over the whole period, and each service's CPU: its
+    mean (cores) and its peak over one sampling interval.
+    """
+
+    def __init__(self, interval=0.5):
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.samples = []
+
+    def __enter__(self):
+        self.dirty_at_start = dirty_mib()
+        self._io_start = _cpu_times()
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.monotonic() - self._started
+        iowait, total = _cpu_times()
+        spent = total - self._io_start[1]
+        self.iowait_share = ((iowait - self._io_start[0]) / spent
+                             if spent else 0.0)
+
+    def _run(self):
+        last, last_at = service_cpu_seconds(), time.monotonic()
+        while not self._stop.wait(self.interval):
+            now, now_at = service_cpu_seconds(), time.monotonic()
+            span = now_at - last_at
+            self.samples.append({
+                't': now_at - self._started, 'dirty_mib': dirty_mib(),
+                'cores': {name: max(0.0, (now[name] - last.get(name, 0.0))
+                                    / span) for name in now}})
+            last, last_at = now, now_at
+
+    def summary(self):
+        services = sorted({name for s in self.samples for name in s['cores']})
+        count = len(self.samples) or 1
+        return {
+            'dirty_start_mib': round(self.dirty_at_start),
+            'dirty_peak_mib': round(max([self.dirty_at_start] + [
+                s['dirty_mib'] for s in self.samples])),
+            'iowait_pct': round(100 * self.iowait_share, 1),
+            'mean_cores': {n: round(sum(s['cores'].get(n, 0.0)
+                                        for s in self.samples) / count, 2)
+                           for n in services},
+            'peak_cores': {n: round(max(s['cores'].get(n, 0.0)
+                                        for s in self.samples), 2)
+                           for n in services},
+        }
