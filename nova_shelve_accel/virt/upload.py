@@ -35,12 +35,15 @@ retried with backoff; the disk stays kept and pending meanwhile.
 """
 
 import ctypes
+import functools
 import os
 import signal
 import threading
 import time
 
+import futurist
 from oslo_concurrency import processutils
+from oslo_context import context as oslo_context
 from oslo_log import log as logging
 from oslo_utils import units
 
@@ -53,7 +56,6 @@ from nova.image import glance
 from nova import objects
 import nova.privsep.utils
 from nova import service_auth
-from nova import thread_pool_factory
 from nova import utils
 
 from nova_shelve_accel import faults
@@ -101,7 +103,10 @@ class SnapshotUploader:
         self._driver = driver
         self._store = store
         self._image_api = glance.API()
-        self._slots = threading.Semaphore(
+        # Uploads wait for a worker of their own pool, not in Nova's: a
+        # burst of fast shelves must not fill the long-task pool that
+        # nova-compute builds instances in.
+        self._executor = _new_executor(
             CONF.shelve_accel.max_concurrent_snapshot_uploads)
         self._lock = threading.Lock()
         # (instance, snapshot) of the uploads scheduled or running here.
@@ -121,9 +126,8 @@ class SnapshotUploader:
             if key in self._active or self._stopping.is_set():
                 return False
             self._active.add(key)
-        thread_pool_factory.spawn_on(
-            thread_pool_factory.ExecutorType.LONG_TASK, self._run, context,
-            key, delay, at_start)
+        self._executor.submit(_in_context(self._run), context, key,
+                              time.monotonic() + delay, at_start)
         return True
 
     def scan_if_due(self):
@@ -195,20 +199,24 @@ class SnapshotUploader:
     def stop(self):
         """Stop every upload at its next check (the service is stopping)."""
         self._stopping.set()
+        # The queued ones return at once.
+        self._executor.shutdown(wait=False)
 
     # -- one upload --------------------------------------------------------
 
-    def _run(self, context, key, delay, at_start):
+    def _run(self, context, key, not_before, at_start):
         instance_uuid, snapshot_id = key
         started = None
         try:
-            if delay and self._stopping.wait(delay):
+            # snapshot_upload_delay counts from the shelve, not from the
+            # time a worker came free.
+            delay = not_before - time.monotonic()
+            if delay > 0 and self._stopping.wait(delay):
                 return
-            with self._slots:
-                if self._stopping.is_set():
-                    return
-                started = time.monotonic()
-                self._upload(context, instance_uuid, snapshot_id, at_start)
+            if self._stopping.is_set():
+                return
+            started = time.monotonic()
+            self._upload(context, instance_uuid, snapshot_id, at_start)
             self._retries.pop(key, None)
         except UploadAbandoned as e:
             self._retries.pop(key, None)
@@ -498,6 +506,29 @@ def _service_user_auth():
         nova.conf.service_token.SERVICE_USER_GROUP)
 
 
+def _new_executor(workers):
+    """A pool of ``workers`` threads, of the kind Nova runs with.
+
+    Nova runs either on eventlet or on native threads; its own pools follow
+    the mode, and so does this one.
+    """
+    if utils.concurrency_mode_threading():
+        return futurist.ThreadPoolExecutor(workers)
+    return futurist.GreenThreadPoolExecutor(workers)
+
+
+def _in_context(func):
+    """func, run with the caller's request context current (for logging)."""
+    context = oslo_context.get_current()
+
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        if context is not None:
+            context.update_store()
+        return func(*args, **kwargs)
+    return run
+
+
 class _Heartbeat:
     """Keeps the upload lease young from a thread of its own.
 
@@ -510,11 +541,14 @@ class _Heartbeat:
         self._token = token
         self._done = threading.Event()
         self._lost = None
-        self._future = None
+        self._thread = None
 
     def start(self):
-        self._future = thread_pool_factory.spawn_on(
-            thread_pool_factory.ExecutorType.LONG_TASK, self._beat)
+        # A thread of its own: in a pool it could queue behind the very
+        # uploads that wait for this one to finish.
+        self._thread = threading.Thread(target=_in_context(self._beat),
+                                        daemon=True)
+        self._thread.start()
 
     def _beat(self):
         while not self._done.wait(storage.UPLOAD_LEASE_SECONDS / 4):
@@ -530,8 +564,8 @@ class _Heartbeat:
 
     def stop(self):
         self._done.set()
-        if self._future is not None:
-            self._future.result()
+        if self._thread is not None:
+            self._thread.join()
 
 
 class _CheckedReader:

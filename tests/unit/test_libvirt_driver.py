@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import shutil
+import time
 from unittest import mock
 
 import fixtures
@@ -1228,12 +1229,11 @@ class TestUploadsFromTheDriver(DriverTestCase):
 
     def setUp(self):
         super().setUp()
-        # Uploads are started, not run: the thread pool only records them.
+        # Uploads are started, not run: the uploader's pool only records
+        # them.
         self.started = []
-        self.useFixture(fixtures.MockPatch(
-            'nova.thread_pool_factory.spawn_on',
-            side_effect=lambda executor, fn, *args: self.started.append(
-                args)))
+        self.drvr._uploads._executor = mock.Mock(
+            submit=lambda fn, *args: self.started.append(args))
 
     def keep_pending(self):
         disks.make_qcow2_instance(self.instances_path, uuids.instance)
@@ -1252,9 +1252,10 @@ class TestUploadsFromTheDriver(DriverTestCase):
         self.drvr.get_available_resource(NODE)
 
         stock.assert_has_calls([mock.call(NODE), mock.call(NODE)])
-        [(_context, key, delay, at_start)] = self.started
-        self.assertEqual(((uuids.instance, SNAPSHOT), 0, False),
-                         (key, delay, at_start))
+        [(_context, key, not_before, at_start)] = self.started
+        self.assertEqual(((uuids.instance, SNAPSHOT), False),
+                         (key, at_start))
+        self.assertLessEqual(not_before, time.monotonic())
 
     def test_init_host_resumes_uploads_as_at_start(self):
         self.keep_pending()

@@ -371,15 +371,27 @@ class TestUpload(UploadTestCase):
                 return False
 
         self.uploader._stopping = Stopping()
-        self.uploader._run(self.context, KEY, 30, False)
-        self.assertEqual([30], waited)
+        self.uploader._run(self.context, KEY, time.monotonic() + 30, False)
+        [delay] = waited
+        self.assertGreater(delay, 29)
+        self.assertLessEqual(delay, 30)
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+
+    def test_the_delay_counts_from_the_shelve(self):
+        # An upload that waited for a free worker past its delay starts at
+        # once.
+        self.keep_pending()
+        self.uploader._stopping = mock.Mock(is_set=mock.Mock(
+            return_value=False))
+        self.uploader._run(self.context, KEY, time.monotonic() - 1, False)
+        self.uploader._stopping.wait.assert_not_called()
         self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
 
     def test_a_stopped_uploader_starts_nothing(self):
         self.keep_pending()
         self.uploader.stop()
         self.assertFalse(self.uploader.schedule(self.context, *KEY))
-        self.uploader._run(self.context, KEY, 5, False)
+        self.uploader._run(self.context, KEY, time.monotonic() + 5, False)
         self.assertEqual([], self.glance.updates)
         self.assertEqual({}, self.uploader._retries)
 
@@ -562,33 +574,35 @@ class TestConversionDiesWithItsParent(test.NoDBTestCase):
 
 
 class TestScheduling(UploadTestCase):
-    """Which uploads start; the thread pool only records them."""
+    """Which uploads start; the uploader's pool only records them."""
 
     def setUp(self):
         super().setUp()
         self.started = []
-        self.useFixture(fixtures.MockPatch(
-            'nova.thread_pool_factory.spawn_on',
-            side_effect=lambda executor, fn, *args: self.started.append(
-                (fn, args))))
+        self.uploader._executor = mock.Mock(
+            submit=lambda fn, *args: self.started.append((fn, args)))
 
     def keys(self):
         return [args[1] for _fn, args in self.started]
 
     def test_schedule_starts_one_upload_per_disk(self):
+        before = time.monotonic()
         self.assertTrue(self.uploader.schedule(self.context, *KEY, delay=30))
         self.assertFalse(self.uploader.schedule(self.context, *KEY))
-        [(fn, args)] = self.started
-        self.assertEqual(self.uploader._run, fn)
-        self.assertEqual((self.context, KEY, 30, False), args)
+        [(_fn, (context, key, not_before, at_start))] = self.started
+        self.assertEqual((self.context, KEY, False),
+                         (context, key, at_start))
+        self.assertGreaterEqual(not_before, before + 30)
+        self.assertLessEqual(not_before, time.monotonic() + 30)
 
     def test_scan_starts_pending_uploads_only(self):
         self.keep_pending()
         disks.make_qcow2_instance(self.instances_path, uuids.uploaded)
         self.store.keep(uuids.uploaded, SNAPSHOT, 'qcow2')
         self.uploader.scan(at_start=True)
-        [(_fn, (context, key, delay, at_start))] = self.started
-        self.assertEqual((KEY, 0, True), (key, delay, at_start))
+        [(_fn, (context, key, not_before, at_start))] = self.started
+        self.assertEqual((KEY, True), (key, at_start))
+        self.assertLessEqual(not_before, time.monotonic())
         self.assertTrue(context.is_admin)
 
     def test_scan_waits_for_the_next_try_of_a_failed_upload(self):
@@ -620,6 +634,38 @@ class TestScheduling(UploadTestCase):
         self.assertEqual([], self.started)
         self.assertIn('Cannot look for pending snapshot uploads',
                       self.stdlog.logger.output)
+
+
+class TestUploadThreads(UploadTestCase):
+    """Uploads run in a pool of their own, beside Nova's."""
+
+    def test_uploads_take_no_thread_of_novas_pools(self):
+        # Nova builds instances in its long-task pool. Uploads once ran
+        # there: those waiting for an upload slot held its threads, and the
+        # running upload's heartbeat queued behind them while the upload
+        # waited for it. On the loopback cloud, 30 fast shelves at once
+        # left 23 snapshots queued and the pool stuck.
+        self.useFixture(fixtures.MockPatch(
+            'nova.thread_pool_factory.spawn_on',
+            side_effect=AssertionError('a thread of a Nova pool')))
+        instances = (uuids.instance, uuids.other)
+        for instance_uuid in instances:
+            self.keep_pending(instance_uuid)
+            self.assertTrue(self.uploader.schedule(self.context,
+                                                   instance_uuid, SNAPSHOT))
+        deadline = time.monotonic() + 60
+        while any(self.store.find(i, SNAPSHOT).snapshot_pending
+                  for i in instances):
+            if time.monotonic() > deadline:
+                self.fail('the uploads did not finish within 60 s')
+            time.sleep(0.05)
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+
+    def test_stop_leaves_queued_uploads_undone(self):
+        self.keep_pending()
+        self.uploader.stop()
+        self.assertFalse(self.uploader.schedule(self.context, *KEY))
+        self.assert_still_pending()
 
 
 class TestHeartbeat(UploadTestCase):
