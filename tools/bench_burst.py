@@ -56,11 +56,11 @@ import os
 import statistics
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 # Imported first: it patches eventlet in, as for the tests.
+from tests.functional import base  # noqa: E402
 from tests.functional import burst  # noqa: E402
 
 # (label, HostAggregateGroupFilter enabled)
@@ -94,12 +94,7 @@ def run_configuration(with_filter, args):
     run.with_filter = with_filter
     run.instances = args.instances
     run.layout = layout_of(args)
-    result = unittest.TestResult()
-    run.run(result)
-    for _case, trace in result.errors + result.failures:
-        print(trace, file=sys.stderr)
-    if not result.wasSuccessful():
-        sys.exit('The run failed; see above.')
+    base.run_for_benchmark(run)
     return BurstRun.outcomes.pop()
 
 

@@ -189,21 +189,11 @@ def print_phases(summary):
           'filter = HostAggregateGroupFilter, claim = the scheduler\'s '
           'Placement allocation, delete = Glance deleting the snapshot '
           '(part of finish):')
-    lines = [('data', 'mode') + phases.PHASES +
-             ('sum', 'filter ms', 'claim ms', 'delete s')]
-    for row in rows:
-        values = [row.get('ph_' + name, 0.0) for name in phases.PHASES]
-        lines.append((size_label(row['data_mib'] * MIB),
-                      MODE_LABELS[row['mode']]) +
-                     tuple('%.2f' % v for v in values) +
-                     ('%.2f' % sum(values),
-                      '%.1f' % row['ph_filter_ms']
-                      if 'ph_filter_ms' in row else '-',
-                      '%.0f' % row['ph_claim_ms']
-                      if 'ph_claim_ms' in row else '-',
-                      '%.2f' % row['ph_delete_s']
-                      if 'ph_delete_s' in row else '-'))
-    _print_lines(lines)
+    _print_phase_table(
+        rows, 'ph_', phases.PHASES, ('filter ms', 'claim ms', 'delete s'),
+        lambda row: (_optional(row, 'ph_filter_ms', '%.1f'),
+                     _optional(row, 'ph_claim_ms', '%.0f'),
+                     _optional(row, 'ph_delete_s', '%.2f')))
 
 
 def print_shelve_phases(summary):
@@ -211,15 +201,23 @@ def print_shelve_phases(summary):
     if not rows:
         return
     print('\nPhases of the shelve, median seconds (tools/phases.py):')
-    lines = [('data', 'mode') + phases.SHELVE_PHASES + ('sum', 'shelve s')]
+    _print_phase_table(rows, 'sh_', phases.SHELVE_PHASES, ('shelve s',),
+                       lambda row: ('%.2f' % row['shelve_s'],))
+
+
+def _print_phase_table(rows, prefix, names, more_headers, more_cells):
+    lines = [('data', 'mode') + names + ('sum',) + more_headers]
     for row in rows:
-        values = [row.get('sh_' + name, 0.0)
-                  for name in phases.SHELVE_PHASES]
+        values = [row.get(prefix + name, 0.0) for name in names]
         lines.append((size_label(row['data_mib'] * MIB),
                       MODE_LABELS[row['mode']]) +
                      tuple('%.2f' % v for v in values) +
-                     ('%.2f' % sum(values), '%.2f' % row['shelve_s']))
+                     ('%.2f' % sum(values),) + more_cells(row))
     _print_lines(lines)
+
+
+def _optional(row, key, form):
+    return form % row[key] if key in row else '-'
 
 
 def print_busy(summary):

@@ -42,7 +42,6 @@ import collections
 import os
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -123,12 +122,7 @@ def run_configuration(with_weigher, multiplier, args):
     run.multiplier = multiplier
     run.shelved = args.shelved
     run.flavor_mb = args.flavor_mb
-    result = unittest.TestResult()
-    run.run(result)
-    for _case, trace in result.errors + result.failures:
-        print(trace, file=sys.stderr)
-    if not result.wasSuccessful():
-        sys.exit('The run failed; see above.')
+    base.run_for_benchmark(run)
     return HeadroomRun.outcomes.pop()
 
 

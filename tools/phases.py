@@ -135,9 +135,13 @@ def unshelve_phases(instance, snapshot, host, started, ended):
 
     # Each marker is looked for after the one before: the same line may
     # also come from other steps (the network cache from the shelve).
-    answered, _ = _first(api, '"POST /v2.1/servers/%s/action"' % instance)
+    answered, _ = _first(api, '"POST /v2.1/servers/%s/action"' % instance,
+                         after=started)
     scheduling, pid = _first(scheduler, 'Starting to schedule for '
-                             "instances: ['%s']" % instance, after=answered)
+                             "instances: ['%s']" % instance, after=started)
+    # nova-api logs the request once it has answered: the cast it made
+    # may be under way already.
+    answered = min(answered, scheduling)
     unshelving, _ = _first(compute, tag, '] Unshelving', after=scheduling)
     claimed, _ = _first(compute, tag, 'Claim successful', after=unshelving)
     networked, _ = _first(compute, tag, 'Updating instance_info_cache',
@@ -168,8 +172,11 @@ def shelve_phases(instance, host, started, ended):
     compute = _lines('nova-compute-%s.log' % host, since, until)
     tag = '[instance: %s]' % instance
 
-    answered, _ = _first(api, '"POST /v2.1/servers/%s/action"' % instance)
-    shelving, _ = _first(compute, tag, '] Shelving', after=answered)
+    # The request before (start, in the benchmark) may be a second old.
+    answered, _ = _first(api, '"POST /v2.1/servers/%s/action"' % instance,
+                         after=started)
+    shelving, _ = _first(compute, tag, '] Shelving', after=started)
+    answered = min(answered, shelving)
     off, _ = _first(compute, tag, 'Instance destroyed successfully',
                     after=shelving)
     offloading, _ = _first(compute, tag, 'Shelve offloading', after=off)

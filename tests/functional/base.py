@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import unittest
 from unittest import mock
 
 import fixtures
@@ -82,6 +83,19 @@ HOST_MEMORY_MB = 8192
 HOST_RESERVED_MEMORY_MB = 512
 
 
+def run_for_benchmark(case):
+    """Run one in-process cloud case for a benchmark (tools/bench_*.py).
+
+    Prints what failed and exits; the case stores its own outcome.
+    """
+    result = unittest.TestResult()
+    case.run(result)
+    for _case, trace in result.errors + result.failures:
+        print(trace, file=sys.stderr)
+    if not result.wasSuccessful():
+        sys.exit('The run failed; see above.')
+
+
 class InstancesPathRouter(fixtures.Fixture):
     """Give each compute service its own ``instances_path`` and ``host``.
 
@@ -89,7 +103,8 @@ class InstancesPathRouter(fixtures.Fixture):
     host C must see a storage of its own, and each driver must know which
     host it is, as in a process of its own. This fixture labels the thread that
     handles an RPC request of a compute service with that service's host,
-    carries the label into the threads Nova spawns for the request, and
+    carries the label into the threads Nova and the uploader start for the
+    request, and
     answers ``CONF.instances_path`` from the label. Work a test runs itself
     on a host's behalf (starting it, periodic tasks) uses ``on_host``.
     """
@@ -125,10 +140,28 @@ class InstancesPathRouter(fixtures.Fixture):
 
             return real_spawn_on(executor_type, run_labelled, *args, **kwargs)
 
+        real_in_context = upload._in_context
+
+        def labelled_in_context(func):
+            # The threads the uploader starts (its pool, the lease
+            # heartbeat) carry the label as Nova's do.
+            host = router.current_host()
+            run = real_in_context(func)
+
+            @functools.wraps(func)
+            def run_labelled(*args, **kwargs):
+                with router.labelled(host):
+                    return run(*args, **kwargs)
+
+            return run_labelled
+
         self.useFixture(fixtures.MonkeyPatch(
             'oslo_config.cfg.ConfigOpts._get', routed_get))
         self.useFixture(fixtures.MonkeyPatch(
             'nova.thread_pool_factory.spawn_on', labelled_spawn_on))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_shelve_accel.virt.upload._in_context',
+            labelled_in_context))
 
         real_dispatch = rpc_dispatcher.RPCDispatcher._do_dispatch
 
