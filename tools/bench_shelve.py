@@ -222,8 +222,7 @@ class Bench(object):
 
     def delete(self, server_id):
         self.conn.compute.delete_server(server_id)
-        self.conn.compute.wait_for_delete(
-            self.conn.compute.get_server(server_id), interval=1, wait=600)
+        self._wait_gone([server_id])
 
     def timed_unshelve(self, server_id, row):
         """Unshelve, with its Glance bytes, phases and the machine's state."""
