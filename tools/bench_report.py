@@ -182,30 +182,32 @@ def print_machine(summary):
 
 
 def print_phases(summary):
-    rows = [r for r in summary if 'ph_api' in r]
-    if not rows:
-        return
-    print('\nPhases of the unshelve, median seconds (tools/phases.py); '
-          'filter = HostAggregateGroupFilter, claim = the scheduler\'s '
-          'Placement allocation, delete = Glance deleting the snapshot '
-          '(part of finish):')
     _print_phase_table(
-        rows, 'ph_', phases.PHASES, ('filter ms', 'claim ms', 'delete s'),
+        summary, 'ph_', phases.PHASES,
+        'Phases of the unshelve, median seconds (tools/phases.py); '
+        'filter = HostAggregateGroupFilter, claim = the scheduler\'s '
+        'Placement allocation, delete = Glance deleting the snapshot '
+        '(part of finish):',
+        ('filter ms', 'claim ms', 'delete s'),
         lambda row: (_optional(row, 'ph_filter_ms', '%.1f'),
                      _optional(row, 'ph_claim_ms', '%.0f'),
                      _optional(row, 'ph_delete_s', '%.2f')))
 
 
 def print_shelve_phases(summary):
-    rows = [r for r in summary if 'sh_api' in r]
+    _print_phase_table(
+        summary, 'sh_', phases.SHELVE_PHASES,
+        'Phases of the shelve, median seconds (tools/phases.py):',
+        ('shelve s',), lambda row: ('%.2f' % row['shelve_s'],))
+
+
+def _print_phase_table(summary, prefix, names, title, more_headers,
+                       more_cells):
+    """The rows that have a profile (the run had debug logs), if any."""
+    rows = [r for r in summary if prefix + names[0] in r]
     if not rows:
         return
-    print('\nPhases of the shelve, median seconds (tools/phases.py):')
-    _print_phase_table(rows, 'sh_', phases.SHELVE_PHASES, ('shelve s',),
-                       lambda row: ('%.2f' % row['shelve_s'],))
-
-
-def _print_phase_table(rows, prefix, names, more_headers, more_cells):
+    print('\n' + title)
     lines = [('data', 'mode') + names + ('sum',) + more_headers]
     for row in rows:
         values = [row.get(prefix + name, 0.0) for name in names]
