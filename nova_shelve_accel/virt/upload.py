@@ -390,8 +390,9 @@ def convert_for_snapshot(disk, disk_format, copy, image_format,
 
     The arguments of Nova's ``extract_snapshot`` (``-t none`` where the
     storage allows O_DIRECT, ``-c`` with ``[libvirt] snapshot_compression``
-    for qcow2), but under ``nice``/``ionice``: the upload runs beside
-    guests and unshelves on the same host and must yield to them. While
+    for qcow2), but under ``nice``/``ionice`` and without taking the image
+    lock: the upload runs beside guests and unshelves on the same host, of
+    this very disk too, and must yield to them. While
     ``busy()`` says so, qemu-img is stopped outright (SIGSTOP); it dies
     with the thread that started it, so that a killed nova-compute leaves
     no stopped copy behind.
@@ -400,8 +401,11 @@ def convert_for_snapshot(disk, disk_format, copy, image_format,
                                                           image_format)
     cache_mode = ('none' if nova.privsep.utils.supports_direct_io(
         os.path.dirname(copy)) else 'writeback')
+    # -U (--force-share): no image lock. The disk stays claimable while it
+    # is read, paused or not; an unshelve that claims it moves it away and
+    # starts a guest on it, and the copy is then not used (see check()).
     command = ['nice', '-n', '19', 'ionice', '-c', '3', 'qemu-img',
-               'convert', '-t', cache_mode, '-O', out_format,
+               'convert', '-U', '-t', cache_mode, '-O', out_format,
                '-f', disk_format]
     if CONF.libvirt.snapshot_compression and out_format == 'qcow2':
         command.append('-c')

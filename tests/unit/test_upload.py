@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from unittest import mock
 
@@ -543,6 +544,51 @@ class TestConversionPauses(test.NoDBTestCase):
         self.busy = True
         self.wait_for_state('T')
         self.wait_for_state('S')
+
+
+class TestConversionTakesNoLock(test.NoDBTestCase):
+    """An unshelve never competes with the upload for the kept disk."""
+
+    def test_a_guest_can_open_the_disk_for_writing_during_the_conversion(
+            self):
+        # Claiming the disk renames it and starts QEMU on it, which takes
+        # the image's write lock: a conversion holding a read lock, running
+        # or paused, failed that unshelve ("Failed to get write lock").
+        workdir = self.useFixture(fixtures.TempDir()).path
+        disk = os.path.join(workdir, 'disk')
+        copy = os.path.join(workdir, 'copy')
+        disks.qemu_img('create', '-q', '-f', 'qcow2', disk, '1G')
+        # Enough data that the conversion runs for a while.
+        disks.qemu_io('qcow2', disk, 'write -P 0x5a 0 512M')
+        converting = []
+        thread = threading.Thread(target=lambda: converting.append(
+            upload.convert_for_snapshot(disk, 'qcow2', copy, 'qcow2')))
+        thread.start()
+        self.addCleanup(thread.join)
+        pid = self.wait_for_conversion_to_open(disk)
+        os.kill(pid, signal.SIGSTOP)    # paused, as for a spawn on its host
+        try:
+            disks.qemu_io('qcow2', disk, 'write -P 0x11 0 4k')
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    @staticmethod
+    def wait_for_conversion_to_open(disk):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for pid in filter(str.isdigit, os.listdir('/proc')):
+                try:
+                    with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                        argv = f.read().split(b'\0')
+                    fds = os.listdir('/proc/%s/fd' % pid)
+                    opened = any(os.readlink('/proc/%s/fd/%s' % (pid, fd)) ==
+                                 disk for fd in fds)
+                except OSError:
+                    continue
+                if argv[:2] == [b'qemu-img', b'convert'] and opened:
+                    return int(pid)
+            time.sleep(0.001)
+        raise AssertionError('no qemu-img convert opened %s' % disk)
 
 
 class TestConversionDiesWithItsParent(test.NoDBTestCase):
