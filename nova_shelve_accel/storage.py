@@ -234,7 +234,7 @@ def is_real_dir(path):
         return False
 
 
-def _is_regular_file(path):
+def is_regular_file(path):
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
@@ -341,24 +341,31 @@ class KeptDiskStore:
 
     # -- keep --------------------------------------------------------------
 
-    def keep(self, instance_uuid, snapshot_id, disk_format, source=None,
-             snapshot_pending=False):
+    def keep(self, instance_uuid, snapshot_id, disk_format=None, source=None,
+             snapshot_pending=False, domain_format=None):
         """Turn the instance directory into a kept disk and return its record.
 
-        On success the instance directory (or ``source``, a quarantined one)
-        no longer exists. On KeepRefused nothing was changed. A disk already
-        kept for this very shelve (an offload run again after an
-        interruption) is adopted as it is. ``snapshot_pending`` says that the
-        disk still has to be uploaded into its snapshot image.
+        ``disk_format`` is the format the disk was kept as before (a disk
+        given back or quarantined); by default the format Nova recorded for
+        it (``recorded_format``, with ``domain_format``). On success the
+        instance directory (or ``source``, a quarantined one) no longer
+        exists. On KeepRefused nothing was changed. A disk already kept for
+        this very shelve (an offload run again after an interruption) is
+        adopted as it is, when the instance directory holds no root disk (it
+        may have been made again, empty, since). ``snapshot_pending`` says
+        that the disk still has to be uploaded into its snapshot image.
         """
         inst_dir = source or self.instance_dir(instance_uuid)
-        if not source and not os.path.lexists(inst_dir):
+        if not source and not is_regular_file(os.path.join(inst_dir,
+                                                           ROOT_DISK)):
             adopted = self.find(instance_uuid, snapshot_id)
             if adopted is not None:
                 return adopted
         if not is_real_dir(inst_dir):
             raise KeepRefused('instance directory %s does not exist or is '
                               'not a directory' % inst_dir)
+        disk_format = disk_format or self.recorded_format(
+            instance_uuid, inst_dir, domain_format)
         record = dataclasses.replace(
             self._describe(inst_dir, instance_uuid, snapshot_id, disk_format),
             snapshot_pending=snapshot_pending)
@@ -409,18 +416,52 @@ class KeptDiskStore:
         os.rename(staging, self.kept_dir(record.instance_uuid,
                                          record.snapshot_id))
 
+    def check_keepable(self, instance_uuid, snapshot_id, domain_format=None):
+        """Raise KeepRefused unless ``keep`` would accept the instance dir.
+
+        The same checks as ``keep``, writing nothing: shelve skips the
+        snapshot only for a disk that the offload will keep.
+        """
+        inst_dir = self.instance_dir(instance_uuid)
+        if not is_real_dir(inst_dir):
+            raise KeepRefused('instance directory %s does not exist or is '
+                              'not a directory' % inst_dir)
+        if os.path.lexists(self.path) and not is_real_dir(self.path):
+            raise KeepRefused('%s is not a directory (a link or a file '
+                              'stands there)' % self.path)
+        self._describe(inst_dir, instance_uuid, snapshot_id,
+                       self.recorded_format(instance_uuid, inst_dir,
+                                            domain_format))
+
+    def recorded_format(self, instance_uuid, directory=None,
+                        domain_format=None):
+        """The format Nova recorded for the instance's root disk.
+
+        See ``recorded_format``; ``directory`` holds the disk now (by
+        default the instance directory).
+        """
+        return recorded_format(directory or self.instance_dir(instance_uuid),
+                               self._nova_disk_path(instance_uuid),
+                               domain_format)
+
+    def _nova_disk_path(self, instance_uuid):
+        # disk.info names the disk by the path Nova gave it, in the instance
+        # directory, wherever the directory is now.
+        return os.path.join(self.instance_dir(instance_uuid), ROOT_DISK)
+
     def _describe(self, inst_dir, instance_uuid, snapshot_id, disk_format):
         if disk_format not in DISK_FORMATS:
             raise KeepRefused('disk format %s is not a file format we keep '
                               '(%s)' % (disk_format, ', '.join(DISK_FORMATS)))
         disk = os.path.join(inst_dir, ROOT_DISK)
-        if not _is_regular_file(disk):
+        if not is_regular_file(disk):
             raise KeepRefused('root disk %s does not exist or is not a '
                               'regular file' % disk)
-        info = _read_disk_info(inst_dir)
-        if info.get(disk) not in (None, disk_format):
-            raise KeepRefused('disk.info says %s is %s, the image backend '
-                              'says %s' % (disk, info[disk], disk_format))
+        recorded = _read_disk_info(inst_dir).get(
+            self._nova_disk_path(instance_uuid))
+        if recorded not in (None, disk_format):
+            raise KeepRefused('disk.info records %s as %s, not %s'
+                              % (disk, recorded, disk_format))
         try:
             details = qemu_img_info(disk, disk_format)
         except processutils.ProcessExecutionError as e:
@@ -429,7 +470,7 @@ class KeptDiskStore:
         backing = self._backing_name(disk, details)
         st = os.lstat(disk)
         files = tuple(f for f in KEPT_FILES
-                      if _is_regular_file(os.path.join(inst_dir, f)))
+                      if is_regular_file(os.path.join(inst_dir, f)))
         return KeptDiskRecord(
             instance_uuid=instance_uuid, snapshot_id=snapshot_id,
             disk_format=disk_format, backing_file=backing,
@@ -450,7 +491,7 @@ class KeptDiskStore:
             raise KeepRefused('root disk %s is backed by %s, outside the '
                               'image cache %s' % (disk, backing,
                                                   self.base_dir))
-        if not _is_regular_file(backing):
+        if not is_regular_file(backing):
             raise KeepRefused('backing file %s of %s is missing or not a '
                               'regular file' % (backing, disk))
         return os.path.basename(backing)
@@ -482,7 +523,7 @@ class KeptDiskStore:
         if not is_real_dir(where):
             raise VerificationFailed('%s is not a directory' % where)
         odd = [f for f in record.files
-               if not _is_regular_file(os.path.join(where, f))]
+               if not is_regular_file(os.path.join(where, f))]
         if odd:
             raise VerificationFailed('%s lacks %s (or has links or special '
                                      'files there)' % (where, ', '.join(odd)))
@@ -505,7 +546,7 @@ class KeptDiskStore:
                 os.path.realpath(backing) == os.path.realpath(expected)):
             raise VerificationFailed('%s is backed by %s, the record says %s'
                                      % (disk, backing, expected))
-        if expected and not _is_regular_file(expected):
+        if expected and not is_regular_file(expected):
             raise VerificationFailed('backing file %s of %s is missing or '
                                      'not a regular file' % (expected, disk))
 
@@ -774,7 +815,7 @@ class KeptDiskStore:
         if not record.backing_file:
             return
         path = os.path.join(self.base_dir, record.backing_file)
-        if not _is_regular_file(path):
+        if not is_regular_file(path):
             return
         (touch or (lambda p: os.utime(p, None)))(path)
 
@@ -858,11 +899,38 @@ class KeptDiskStore:
         return True
 
 
+def recorded_format(directory, disk_path, domain_format=None):
+    """The format Nova recorded for a root disk; never a probe.
+
+    ``directory`` holds the disk and its ``disk.info``, whose entry names the
+    disk by ``disk_path``, the path Nova gave it. ``domain_format`` is the
+    driver type of the disk in the instance's libvirt domain, when the
+    domain was read. Nova opens the disk as they say: a guest of a raw disk
+    can write a qcow2 header into it, so probing the file would let the
+    guest choose how the host reads it (and which backing file). Raises
+    KeepRefused when neither says, they disagree, or the format is not a
+    file format kept here.
+    """
+    recorded = _read_disk_info(directory).get(disk_path)
+    if recorded and domain_format and recorded != domain_format:
+        raise KeepRefused('disk.info records %s as %s, its libvirt domain '
+                          'as %s' % (disk_path, recorded, domain_format))
+    found = recorded or domain_format
+    if not found:
+        raise KeepRefused('Nova recorded no format for %s (no entry in %s '
+                          'and no libvirt domain)' % (
+                              disk_path, os.path.join(directory, 'disk.info')))
+    if found not in DISK_FORMATS:
+        raise KeepRefused('%s is a %s disk, not a file format we keep (%s)'
+                          % (disk_path, found, ', '.join(DISK_FORMATS)))
+    return found
+
+
 def _read_disk_info(directory):
     path = os.path.join(directory, 'disk.info')
     if not os.path.lexists(path):
         return {}
-    if not _is_regular_file(path):
+    if not is_regular_file(path):
         raise KeepRefused('%s is not a regular file' % path)
     try:
         with open(path) as f:

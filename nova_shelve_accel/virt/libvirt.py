@@ -33,6 +33,7 @@ Nova's ``LibvirtDriver`` except at these points:
 Wherever a kept disk cannot be used the stock code path runs unchanged.
 """
 
+import dataclasses
 import os
 import time
 
@@ -52,6 +53,7 @@ from nova import objects
 from nova.virt import driver as virt_driver
 from nova.virt import hardware
 from nova.virt.libvirt import driver as libvirt_driver
+from nova.virt.libvirt import utils as libvirt_utils
 
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import faults
@@ -87,6 +89,23 @@ def root_disk_format():
     return _FILE_FORMATS.get(images_type)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Offload:
+    """What ``destroy`` decided for the ``delete_instance_files`` it causes.
+
+    Nova calls ``delete_instance_files`` several frames below ``destroy``
+    (destroy -> cleanup -> _cleanup), without the request's context and
+    after the guest is gone, but before the domain is undefined.
+    """
+
+    context: object
+    # Keep the root disk; otherwise it is deleted as in stock Nova (after
+    # an upload, when shelve skipped the snapshot).
+    keep: bool
+    # The root disk's driver type in the instance's libvirt domain.
+    domain_format: str | None
+
+
 class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def __init__(self, virtapi, read_only=False):
@@ -107,12 +126,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                                            root_disk_format)
         self._uploads = upload.SnapshotUploader(self, self._kept_disks)
         self._evictor = eviction.Evictor(self._kept_disks)
-        # Instances whose instance directory is kept instead of deleted by
-        # the destroy in progress, with the request's context.
-        self._keeping = {}
-        # Instances whose disk cannot be kept although shelve skipped their
-        # snapshot: it is uploaded before the destroy deletes it.
-        self._owing = {}
+        # The shelve-offloads in progress: instance uuid -> _Offload.
+        self._offloads = {}
         # Instances being spawned on a claimed kept disk.
         self._reusing = set()
         # Instances being spawned here, on a kept disk or not.
@@ -161,32 +176,84 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         reason = self._reason_not_to_keep(
             instance, virt_driver.get_block_device_info(instance, bdms),
             image_id)
+        if not reason:
+            # The checks the offload's keep will make: a disk it would refuse
+            # would have to be uploaded before the offload deletes it.
+            try:
+                self._kept_disks.check_keepable(
+                    instance.uuid, image_id,
+                    domain_format=self._domain_disk_format(instance))
+            except (storage.KeepRefused, OSError,
+                    processutils.ProcessExecutionError) as e:
+                reason = str(e)
         if reason:
             LOG.info('Taking the snapshot at shelve: the root disk will not '
                      'be kept (%s).', reason, instance=instance)
             return False
         return True
 
+    def _domain_disk_format(self, instance):
+        """The root disk's driver type in the instance's domain, or None.
+
+        The format QEMU opened the disk with; None where the domain cannot
+        be read (disk.info alone then says it).
+        """
+        try:
+            path, disk_format = libvirt_utils.find_disk(
+                self._host.get_guest(instance))
+        except Exception as e:
+            LOG.debug('Cannot read the root disk of the domain: %s', e,
+                      instance=instance)
+            return None
+        if path != os.path.join(self._kept_disks.instance_dir(instance.uuid),
+                                storage.ROOT_DISK):
+            return None
+        return disk_format
+
     # -- shelve-offload ----------------------------------------------------
 
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):
         if destroy_disks and instance.task_state in _OFFLOADING:
-            reason = self._reason_not_to_keep(instance, block_device_info)
-            if reason:
-                self._log_not_kept(context, instance, reason)
-                if self._snapshot_skipped(instance):
-                    self._owing[instance.uuid] = context
-            else:
-                self._keeping[instance.uuid] = context
+            self._offloads[instance.uuid] = _Offload(
+                context, self._decide_keep(context, instance,
+                                           block_device_info),
+                self._domain_disk_format(instance))
         try:
             super().destroy(context, instance, network_info,
                             block_device_info=block_device_info,
                             destroy_disks=destroy_disks,
                             destroy_secrets=destroy_secrets)
         finally:
-            self._keeping.pop(instance.uuid, None)
-            self._owing.pop(instance.uuid, None)
+            self._offloads.pop(instance.uuid, None)
+
+    def _decide_keep(self, context, instance, block_device_info):
+        """Whether the offload under way keeps the root disk."""
+        if self._kept_for_this_shelve(instance):
+            # An offload run again after a crash: it finishes on the disk
+            # kept the first time, whatever keeping would decide now.
+            LOG.info('The root disk is kept already for this shelve; '
+                     'finishing the offload on it.', instance=instance)
+            return True
+        reason = self._reason_not_to_keep(instance, block_device_info)
+        if reason:
+            LOG.info('Not keeping the root disk at shelve-offload: %s.%s',
+                     reason, '' if self._snapshot_skipped(instance) else
+                     ' Unshelve will download the snapshot.',
+                     instance=instance)
+            self._notify_not_kept(context, instance, reason)
+            return False
+        return True
+
+    def _kept_for_this_shelve(self, instance):
+        snapshot_id = instance.system_metadata.get('shelved_image_id')
+        if instance.host != CONF.host or not snapshot_id:
+            return False
+        try:
+            return self._kept_disks.find(instance.uuid,
+                                         snapshot_id) is not None
+        except OSError:
+            return False
 
     @staticmethod
     def _snapshot_skipped(instance):
@@ -239,25 +306,6 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                     % (self._kept_disks.instances_path, free, floor))
         return None
 
-    def _log_not_kept(self, context, instance, reason):
-        snapshot_id = instance.system_metadata.get('shelved_image_id')
-        try:
-            earlier = snapshot_id and self._kept_disks.find(instance.uuid,
-                                                            snapshot_id)
-        except OSError:
-            earlier = None
-        if earlier:
-            # An offload run again for the same shelve: its disk is kept.
-            LOG.info('Not keeping the root disk again (%s); the disk kept '
-                     'for this shelve stays in %s for unshelve.', reason,
-                     self._kept_disks.kept_dir(instance.uuid, snapshot_id),
-                     instance=instance)
-        else:
-            LOG.info('Not keeping the root disk at shelve-offload: %s. '
-                     'Unshelve will download the snapshot.', reason,
-                     instance=instance)
-            self._notify_not_kept(context, instance, reason)
-
     @staticmethod
     def _notify_not_kept(context, instance, reason):
         notifications.notify(
@@ -267,28 +315,30 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             reason=reason)
 
     def delete_instance_files(self, instance):
-        if instance.uuid in self._keeping:
-            context = self._keeping[instance.uuid]
-            if not self._keep_root_disk(context, instance) and (
-                    self._snapshot_skipped(instance)):
-                self._upload_before_delete(context, instance)
-        elif instance.uuid in self._owing:
-            self._upload_before_delete(self._owing[instance.uuid], instance)
+        offload = self._offloads.get(instance.uuid)
+        if offload is not None:
+            kept = offload.keep and self._keep_root_disk(
+                offload.context, instance, offload.domain_format)
+            if not kept and self._snapshot_skipped(instance):
+                self._upload_before_delete(offload.context, instance,
+                                           offload.domain_format)
         return super().delete_instance_files(instance)
 
-    def _keep_root_disk(self, context, instance):
+    def _keep_root_disk(self, context, instance, domain_format):
         """Keep the root disk; False if it stays in the instance dir."""
         snapshot_id = instance.system_metadata['shelved_image_id']
         pending = self._snapshot_skipped(instance)
         try:
             record = self._kept_disks.keep(instance.uuid, snapshot_id,
-                                           root_disk_format(),
-                                           snapshot_pending=pending)
+                                           snapshot_pending=pending,
+                                           domain_format=domain_format)
         except (storage.KeepRefused, OSError,
                 processutils.ProcessExecutionError) as e:
             if pending:
                 LOG.warning('Cannot keep the root disk at shelve-offload: '
-                            '%s.', e, instance=instance)
+                            '%s. Shelve skipped the snapshot: the disk is '
+                            'uploaded into it before it is deleted.', e,
+                            instance=instance)
             else:
                 # The snapshot holds the data: deleting the disk as stock
                 # Nova does loses nothing.
@@ -314,7 +364,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                 delay=CONF.shelve_accel.snapshot_upload_delay)
         return True
 
-    def _upload_before_delete(self, context, instance):
+    def _upload_before_delete(self, context, instance, domain_format):
         """Upload the skipped snapshot from the instance dir, or raise.
 
         Raising fails the offload with the disk still in place: shelve
@@ -323,19 +373,28 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         snapshot_id = instance.system_metadata['shelved_image_id']
         disk = os.path.join(self._kept_disks.instance_dir(instance.uuid),
                             storage.ROOT_DISK)
-        if not storage._is_regular_file(disk):
+        if not storage.is_regular_file(disk):
             raise exception.NovaException(
                 'The root disk %s is not there to upload into snapshot %s; '
                 'nothing was deleted. If a staging directory of this '
                 'instance is in %s, the recovery pass keeps it.'
                 % (disk, snapshot_id, self._kept_disks.path))
+        try:
+            disk_format = self._kept_disks.recorded_format(
+                instance.uuid, domain_format=domain_format)
+        except storage.KeepRefused as e:
+            raise exception.NovaException(
+                'Cannot upload the root disk %s into snapshot %s: %s. '
+                'Nothing was deleted: the disk is the only copy of the '
+                'instance. Record its format in disk.info, then shelve-'
+                'offload the instance again.' % (disk, snapshot_id, e))
         LOG.warning('Shelve skipped the snapshot but the root disk cannot '
-                    'be kept: uploading %s into snapshot %s before the '
-                    'offload deletes it.', disk, snapshot_id,
+                    'be kept: uploading %s (%s) into snapshot %s before the '
+                    'offload deletes it.', disk, disk_format, snapshot_id,
                     instance=instance)
         image = self._image_api.get(context, snapshot_id)
-        self._uploads.upload(context, instance, image, disk,
-                             root_disk_format(), check=lambda: None)
+        self._uploads.upload(context, instance, image, disk, disk_format,
+                             check=lambda: None)
         instance.system_metadata.pop(shelved.PENDING_UPLOAD_KEY, None)
 
     # -- unshelve ----------------------------------------------------------
@@ -571,7 +630,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
     def manage_image_cache(self, context, all_instances):
         still_kept = self._recovery.run(context, at_start=False,
                                         busy=self._reusing | set(
-                                            self._keeping))
+                                            self._offloads))
         self._evictor.evict_old()
         # An offloaded instance has no host, so Nova counts it as using no
         # image: passing it in keeps the base of its image_ref alive, and

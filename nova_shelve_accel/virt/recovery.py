@@ -170,8 +170,7 @@ class Recovery:
                 vm_states.SHELVED_OFFLOADED) and self._shelved_with(
                     instance, item.snapshot_id):
             self._store.keep(item.instance_uuid, item.snapshot_id,
-                             self._disk_format(), source=item.path,
-                             snapshot_pending=only_copy)
+                             source=item.path, snapshot_pending=only_copy)
             LOG.info('The guest of the failed spawn is gone; the quarantined '
                      'root disk is kept again for unshelve.',
                      instance_uuid=item.instance_uuid)
@@ -212,7 +211,7 @@ class Recovery:
                 return      # a stock unshelve: Nova's business
             self._driver.remove_guest(instance)
             self._store.keep(
-                instance.uuid, snapshot_id, self._disk_format(),
+                instance.uuid, snapshot_id,
                 snapshot_pending=_pending_for(instance, snapshot_id))
         elif self._store.find(instance.uuid, snapshot_id) is None:
             return          # nothing of ours to go back to

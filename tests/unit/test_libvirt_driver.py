@@ -926,17 +926,9 @@ class TestKeepAtOffload(DriverTestCase):
     def test_an_offload_run_again_adopts_the_disk_and_says_so(self):
         self.keep(uuids.instance)
         instance = self.instance(uuid=uuids.instance)
-        self.drvr._keep_root_disk(None, instance)
+        self.drvr._keep_root_disk(None, instance, None)
         self.assertEqual(SNAPSHOT,
                          instance.system_metadata[shelved.KEPT_DISK_KEY])
-        self.assertNotIn('will download', self.stdlog.logger.output)
-
-    def test_not_keeping_again_names_the_disk_kept_for_this_shelve(self):
-        self.keep(uuids.instance)
-        self.drvr._log_not_kept(None, self.instance(uuid=uuids.instance),
-                                'partial offload is disabled')
-        self.assertIn('stays in %s' % self.drvr._kept_disks.kept_dir(
-            uuids.instance, SNAPSHOT), self.stdlog.logger.output)
         self.assertNotIn('will download', self.stdlog.logger.output)
 
 
@@ -971,6 +963,7 @@ class TestSnapshotAtShelve(DriverTestCase):
         self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
 
     def test_a_shelve_that_keeps_the_disk_skips_the_snapshot(self):
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
         instance = self.shelving()
         self.snapshot(instance)
         self.stock_snapshot.assert_not_called()
@@ -1017,11 +1010,50 @@ class TestSnapshotAtShelve(DriverTestCase):
     def test_the_decision_is_taken_for_the_new_snapshot(self):
         # shelved_image_id still names the previous shelve's snapshot, or
         # nothing: the decision must not depend on it.
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
         instance = self.shelving(sysmeta={'shelved_image_id': OLD_SNAPSHOT})
         self.snapshot(instance)
         self.stock_snapshot.assert_not_called()
         self.assertEqual(SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
+
+    # The offload keeps only what keep() accepts: shelve checks the same,
+    # or the disk would have to be uploaded before the offload deletes it.
+
+    def test_a_disk_whose_format_nova_did_not_record_is_snapshotted(self):
+        disks.make_qcow2_instance(self.instances_path, uuids.instance,
+                                  disk_info=None)
+        self.assert_stock_snapshot(self.shelving())
+        self.assertIn('Nova recorded no format for', self.stdlog.logger.output)
+
+    def test_a_disk_backed_outside_the_image_cache_is_snapshotted(self):
+        elsewhere = disks.make_base(
+            self.instances_path,
+            directory=os.path.join(self.instances_path, 'elsewhere'))
+        disks.make_qcow2_instance(self.instances_path, uuids.instance,
+                                  backing=elsewhere)
+        self.assert_stock_snapshot(self.shelving())
+        self.assertIn('outside the image cache', self.stdlog.logger.output)
+
+    def test_a_missing_instance_directory_is_snapshotted(self):
+        self.assert_stock_snapshot(self.shelving())
+        self.assertIn('does not exist', self.stdlog.logger.output)
+
+    def test_the_domain_format_must_agree_with_disk_info(self):
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
+        self.stub_out(
+            'nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver.'
+            '_domain_disk_format', lambda drvr, instance: 'raw')
+        self.assert_stock_snapshot(self.shelving())
+        self.assertIn('its libvirt domain as raw', self.stdlog.logger.output)
+
+    def test_a_raw_disk_on_a_qcow2_host_skips_the_snapshot(self):
+        # The format Nova recorded for the disk decides, not the backend the
+        # host now gives new disks.
+        disks.make_raw_instance(self.instances_path, uuids.instance)
+        instance = self.shelving()
+        self.snapshot(instance)
+        self.stock_snapshot.assert_not_called()
 
 
 class OffloadTestCase(DriverTestCase):
@@ -1087,9 +1119,13 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
                                          SNAPSHOT).snapshot_pending)
         self.schedule.assert_not_called()
 
+    def refuse_keeps(self):
+        """Make every keep fail: a file stands where kept disks go."""
+        with open(self.store.path, 'w') as f:
+            f.write('not a directory')
+
     def test_a_refused_keep_uploads_the_disk_before_deleting_it(self):
-        # disk.info disagrees with the image backend: keep refuses.
-        disks.write_disk_info(self.inst_dir, 'raw')
+        self.refuse_keeps()
         expected = converted(self, self.disk)
         instance = self.offloading()
 
@@ -1105,7 +1141,7 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
                       self.stdlog.logger.output)
 
     def test_a_failed_upload_before_delete_fails_the_offload(self):
-        disks.write_disk_info(self.inst_dir, 'raw')
+        self.refuse_keeps()
         self.glance.error = ConnectionError('glance is down')
         instance = self.offloading()
         before = disks.tree(self.inst_dir)
@@ -1136,7 +1172,7 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         self.assertEqual([], self.glance.updates)
 
     def test_a_refused_keep_without_pending_snapshot_just_deletes(self):
-        disks.write_disk_info(self.inst_dir, 'raw')
+        self.refuse_keeps()
         self.offload(self.offloading(pending=False))
         self.assertFalse(os.path.exists(self.inst_dir))
         self.assertEqual([], self.glance.updates)
@@ -1155,6 +1191,112 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
         self.assertFalse(os.path.exists(self.inst_dir))
         self.assertEqual([], self.store.list_kept())
+
+    def test_a_qcow2_disk_on_a_host_switched_to_flat_is_kept_as_qcow2(self):
+        self.flags(images_type='flat', group='libvirt')
+        self.offload(self.offloading())
+        record = self.store.find(uuids.instance, SNAPSHOT)
+        self.assertEqual('qcow2', record.disk_format)
+        self.assertEqual('0123456789abcdef', record.backing_file)
+
+    def test_the_upload_before_delete_reads_the_recorded_format(self):
+        # A qcow2 disk on a host since switched to flat: read as raw, the
+        # upload would hold the overlay file alone, without the base data.
+        self.flags(images_type='flat', group='libvirt')
+        self.refuse_keeps()
+        expected = converted(self, self.disk, source_format='qcow2')
+
+        self.offload(self.offloading())
+
+        self.assertEqual(expected, self.glance.data[SNAPSHOT])
+        self.assertEqual('qcow2',
+                         self.glance.images[SNAPSHOT]['disk_format'])
+
+    def test_a_raw_disk_with_a_guest_written_qcow2_header_stays_raw(self):
+        # The guest of a raw disk wrote a qcow2 header naming a host file as
+        # its backing file. Read as qcow2 (the host's backend, or a probe),
+        # the upload would carry the host file into the user's image.
+        host_file = os.path.join(self.instances_path, 'host-secret')
+        with open(host_file, 'wb') as f:
+            f.write(b'SECRET' * 1024)
+        shutil.rmtree(self.inst_dir)
+        disk = disks.make_raw_instance(self.instances_path, uuids.instance)
+        header = os.path.join(self.instances_path, 'header.qcow2')
+        disks.qemu_img('create', '-q', '-f', 'qcow2', '-b', host_file,
+                       '-F', 'raw', header, str(disks.DISK_SIZE))
+        with open(header, 'rb') as src, open(disk, 'r+b') as dst:
+            dst.write(src.read(4096))
+        os.unlink(header)
+        with open(disk, 'rb') as f:
+            expected = f.read()
+        self.refuse_keeps()
+
+        self.offload(self.offloading())
+
+        self.assertEqual(expected, self.glance.data[SNAPSHOT])
+        self.assertNotIn(b'SECRET', self.glance.data[SNAPSHOT])
+        self.assertEqual('raw', self.glance.images[SNAPSHOT]['disk_format'])
+
+    def test_a_raw_disk_on_a_qcow2_host_is_kept_as_raw(self):
+        shutil.rmtree(self.inst_dir)
+        disks.make_raw_instance(self.instances_path, uuids.instance)
+        self.offload(self.offloading())
+        self.assertEqual('raw',
+                         self.store.find(uuids.instance,
+                                         SNAPSHOT).disk_format)
+
+    def test_no_recorded_format_fails_the_offload_and_deletes_nothing(self):
+        os.unlink(os.path.join(self.inst_dir, 'disk.info'))
+        before = disks.tree(self.inst_dir)
+
+        error = self.assertRaises(exception.NovaException, self.offload,
+                                  self.offloading())
+
+        self.assertIn('Nova recorded no format for %s' % self.disk,
+                      str(error))
+        self.assertIn('Nothing was deleted', str(error))
+        self.assertEqual(before, disks.tree(self.inst_dir))
+        self.assertEqual([], self.glance.updates)
+
+    def test_the_domain_format_is_the_recorded_one_without_disk_info(self):
+        os.unlink(os.path.join(self.inst_dir, 'disk.info'))
+        self.stub_out(
+            'nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver.'
+            '_domain_disk_format', lambda drvr, instance: 'qcow2')
+        self.offload(self.offloading())
+        self.assertEqual('qcow2', self.store.find(uuids.instance,
+                                                  SNAPSHOT).disk_format)
+
+    def test_an_offload_run_again_finishes_on_the_kept_disk(self):
+        # Killed after the disk was kept; since then the storage fell below
+        # the floor and partial offload was switched off. The offload must
+        # still complete, on the disk already kept, not fail for good.
+        instance = self.offloading()
+        self.offload(instance)
+        self.flags(free_space_floor_percent=100, partial_offload=False,
+                   group='shelve_accel')
+        instance = self.offloading()
+
+        self.offload(instance)
+
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.KEPT_DISK_KEY])
+        self.assertTrue(self.store.find(uuids.instance,
+                                        SNAPSHOT).snapshot_pending)
+        self.assertEqual([], self.glance.updates)
+
+    def test_an_empty_instance_dir_does_not_block_adopting(self):
+        instance = self.offloading()
+        self.offload(instance)
+        os.makedirs(self.inst_dir)
+        instance = self.offloading()
+
+        self.offload(instance)
+
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.KEPT_DISK_KEY])
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertIsNotNone(self.store.find(uuids.instance, SNAPSHOT))
 
     def test_another_hosts_instance_is_not_uploaded_here(self):
         # A host cleaning up an instance that now belongs to another host

@@ -262,6 +262,12 @@ class TestKeep(StoreTestCase):
         self.assertEqual(record, self.store.keep(INSTANCE, SNAPSHOT, 'qcow2'))
         self.assertEqual(['%s.%s' % (INSTANCE, SNAPSHOT)], self.kept_names())
 
+    def test_an_empty_instance_dir_does_not_block_adopting(self):
+        record = self.keep_qcow2()
+        os.makedirs(self.inst_dir)
+        self.assertEqual(record, self.store.keep(INSTANCE, SNAPSHOT))
+        self.assertEqual(['%s.%s' % (INSTANCE, SNAPSHOT)], self.kept_names())
+
     def test_keep_that_cannot_publish_leaves_no_staging_dir(self):
         # A directory by the kept disk's name that is no kept disk (its
         # record is unreadable) is neither reclaimed nor replaced.
@@ -283,6 +289,102 @@ class TestKeep(StoreTestCase):
             sorted(['%s.%s' % (INSTANCE, SNAPSHOT),
                     '%s.%s' % (OTHER_INSTANCE, SNAPSHOT)]),
             self.kept_names())
+
+
+class TestRecordedFormat(StoreTestCase):
+    """The format Nova recorded for a disk, never a probe of the file."""
+
+    def recorded(self, domain_format=None):
+        return self.store.recorded_format(INSTANCE,
+                                          domain_format=domain_format)
+
+    def test_disk_info_says_it(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        self.assertEqual('qcow2', self.recorded())
+
+    def test_disk_info_wins_over_what_the_file_looks_like(self):
+        # A qcow2 file recorded raw is opened raw by QEMU: its header is
+        # data the guest wrote.
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  disk_info='raw')
+        self.assertEqual('raw', self.recorded())
+
+    def test_the_domain_says_it_without_disk_info(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  disk_info=None)
+        self.assertEqual('qcow2', self.recorded(domain_format='qcow2'))
+
+    def test_the_domain_and_disk_info_must_agree(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        error = self.assertRaises(storage.KeepRefused, self.recorded, 'raw')
+        self.assertIn('disk.info records %s as qcow2, its libvirt domain as '
+                      'raw' % os.path.join(self.inst_dir, 'disk'),
+                      str(error))
+
+    def test_nothing_recorded_is_refused(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  disk_info=None)
+        error = self.assertRaises(storage.KeepRefused, self.recorded)
+        self.assertIn('Nova recorded no format for', str(error))
+
+    def test_an_entry_for_another_path_records_nothing(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  disk_info=None)
+        with open(os.path.join(self.inst_dir, 'disk.info'), 'w') as f:
+            json.dump({'/elsewhere/disk': 'qcow2'}, f)
+        self.assertRaises(storage.KeepRefused, self.recorded)
+
+    def test_a_block_format_is_refused(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  disk_info='ploop')
+        error = self.assertRaises(storage.KeepRefused, self.recorded)
+        self.assertIn('not a file format we keep', str(error))
+
+    def test_keep_takes_the_recorded_format_by_default(self):
+        disks.make_raw_instance(self.instances_path, INSTANCE)
+        self.assertEqual('raw',
+                         self.store.keep(INSTANCE, SNAPSHOT).disk_format)
+
+    def test_a_quarantined_disk_is_read_by_its_nova_path(self):
+        # disk.info names the disk in the instance directory, wherever the
+        # directory has been moved since.
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        moved = os.path.join(self.instances_path, 'moved')
+        os.rename(self.inst_dir, moved)
+        self.assertEqual('qcow2', self.store.recorded_format(
+            INSTANCE, directory=moved))
+
+
+class TestCheckKeepable(StoreTestCase):
+    """check_keepable() refuses what keep() would, and changes nothing."""
+
+    def test_a_keepable_disk_passes_and_nothing_changes(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        before = disks.tree(self.instances_path)
+        self.store.check_keepable(INSTANCE, SNAPSHOT)
+        self.assertEqual(before, disks.tree(self.instances_path))
+
+    def test_refusals_are_those_of_keep(self):
+        elsewhere = disks.make_base(
+            self.instances_path,
+            directory=os.path.join(self.instances_path, 'elsewhere'))
+        disks.make_qcow2_instance(self.instances_path, INSTANCE,
+                                  backing=elsewhere)
+        error = self.assertRaises(storage.KeepRefused,
+                                  self.store.check_keepable, INSTANCE,
+                                  SNAPSHOT)
+        self.assertIn('outside the image cache', str(error))
+        self.assertRaises(storage.KeepRefused, self.store.keep, INSTANCE,
+                          SNAPSHOT)
+
+    def test_a_kept_disks_path_that_is_a_file_is_refused(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        with open(self.store.path, 'w') as f:
+            f.write('x')
+        error = self.assertRaises(storage.KeepRefused,
+                                  self.store.check_keepable, INSTANCE,
+                                  SNAPSHOT)
+        self.assertIn('is not a directory', str(error))
 
 
 class TestKeepRefused(StoreTestCase):
@@ -314,7 +416,7 @@ class TestKeepRefused(StoreTestCase):
     def test_refused_when_disk_info_disagrees_with_the_format(self):
         disks.make_qcow2_instance(self.instances_path, INSTANCE,
                                   disk_info='raw')
-        self.assert_refused(message='disk.info says')
+        self.assert_refused(message='disk.info records')
 
     def test_refused_when_disk_info_is_not_json(self):
         disks.make_qcow2_instance(self.instances_path, INSTANCE,
