@@ -55,6 +55,7 @@ EVENTS = {
     'shelve_accel.snapshot_upload.end': 'info',
     'shelve_accel.snapshot_upload.abandoned': 'info',
     'shelve_accel.snapshot_upload.error': 'error',
+    'shelve_accel.snapshot_upload.lost': 'error',
 }
 
 # Reasons are exception texts, bounded so that a payload stays small.

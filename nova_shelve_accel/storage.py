@@ -55,6 +55,8 @@ LOG = logging.getLogger(__name__)
 RECORD_NAME = 'kept.json'
 # Held, in the kept-disk directory, by the host uploading the kept disk into
 # its queued snapshot image; it moves away with the disk when it is claimed.
+# The lease files are upload.lease.<generation>; taking a lease over creates
+# the next generation.
 UPLOAD_LEASE = 'upload.lease'
 # The holder touches its lease every UPLOAD_LEASE_SECONDS / 4; a lease
 # untouched for longer (by the storage's clock) belongs to a dead host.
@@ -92,6 +94,8 @@ TRASH = 'reclaiming'
 # claim and no stock spawn may use it until its host has removed the guest.
 QUARANTINE = 'quarantine'
 _CLOCK_PROBE = '.clock-%s'
+_LEASE_NAME = re.compile(r'^%s(?:\.(?P<generation>[0-9]{1,9}))?$'
+                         % re.escape(UPLOAD_LEASE))
 
 
 class KeepRefused(Exception):
@@ -623,12 +627,13 @@ class KeptDiskStore:
 
     def finish_claim(self, instance_uuid):
         """The instance runs on the disk now: it is no longer a kept disk."""
-        for name in (UPLOAD_LEASE, RECORD_NAME):
-            try:
-                os.unlink(os.path.join(self.instance_dir(instance_uuid),
-                                       name))
-            except FileNotFoundError:
-                pass
+        inst_dir = self.instance_dir(instance_uuid)
+        for _generation, lease in _leases(inst_dir):
+            remove_tree(lease)
+        try:
+            os.unlink(os.path.join(inst_dir, RECORD_NAME))
+        except FileNotFoundError:
+            pass
 
     def claimed_record(self, instance_uuid):
         """The record left in an instance directory by a claim, or None."""
@@ -637,16 +642,17 @@ class KeptDiskStore:
 
     # -- snapshot upload ---------------------------------------------------
 
-    def unchanged(self, record):
-        """True while the kept disk is where it was kept, as it was kept.
+    def unchanged(self, record, where=None):
+        """True while the disk in ``where`` is the one ``record`` describes.
 
-        A claim moves it away before any guest runs on it; a disk given back
-        after a failed spawn whose guest wrote to it has another mtime.
+        ``where`` is by default the kept disk's directory. A claim moves the
+        disk away before any guest runs on it; a disk given back after a
+        failed spawn whose guest wrote to it has another mtime.
         """
-        disk = os.path.join(self.kept_dir(record.instance_uuid,
-                                          record.snapshot_id), ROOT_DISK)
+        where = where or self.kept_dir(record.instance_uuid,
+                                       record.snapshot_id)
         try:
-            st = os.lstat(disk)
+            st = os.lstat(os.path.join(where, ROOT_DISK))
         except (FileNotFoundError, NotADirectoryError):
             return False
         return stat.S_ISREG(st.st_mode) and (
@@ -654,51 +660,60 @@ class KeptDiskStore:
                                             record.disk_mtime_ns)
 
     def mark_uploaded(self, record):
-        """Record that the snapshot holds the disk; False if it is gone."""
+        """Record that the snapshot holds the disk; False if it does not.
+
+        Only while the kept disk is still the one uploaded, with the very
+        record the upload started from: a disk given back after a failed
+        spawn has a newer record, which must not be overwritten (its disk
+        would never verify again) nor called uploaded.
+        """
         where = self.kept_dir(record.instance_uuid, record.snapshot_id)
-        if not is_real_dir(where):
-            return False
+        if _read_record(where) != record or not self.unchanged(record):
+            return False        # claimed, reclaimed or given back meanwhile
         try:
             _write_record(where, dataclasses.replace(record,
                                                      snapshot_pending=False))
         except FileNotFoundError:
-            return False        # claimed or reclaimed meanwhile
+            return False
         return True
 
-    def _lease_path(self, record):
-        return os.path.join(self.kept_dir(record.instance_uuid,
-                                          record.snapshot_id), UPLOAD_LEASE)
-
-    def take_upload_lease(self, record, at_start=False):
-        """The token of a lease on uploading ``record``'s disk, or None.
+    def take_upload_lease(self, directory, at_start=False):
+        """A token for the lease on uploading the disk in ``directory``.
 
         None while another host holds a live lease. A lease nobody touched
-        for UPLOAD_LEASE_SECONDS, or this host's own at start-up, is taken
-        over: renaming it away is atomic, so one host wins.
+        for UPLOAD_LEASE_SECONDS (by the storage's clock), or this host's
+        own at start-up, is taken over by creating the lease file of the
+        next generation: of the hosts taking over the same lease exactly
+        one creates it (O_EXCL), and a holder that finds a newer generation
+        knows it lost its lease. A file that stands is never renamed away,
+        so a fresh lease can never be taken from its holder.
         """
-        path = self._lease_path(record)
-        token = '%s-%s' % (self.host_tag, uuid.uuid4().hex[:8])
-        for _attempt in range(2):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                             os.O_NOFOLLOW, RECORD_MODE)
-            except FileExistsError:
-                if not self._lease_abandoned(path, at_start):
-                    return None
-                stale = '%s.stale-%s' % (path, token)
-                try:
-                    os.rename(path, stale)
-                except FileNotFoundError:
-                    return None     # another host took it over first
-                # Whatever stood there (a planted directory too), unfollowed.
-                remove_tree(stale)
-                continue
-            except (FileNotFoundError, NotADirectoryError):
-                return None         # claimed or reclaimed meanwhile
-            with os.fdopen(fd, 'w') as f:
-                f.write(token)
-            return token
-        return None
+        try:
+            leases = _leases(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return None         # claimed or reclaimed meanwhile
+        generation = 1
+        if leases:
+            newest, path = leases[-1]
+            if not self._lease_abandoned(path, at_start):
+                return None
+            generation = newest + 1
+        holder = '%s-%s' % (self.host_tag, uuid.uuid4().hex[:8])
+        try:
+            fd = os.open(_lease_file(directory, generation),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                         os.O_NOFOLLOW, RECORD_MODE)
+        except FileExistsError:
+            return None         # another host took it over first
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        with os.fdopen(fd, 'w') as f:
+            f.write(holder)
+        # What stood before is a lost lease (a planted link or directory
+        # too): removed without being followed.
+        for _generation, old in leases:
+            remove_tree(old)
+        return '%d/%s' % (generation, holder)
 
     def _lease_abandoned(self, path, at_start):
         try:
@@ -710,21 +725,34 @@ class KeptDiskStore:
         mine = holder.startswith(self.host_tag + '-')
         return (at_start and mine) or age > UPLOAD_LEASE_SECONDS
 
-    def renew_upload_lease(self, record, token):
-        """Touch our lease; raise LeaseLost if it is not ours any more."""
-        path = self._lease_path(record)
+    def check_upload_lease(self, directory, token):
+        """Raise LeaseLost unless ``token`` is the newest lease there."""
+        generation, holder = token.split('/', 1)
+        path = _lease_file(directory, int(generation))
         try:
-            if _read_small(path) != token:
+            if _read_small(path) != holder:
                 raise LeaseLost('%s now names another host' % path)
-            os.utime(path, None, follow_symlinks=False)
+            if _leases(directory)[-1][1] != path:
+                raise LeaseLost('another host took over the lease %s' % path)
         except (OSError, ValueError):
             raise LeaseLost('%s is gone (the disk was claimed or the lease '
                             'taken over)' % path)
+        return path
 
-    def drop_upload_lease(self, record, token):
-        path = self._lease_path(record)
+    def renew_upload_lease(self, directory, token):
+        """Touch our lease; raise LeaseLost if it is not ours any more."""
+        path = self.check_upload_lease(directory, token)
         try:
-            if _read_small(path) == token:
+            os.utime(path, None, follow_symlinks=False)
+        except OSError:
+            raise LeaseLost('%s is gone (the disk was claimed or the lease '
+                            'taken over)' % path)
+
+    def drop_upload_lease(self, directory, token):
+        generation, holder = token.split('/', 1)
+        path = _lease_file(directory, int(generation))
+        try:
+            if _read_small(path) == holder:
                 os.unlink(path)
         except (OSError, ValueError):
             pass
@@ -796,6 +824,78 @@ class KeptDiskStore:
         """Records of every kept disk of the storage, oldest name first."""
         return self.inventory()[0]
 
+    def pending_disks(self):
+        """[(record, directory)] of every disk still to be uploaded.
+
+        Kept disks whose record says so, and quarantined disks whose claimed
+        record says so (described as the disk is now).
+        """
+        kept, _damaged, in_flight = self.inventory()
+        pending = [(r, self.kept_dir(r.instance_uuid, r.snapshot_id))
+                   for r in kept if r.snapshot_pending]
+        for item in in_flight:
+            if item.kind == QUARANTINE:
+                record = self.describe_quarantined(item)
+                if record is not None and record.snapshot_pending:
+                    pending.append((record, item.path))
+        return pending
+
+    def find_pending(self, instance_uuid, snapshot_id):
+        """(record, directory) of that disk if it waits for its upload.
+
+        The kept disk, or failing that a quarantined one.
+        """
+        record = self.find(instance_uuid, snapshot_id)
+        if record is not None:
+            if not record.snapshot_pending:
+                return None
+            return record, self.kept_dir(instance_uuid, snapshot_id)
+        for item in self.quarantined(instance_uuid, snapshot_id):
+            record = self.describe_quarantined(item)
+            if record is not None and record.snapshot_pending:
+                return record, item.path
+        return None
+
+    def quarantined(self, instance_uuid, snapshot_id):
+        """The quarantines of that instance's disk kept at that snapshot."""
+        suffix = '-' + kept_name(instance_uuid, snapshot_id)
+        try:
+            with os.scandir(self.path) as entries:
+                names = [e.name for e in entries
+                         if e.name.startswith('.' + QUARANTINE) and
+                         e.name.endswith(suffix) and
+                         e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for name in sorted(names):
+            match = _IN_FLIGHT_NAME.match(name)
+            if match:
+                found.append(InFlight(os.path.join(self.path, name),
+                                      QUARANTINE, match.group('host'),
+                                      instance_uuid, snapshot_id))
+        return found
+
+    def describe_quarantined(self, item):
+        """The quarantined disk as it is now, or None if unreadable.
+
+        Format and pending flag are those of the record the claim left in
+        it; size and mtime are the disk's now (the failed guest may have
+        written to it).
+        """
+        claimed = _read_record(item.path)
+        if claimed is None or (claimed.instance_uuid, claimed.snapshot_id) != (
+                item.instance_uuid, item.snapshot_id):
+            return None
+        try:
+            now = self._describe(item.path, item.instance_uuid,
+                                 item.snapshot_id, claimed.disk_format)
+        except (KeepRefused, OSError, processutils.ProcessExecutionError):
+            return None
+        return dataclasses.replace(now, kept_by=claimed.kept_by,
+                                   kept_at=claimed.kept_at,
+                                   snapshot_pending=claimed.snapshot_pending)
+
     def report_damaged(self, damaged):
         self._report_once(
             damaged.path, 'Not reusing %s: %s. It stays until instance %s '
@@ -846,21 +946,9 @@ class KeptDiskStore:
     # -- interrupted work --------------------------------------------------
 
     def storage_now(self):
-        """The storage's own clock, read from a file this host touches.
-
-        An NFS server stamps a touched file with its time, not the client's:
-        comparing that with the ctime the server gave a renamed directory
-        tells its age even when this host's clock is off.
-        """
+        """The storage's own clock (see ``storage_clock``)."""
         self.ensure_directory()
-        probe = os.path.join(self.path, _CLOCK_PROBE % self.host_tag)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
-                     RECORD_MODE)
-        try:
-            os.utime(fd, None)
-            return os.fstat(fd).st_mtime
-        finally:
-            os.close(fd)
+        return storage_clock(self.path, self.host_tag)
 
     def abandoned(self, in_flight, at_start):
         """Work in flight that nobody will finish, of all ``in_flight``.
@@ -897,6 +985,37 @@ class KeptDiskStore:
         self._publish(item.path, record)
         self._account(record.allocated_bytes)
         return True
+
+
+def storage_clock(directory, host_tag):
+    """The clock of the filesystem holding ``directory``, as it stamps files.
+
+    Read from a probe file this host touches there: an NFS server stamps a
+    touched file with its time, not the client's, and comparing that with
+    the times the server gave other entries tells their age even when this
+    host's clock is off.
+    """
+    probe = os.path.join(directory, _CLOCK_PROBE % host_tag)
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                 RECORD_MODE)
+    try:
+        os.utime(fd, None)
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+
+
+def newest_mtime(path):
+    """The latest mtime of ``path`` and the entries right inside it."""
+    newest = os.lstat(path).st_mtime
+    with os.scandir(path) as entries:
+        for entry in entries:
+            try:
+                newest = max(newest, entry.stat(follow_symlinks=False)
+                             .st_mtime)
+            except FileNotFoundError:
+                continue
+    return newest
 
 
 def recorded_format(directory, disk_path, domain_format=None):
@@ -940,6 +1059,20 @@ def _read_disk_info(directory):
     if not isinstance(info, dict):
         raise KeepRefused('%s is not a JSON object' % path)
     return info
+
+
+def _lease_file(directory, generation):
+    return os.path.join(directory, '%s.%d' % (UPLOAD_LEASE, generation))
+
+
+def _leases(directory):
+    """[(generation, path)] of the upload leases in ``directory``, oldest
+    first. A lease written before generations existed counts as the 0th.
+    """
+    with os.scandir(directory) as entries:
+        matches = [(_LEASE_NAME.match(e.name), e.path) for e in entries]
+    return sorted((int(m.group('generation') or 0), path)
+                  for m, path in matches if m)
 
 
 def _read_small(path):

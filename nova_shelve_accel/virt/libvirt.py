@@ -139,6 +139,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         # crash interrupted is rolled back here rather than set to ERROR.
         self._recovery.run(nova_context.get_admin_context(), at_start=True)
         # Uploads this host ran when it stopped, and any a dead host left.
+        self._uploads.clean_scratch(at_start=True)
         self._uploads.scan(at_start=True)
 
     def cleanup_host(self, host):
@@ -189,6 +190,13 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         if reason:
             LOG.info('Taking the snapshot at shelve: the root disk will not '
                      'be kept (%s).', reason, instance=instance)
+            return False
+        # The queued image is the only image of the data until the upload:
+        # Glance refuses to delete it while it is protected.
+        if not upload.protect_snapshot(self._image_api, context, image_id,
+                                       True, instance):
+            LOG.info('Taking the snapshot at shelve: its image could not be '
+                     'protected until the upload.', instance=instance)
             return False
         return True
 
@@ -459,6 +467,11 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                         '%s. The image cache pass removes it.',
                         storage.RECORD_NAME, e, instance=instance)
         faults.cut_point('spawn.finished')
+        if shelved.pending_snapshot_id(instance):
+            # Nova deletes the queued snapshot once spawn returns: it is
+            # needed no more, and must not stay protected.
+            upload.protect_snapshot(self._image_api, context, snapshot_id,
+                                    False, instance)
         self._forget_kept_disk(instance)
         LOG.info('Unshelved on the kept root disk; no image data was '
                  'downloaded.', instance=instance)
@@ -632,6 +645,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                                         busy=self._reusing | set(
                                             self._offloads))
         self._evictor.evict_old()
+        self._uploads.clean_scratch(at_start=False)
         # An offloaded instance has no host, so Nova counts it as using no
         # image: passing it in keeps the base of its image_ref alive, and
         # the pass above touched each kept disk's actual backing file.

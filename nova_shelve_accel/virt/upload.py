@@ -22,11 +22,23 @@ record, is the instance's only copy until this module has uploaded it:
 * otherwise by any host of the storage that finds a pending disk nobody
   uploads (its uploader restarted or died), with the ``[service_user]``
   credentials. A lease file in the kept-disk directory, touched while the
-  upload runs, lets one host at a time upload a disk.
+  upload runs, lets one host at a time upload a disk;
+* a pending disk quarantined after a failed spawn is uploaded from the
+  quarantine by any host the same way: it may stay there for long (its
+  host may be down), and its snapshot must not wait for it.
+
+While the upload is pending, the queued image is ``protected`` in Glance
+(the driver protects it when shelve skips the snapshot): nobody deletes the
+only image of the data by mistake. The upload lifts the protection once the
+image is active. If the image disappears all the same, the upload stops
+for good and says so; ``nova-shelve-accel kept restore`` makes a new
+snapshot from the kept disk.
 
 The disk is converted as Nova's cold libvirt snapshot converts it, into the
-snapshots directory but at the lowest CPU and I/O priority, and the image
-gets the metadata Nova's snapshot gives.
+snapshots directory (a scratch directory named for this host, removed
+after the upload, at start-up and by the image cache pass when a crash
+left it) but at the lowest CPU and I/O priority, and the image gets the
+metadata Nova's snapshot gives.
 The copy is used only if the disk was still kept, unchanged, after the
 conversion: a claim moves the disk away before a guest runs on it. While
 the copy streams to Glance the upload stops as soon as the disk is claimed
@@ -34,12 +46,15 @@ the copy streams to Glance the upload stops as soon as the disk is claimed
 retried with backoff; the disk stays kept and pending meanwhile.
 """
 
+import contextlib
 import ctypes
 import functools
 import os
+import re
 import signal
 import threading
 import time
+import uuid
 
 import futurist
 from oslo_concurrency import processutils
@@ -82,6 +97,15 @@ CHECK_BYTES = 16 * units.Mi
 OFFLOAD_WAIT_SECONDS = 60
 SPAWN_YIELD_SECONDS = 30
 POLL_SECONDS = 0.2
+# Scratch directories of conversions, in the snapshots directory:
+# SCRATCH_PREFIX<host tag>-<token>. The uploader touches its own while the
+# copy streams; one untouched for storage.STALE_SECONDS was left by a crash.
+SCRATCH_PREFIX = '.shelve-accel-upload-'
+_SCRATCH_NAME = re.compile(r'^%s(?P<host>[0-9a-f]{8})-[0-9a-f]{8}$'
+                           % re.escape(SCRATCH_PREFIX))
+SCRATCH_TOUCH_SECONDS = 60
+# Glance statuses of an image that will never take the data.
+_GONE = ('deleted', 'pending_delete', 'killed')
 # The task states of a shelve and its offload.
 _SHELVING = (task_states.SHELVING, task_states.SHELVING_IMAGE_PENDING_UPLOAD,
              task_states.SHELVING_IMAGE_UPLOADING,
@@ -94,6 +118,10 @@ class UploadAbandoned(Exception):
 
 class UploadFailed(Exception):
     """The upload did not complete; it is retried later."""
+
+
+class SnapshotLost(Exception):
+    """The queued image is gone: retrying cannot help, an operator can."""
 
 
 class SnapshotUploader:
@@ -113,6 +141,11 @@ class SnapshotUploader:
         self._active = set()
         # (instance, snapshot) -> (monotonic time of the next try, failures)
         self._retries = {}
+        # (instance, snapshot) whose image is gone: not tried again until
+        # this service restarts.
+        self._lost = set()
+        # Scratch directories of the conversions running here.
+        self._scratch = set()
         self._stopping = threading.Event()
         self._last_scan = None
 
@@ -146,19 +179,19 @@ class SnapshotUploader:
         upload starts.
         """
         try:
-            pending = [r for r in self._store.list_kept()
-                       if r.snapshot_pending]
+            pending = [(r, where) for r, where in self._store.pending_disks()
+                       if (r.instance_uuid, r.snapshot_id) not in self._lost]
         except OSError:
             LOG.exception('Cannot look for pending snapshot uploads in %s.',
                           self._store.path)
             return
         now = time.monotonic()
         storage_now = self._storage_now() if pending else None
-        for record in pending:
+        for record, where in pending:
             key = (record.instance_uuid, record.snapshot_id)
             next_try = self._retries.get(key, (0, 0))[0]
-            if next_try <= now and not self._in_upload_delay(record,
-                                                             storage_now):
+            if next_try <= now and not self._in_upload_delay(
+                    where, storage_now):
                 self.schedule(service_context(), *key,
                               at_start=at_start)
 
@@ -175,8 +208,9 @@ class SnapshotUploader:
         except OSError:
             return None
 
-    def _in_upload_delay(self, record, storage_now):
-        """Whether the disk was kept less than snapshot_upload_delay ago.
+    def _in_upload_delay(self, where, storage_now):
+        """Whether the disk in ``where`` was kept less than
+        snapshot_upload_delay ago.
 
         The host that kept it waits that long before uploading, so that an
         unshelve meanwhile makes the upload needless; the other hosts of
@@ -189,9 +223,7 @@ class SnapshotUploader:
             return False
         try:
             kept_at = os.lstat(os.path.join(
-                self._store.kept_dir(record.instance_uuid,
-                                     record.snapshot_id),
-                storage.RECORD_NAME)).st_mtime
+                where, storage.RECORD_NAME)).st_mtime
         except OSError:
             return False
         return storage_now - kept_at < delay
@@ -218,6 +250,18 @@ class SnapshotUploader:
             started = time.monotonic()
             self._upload(context, instance_uuid, snapshot_id, at_start)
             self._retries.pop(key, None)
+        except SnapshotLost as e:
+            self._retries.pop(key, None)
+            self._lost.add(key)
+            LOG.error('Cannot upload the kept root disk into snapshot %s: '
+                      '%s. The disk stays kept, the only copy of the '
+                      'instance, and is not uploaded again. Make a new '
+                      'snapshot from it with "nova-shelve-accel kept restore '
+                      '%s" on a host of its storage group.', snapshot_id, e,
+                      instance_uuid, instance_uuid=instance_uuid)
+            notifications.notify(
+                'shelve_accel.snapshot_upload.lost', instance_uuid,
+                context=context, snapshot_id=snapshot_id, reason=str(e))
         except UploadAbandoned as e:
             self._retries.pop(key, None)
             LOG.info('Stopped uploading the kept root disk into snapshot %s: '
@@ -249,47 +293,47 @@ class SnapshotUploader:
                 self._active.discard(key)
 
     def _upload(self, context, instance_uuid, snapshot_id, at_start):
-        record = self._store.find(instance_uuid, snapshot_id)
-        if record is None or not record.snapshot_pending:
+        found = self._store.find_pending(instance_uuid, snapshot_id)
+        if found is None:
             return          # claimed, reclaimed or uploaded meanwhile
+        record, where = found
         instance = self._offloaded_instance(instance_uuid)
         if instance is None or instance.system_metadata.get(
                 'shelved_image_id') != snapshot_id:
             return          # not needed any more: the recovery reclaims it
-        token = self._store.take_upload_lease(record, at_start=at_start)
+        token = self._store.take_upload_lease(where, at_start=at_start)
         if token is None:
             LOG.debug('Another host uploads snapshot %s.', snapshot_id,
                       instance=instance)
             return
-        heartbeat = _Heartbeat(self._store, record, token)
+        heartbeat = _Heartbeat(self._store, where, token)
         try:
             heartbeat.start()
-            self._upload_leased(context, instance, record, heartbeat)
+            self._upload_leased(context, instance, record, where, heartbeat)
         finally:
             heartbeat.stop()
-            self._store.drop_upload_lease(record, token)
+            self._store.drop_upload_lease(where, token)
 
-    def _upload_leased(self, context, instance, record, heartbeat):
+    def _upload_leased(self, context, instance, record, where, heartbeat):
         snapshot_id = record.snapshot_id
-        image = self._image_api.get(context, snapshot_id)
+        image = self._queued_image(context, snapshot_id)
         if image.get('status') == 'active':
             # Uploaded before a restart cut the bookkeeping short.
             LOG.info('Snapshot %s is already active; recording that the kept '
                      'disk is uploaded.', snapshot_id, instance=instance)
-            self._finish(instance, record)
+            self._finish(context, instance, record, where)
             return
         if image.get('status') != 'queued':
             raise UploadFailed('snapshot %s is %s, not queued'
                                % (snapshot_id, image.get('status')))
         faults.cut_point('upload.started')
-        disk = os.path.join(self._store.kept_dir(instance.uuid, snapshot_id),
-                            storage.ROOT_DISK)
+        disk = os.path.join(where, storage.ROOT_DISK)
 
         def check():
             self._yield_to_spawns()
             if self._stopping.is_set():
                 raise UploadFailed('the compute service is stopping')
-            if not self._store.unchanged(record):
+            if not self._store.unchanged(record, where):
                 raise UploadAbandoned('the kept disk was claimed by an '
                                       'unshelve or changed')
             heartbeat.check()
@@ -298,12 +342,24 @@ class SnapshotUploader:
         self.upload(context, instance, image, disk, record.disk_format,
                     check, busy=self._driver.spawns_in_progress)
         faults.cut_point('upload.finished')
-        image = self._image_api.get(context, snapshot_id)
+        image = self._queued_image(context, snapshot_id)
         if image.get('status') != 'active':
             raise UploadFailed('Glance took the data but snapshot %s is %s'
                                % (snapshot_id, image.get('status')))
         faults.cut_point('upload.activated')
-        self._finish(instance, record)
+        self._finish(context, instance, record, where)
+
+    def _queued_image(self, context, snapshot_id):
+        """The snapshot image; SnapshotLost if it will never take data."""
+        try:
+            image = self._image_api.get(context, snapshot_id)
+        except exception.ImageNotFound:
+            raise SnapshotLost('snapshot image %s is gone from Glance'
+                               % snapshot_id)
+        if image.get('status') in _GONE:
+            raise SnapshotLost('snapshot image %s is %s in Glance'
+                               % (snapshot_id, image.get('status')))
+        return image
 
     def _offloaded_instance(self, instance_uuid):
         """The instance, read once the shelve that kept its disk is over."""
@@ -323,8 +379,15 @@ class SnapshotUploader:
             if self._stopping.wait(POLL_SECONDS):
                 return
 
-    def _finish(self, instance, record):
-        if not self._store.mark_uploaded(record):
+    def _finish(self, context, instance, record, where):
+        # Active now: the image is the user's again, to keep or delete.
+        protect_snapshot(self._image_api, context, record.snapshot_id,
+                         False, instance)
+        kept = where == self._store.kept_dir(record.instance_uuid,
+                                             record.snapshot_id)
+        # A quarantined disk keeps its record: its host keeps it again as
+        # the instance's pending mark then says.
+        if kept and not self._store.mark_uploaded(record):
             return          # claimed meanwhile: the unshelve clears it
         faults.cut_point('upload.record_updated')
         # Read again: the copy read when the upload began may predate the
@@ -356,21 +419,21 @@ class SnapshotUploader:
             context=context, project_id=instance.project_id,
             snapshot_id=image['id'], path=disk,
             disk_bytes=os.path.getsize(disk), image_format=image_format)
-        directory = CONF.libvirt.snapshots_directory
-        os.makedirs(directory, exist_ok=True)
-        with utils.tempdir(dir=directory) as tmpdir:
-            copy = os.path.join(tmpdir, image['id'])
+        with self._scratch_directory() as scratch:
+            copy = os.path.join(scratch, image['id'])
             convert_for_snapshot(disk, disk_format, copy, image_format,
                                  busy=busy)
+            faults.cut_point('upload.converted')
             # The copy is the disk as kept only if nothing claimed the disk
             # while qemu-img read it.
             check()
             size = os.path.getsize(copy)
+            touch = _Toucher(scratch)
             with open(copy, 'rb') as data:
                 with compute_utils.disk_ops_semaphore:
                     self._image_api.update(
                         context, image['id'], metadata,
-                        _CheckedReader(data, check,
+                        _CheckedReader(data, lambda: (touch(), check()),
                                        CONF.shelve_accel
                                        .snapshot_upload_max_mbps))
         duration = time.monotonic() - started
@@ -382,6 +445,59 @@ class SnapshotUploader:
             context=context, project_id=instance.project_id,
             snapshot_id=image['id'], image_bytes=size,
             duration_s=round(duration, 3))
+
+
+    @contextlib.contextmanager
+    def _scratch_directory(self):
+        """A directory of this host's in the snapshots directory."""
+        directory = CONF.libvirt.snapshots_directory
+        os.makedirs(directory, exist_ok=True)
+        scratch = os.path.join(directory, '%s%s-%s' % (
+            SCRATCH_PREFIX, self._store.host_tag, uuid.uuid4().hex[:8]))
+        os.mkdir(scratch, 0o700)
+        self._scratch.add(scratch)
+        try:
+            yield scratch
+        finally:
+            storage.remove_tree(scratch)
+            self._scratch.discard(scratch)
+
+    def clean_scratch(self, at_start):
+        """Remove the copies that crashed conversions left behind.
+
+        This host's own at start-up or when no upload here uses them; other
+        hosts' once untouched for storage.STALE_SECONDS by the storage's
+        clock (their uploader touches them while it runs). A copy is never
+        the only one: the kept disk it came from is still there.
+        """
+        directory = CONF.libvirt.snapshots_directory
+        try:
+            with os.scandir(directory) as entries:
+                found = [(e.path, _SCRATCH_NAME.match(e.name))
+                         for e in entries if e.is_dir(follow_symlinks=False)]
+            found = [(path, match.group('host')) for path, match in found
+                     if match]
+            now = storage.storage_clock(directory, self._store.host_tag) if (
+                any(host != self._store.host_tag for _p, host in found)) \
+                else None
+        except FileNotFoundError:
+            return          # no snapshot was ever taken here
+        except OSError as e:
+            LOG.warning('Cannot look for conversions left behind in %s: %s',
+                        directory, e)
+            return
+        for path, host in found:
+            if host == self._store.host_tag:
+                if not at_start and path in self._scratch:
+                    continue
+            elif now - storage.newest_mtime(path) <= storage.STALE_SECONDS:
+                continue
+            LOG.info('Removing %s, left by a snapshot upload that was '
+                     'interrupted.', path)
+            try:
+                storage.remove_tree(path)
+            except OSError as e:
+                LOG.warning('Cannot remove %s: %s', path, e)
 
 
 def convert_for_snapshot(disk, disk_format, copy, image_format,
@@ -463,6 +579,25 @@ class _Pauser:
             pass
 
 
+def protect_snapshot(image_api, context, snapshot_id, protected,
+                     instance=None):
+    """Set the snapshot image's ``protected``; False if Glance refused.
+
+    Protected while the kept disk is its only data, so that nobody deletes
+    the image by mistake (Glance refuses to delete a protected image).
+    """
+    try:
+        image_api.update(context, snapshot_id, {'protected': protected},
+                         purge_props=False)
+    except exception.ImageNotFound:
+        return True         # nothing left to protect
+    except Exception as e:
+        LOG.warning('Could not set protected=%s on snapshot %s: %s',
+                    protected, snapshot_id, e, instance=instance)
+        return False
+    return True
+
+
 def clear_pending_mark(instance, snapshot_id):
     """Let the scheduler fall back to the snapshot again; False if not now.
 
@@ -533,15 +668,32 @@ def _in_context(func):
     return run
 
 
+class _Toucher:
+    """Touches a directory at most every SCRATCH_TOUCH_SECONDS."""
+
+    def __init__(self, path):
+        self._path = path
+        self._touched = time.monotonic()
+
+    def __call__(self):
+        if time.monotonic() - self._touched < SCRATCH_TOUCH_SECONDS:
+            return
+        self._touched = time.monotonic()
+        try:
+            os.utime(self._path, None, follow_symlinks=False)
+        except OSError:
+            pass
+
+
 class _Heartbeat:
     """Keeps the upload lease young from a thread of its own.
 
     The conversion can take minutes, longer than a lease lives untouched.
     """
 
-    def __init__(self, store, record, token):
+    def __init__(self, store, directory, token):
         self._store = store
-        self._record = record
+        self._directory = directory
         self._token = token
         self._done = threading.Event()
         self._lost = None
@@ -557,12 +709,22 @@ class _Heartbeat:
     def _beat(self):
         while not self._done.wait(storage.UPLOAD_LEASE_SECONDS / 4):
             try:
-                self._store.renew_upload_lease(self._record, self._token)
+                self._store.renew_upload_lease(self._directory, self._token)
             except storage.LeaseLost as e:
                 self._lost = e
                 return
 
     def check(self):
+        """Raise UploadAbandoned unless the lease is still ours.
+
+        Read from the storage, not from the last beat: a holder that hung
+        longer than a lease lives finds out before it streams on.
+        """
+        if self._lost is None:
+            try:
+                self._store.check_upload_lease(self._directory, self._token)
+            except storage.LeaseLost as e:
+                self._lost = e
         if self._lost is not None:
             raise UploadAbandoned(str(self._lost))
 

@@ -399,17 +399,19 @@ class TestHostileLeases(BadInputTestCase):
         super().setUp()
         self.useFixture(fixtures.Timeout(60, gentle=True))
         self.record = self.keep()
-        self.lease = os.path.join(self.kept_dir, storage.UPLOAD_LEASE)
+        # What a planted entry is named: the newest lease there.
+        self.lease = os.path.join(self.kept_dir, storage.UPLOAD_LEASE + '.1')
 
     def assert_lease_taken(self):
-        token = self.store.take_upload_lease(self.record)
+        token = self.store.take_upload_lease(self.kept_dir)
         self.assertIsNotNone(token)
-        self.assertTrue(stat.S_ISREG(os.lstat(self.lease).st_mode))
-        with open(self.lease) as f:
-            self.assertEqual(token, f.read())
+        taken = os.path.join(self.kept_dir, storage.UPLOAD_LEASE + '.2')
+        self.assertTrue(stat.S_ISREG(os.lstat(taken).st_mode))
+        with open(taken) as f:
+            self.assertEqual(token, '2/' + f.read())
         # Nothing of the planted entry is left behind.
         self.assertEqual(sorted(['disk', 'disk.info', storage.RECORD_NAME,
-                                 storage.UPLOAD_LEASE]),
+                                 storage.UPLOAD_LEASE + '.2']),
                          sorted(os.listdir(self.kept_dir)))
         return token
 
@@ -424,14 +426,14 @@ class TestHostileLeases(BadInputTestCase):
         self.assertFalse(os.path.lexists(target))
 
     def test_renew_does_not_touch_a_link_swapped_in(self):
-        token = self.store.take_upload_lease(self.record)
+        token = self.store.take_upload_lease(self.kept_dir)
         secret = os.path.join(self.outside, 'secret')
         os.unlink(self.lease)
         os.symlink(secret, self.lease)
         self.assertRaises(storage.LeaseLost, self.store.renew_upload_lease,
-                          self.record, token)
+                          self.kept_dir, token)
         # Nor is the link's target removed when the lease is dropped.
-        self.store.drop_upload_lease(self.record, token)
+        self.store.drop_upload_lease(self.kept_dir, token)
         self.assertTrue(os.path.islink(self.lease))
 
     def test_a_lease_that_is_a_fifo_is_taken_over(self):

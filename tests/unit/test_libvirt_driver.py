@@ -73,6 +73,11 @@ class FakeGlance(fixtures.Fixture):
         self.error = None
         # The status Glance gives the image once the data is in.
         self.status_after_upload = 'active'
+        # (image id, protected) of every update of 'protected' alone; those
+        # are not in ``updates``.
+        self.protections = []
+        # Raised by such an update.
+        self.protect_error = None
 
     def _setUp(self):
         self.useFixture(fixtures.MonkeyPatch(
@@ -87,7 +92,8 @@ class FakeGlance(fixtures.Fixture):
 
     def add(self, image_id, status='queued', name='instance-shelved'):
         self.images[image_id] = {'id': image_id, 'name': name,
-                                 'status': status, 'properties': {}}
+                                 'status': status, 'properties': {},
+                                 'protected': False}
 
     def get(self, context, image_id):
         if image_id not in self.images:
@@ -95,6 +101,14 @@ class FakeGlance(fixtures.Fixture):
         return copy.deepcopy(self.images[image_id])
 
     def update(self, context, image_id, metadata, data=None):
+        if set(metadata) == {'protected'} and data is None:
+            if self.protect_error is not None:
+                raise self.protect_error
+            if image_id not in self.images:
+                raise exception.ImageNotFound(image_id=image_id)
+            self.protections.append((image_id, metadata['protected']))
+            self.images[image_id]['protected'] = metadata['protected']
+            return copy.deepcopy(self.images[image_id])
         self.updates.append((image_id, copy.deepcopy(metadata)))
         if self.error is not None:
             raise self.error
@@ -945,6 +959,8 @@ class TestSnapshotAtShelve(DriverTestCase):
             'nova.objects.BlockDeviceMappingList.get_by_instance_uuid',
             lambda cls, context, instance_uuid: (
                 objects.BlockDeviceMappingList(objects=[])))
+        self.glance = self.useFixture(FakeGlance())
+        self.glance.add(SNAPSHOT)
 
     def shelving(self, sysmeta=None, **updates):
         # The manager sets shelved_image_id only after the snapshot.
@@ -970,6 +986,16 @@ class TestSnapshotAtShelve(DriverTestCase):
         self.assertEqual(SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
         self.assertIn('Shelve skips the snapshot', self.stdlog.logger.output)
+        # The queued image is the only image of the data until the upload:
+        # nobody may delete it meanwhile.
+        self.assertEqual([(SNAPSHOT, True)], self.glance.protections)
+
+    def test_an_image_that_cannot_be_protected_is_snapshotted(self):
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
+        self.glance.protect_error = exception.ImageNotAuthorized(
+            image_id=SNAPSHOT)
+        self.assert_stock_snapshot(self.shelving())
+        self.assertIn('could not be protected', self.stdlog.logger.output)
 
     def test_at_shelve_takes_the_snapshot(self):
         self.flags(snapshot_upload='at_shelve', group='shelve_accel')

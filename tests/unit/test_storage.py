@@ -969,105 +969,196 @@ class TestUploadLease(StoreTestCase):
     def setUp(self):
         super().setUp()
         self.record = self.keep_qcow2()
-        self.lease = os.path.join(self.kept_dir, storage.UPLOAD_LEASE)
         self.other = disks.make_store(self.instances_path, 'compute-b')
 
+    def take(self, store=None, at_start=False):
+        return (store or self.store).take_upload_lease(self.kept_dir,
+                                                       at_start=at_start)
+
+    def leases(self):
+        return sorted(n for n in os.listdir(self.kept_dir)
+                      if n.startswith(storage.UPLOAD_LEASE))
+
+    def newest(self):
+        return os.path.join(self.kept_dir, self.leases()[-1])
+
     def holder(self):
-        with open(self.lease) as f:
+        with open(self.newest()) as f:
             return f.read()
 
     def make_stale(self):
-        disks.age(self.lease, storage.UPLOAD_LEASE_SECONDS + 60)
+        disks.age(self.newest(), storage.UPLOAD_LEASE_SECONDS + 60)
 
     def test_take_gives_a_token_written_in_the_lease(self):
-        token = self.store.take_upload_lease(self.record)
-        self.assertTrue(token.startswith(self.store.host_tag + '-'))
-        self.assertEqual(token, self.holder())
-        self.assertEqual(0o600, os.lstat(self.lease).st_mode & 0o777)
+        token = self.take()
+        self.assertEqual('1/', token[:2])
+        self.assertTrue(token[2:].startswith(self.store.host_tag + '-'))
+        self.assertEqual(token[2:], self.holder())
+        self.assertEqual([storage.UPLOAD_LEASE + '.1'], self.leases())
+        self.assertEqual(0o600, os.lstat(self.newest()).st_mode & 0o777)
 
     def test_a_live_lease_is_not_taken_by_another_host(self):
-        token = self.store.take_upload_lease(self.record)
-        self.assertIsNone(self.other.take_upload_lease(self.record))
-        self.assertIsNone(self.other.take_upload_lease(self.record,
-                                                       at_start=True))
-        self.assertEqual(token, self.holder())
+        token = self.take()
+        self.assertIsNone(self.take(self.other))
+        self.assertIsNone(self.take(self.other, at_start=True))
+        self.assertEqual(token[2:], self.holder())
 
     def test_a_stale_lease_is_taken_over_and_its_holder_loses_it(self):
-        token = self.store.take_upload_lease(self.record)
+        token = self.take()
         self.make_stale()
-        taken = self.other.take_upload_lease(self.record)
-        self.assertTrue(taken.startswith(self.other.host_tag + '-'))
-        self.assertEqual(taken, self.holder())
+        taken = self.take(self.other)
+        self.assertEqual('2/', taken[:2])
+        self.assertEqual(taken[2:], self.holder())
         self.assertRaises(storage.LeaseLost, self.store.renew_upload_lease,
-                          self.record, token)
+                          self.kept_dir, token)
         # The stale lease is gone, not left beside the new one.
-        self.assertEqual(sorted([storage.UPLOAD_LEASE, 'disk', 'disk.info',
-                                 storage.RECORD_NAME]),
-                         sorted(os.listdir(self.kept_dir)))
+        self.assertEqual([storage.UPLOAD_LEASE + '.2'], self.leases())
+
+    def test_two_hosts_taking_over_the_same_lease_cannot_both_win(self):
+        # Both judged the lease abandoned. The second used to rename away
+        # the fresh lease the first had just created, and both uploaded.
+        self.take()
+        self.make_stale()
+        third = disks.make_store(self.instances_path, 'compute-c')
+        judged = []
+        real_abandoned = storage.KeptDiskStore._lease_abandoned
+
+        def abandoned(store, path, at_start):
+            verdict = real_abandoned(store, path, at_start)
+            judged.append(store.host)
+            if len(judged) == 1:
+                # compute-c, judging in the same instant, takes it first.
+                self.assertIsNotNone(self.take(third))
+            return verdict
+
+        with mock.patch.object(storage.KeptDiskStore, '_lease_abandoned',
+                               abandoned):
+            self.assertIsNone(self.take(self.other))
+        self.assertTrue(self.holder().startswith(third.host_tag + '-'))
+        self.assertEqual([storage.UPLOAD_LEASE + '.2'], self.leases())
+
+    def test_a_holder_that_finds_a_newer_generation_has_lost(self):
+        token = self.take()
+        self.make_stale()
+        self.take(self.other)
+        # However its own file came back (a slow storage, say).
+        with open(os.path.join(self.kept_dir,
+                               storage.UPLOAD_LEASE + '.1'), 'w') as f:
+            f.write(token[2:])
+        error = self.assertRaises(storage.LeaseLost,
+                                  self.store.check_upload_lease,
+                                  self.kept_dir, token)
+        self.assertIn('took over', str(error))
+
+    def test_a_lease_of_an_earlier_release_is_the_0th_generation(self):
+        with open(os.path.join(self.kept_dir, storage.UPLOAD_LEASE),
+                  'w') as f:
+            f.write('%s-12345678' % self.other.host_tag)
+        self.assertIsNone(self.take())
+        self.make_stale()
+        self.assertEqual('1/', self.take()[:2])
+        self.assertEqual([storage.UPLOAD_LEASE + '.1'], self.leases())
 
     def test_a_lease_younger_than_its_lifetime_is_live(self):
-        self.store.take_upload_lease(self.record)
-        disks.age(self.lease, storage.UPLOAD_LEASE_SECONDS - 60)
-        self.assertIsNone(self.other.take_upload_lease(self.record))
+        self.take()
+        disks.age(self.newest(), storage.UPLOAD_LEASE_SECONDS - 60)
+        self.assertIsNone(self.take(self.other))
 
     def test_age_is_read_from_the_storage_clock(self):
         # This host's clock is a day ahead; the storage's is not.
-        self.store.take_upload_lease(self.record)
+        self.take()
         with mock.patch('time.time', return_value=time.time() + 86400):
-            self.assertIsNone(self.other.take_upload_lease(self.record))
+            self.assertIsNone(self.take(self.other))
 
     def test_own_lease_is_taken_over_at_start_only(self):
         # A restarted host runs no upload yet: what it held is abandoned.
-        self.store.take_upload_lease(self.record)
+        self.take()
         restarted = disks.make_store(self.instances_path)
-        self.assertIsNone(restarted.take_upload_lease(self.record))
-        token = restarted.take_upload_lease(self.record, at_start=True)
+        self.assertIsNone(self.take(restarted))
+        token = self.take(restarted, at_start=True)
         self.assertIsNotNone(token)
-        self.assertEqual(token, self.holder())
+        self.assertEqual(token[2:], self.holder())
 
     def test_renew_touches_the_lease(self):
-        token = self.store.take_upload_lease(self.record)
+        token = self.take()
         self.make_stale()
-        self.store.renew_upload_lease(self.record, token)
-        self.assertIsNone(self.other.take_upload_lease(self.record))
+        self.store.renew_upload_lease(self.kept_dir, token)
+        self.assertIsNone(self.take(self.other))
 
     def test_renew_of_a_claimed_disk_loses_the_lease(self):
-        token = self.store.take_upload_lease(self.record)
+        token = self.take()
         self.store.claim(INSTANCE, SNAPSHOT)
         error = self.assertRaises(storage.LeaseLost,
-                                  self.store.renew_upload_lease, self.record,
-                                  token)
+                                  self.store.renew_upload_lease,
+                                  self.kept_dir, token)
         self.assertIn('is gone', str(error))
 
     def test_take_of_a_claimed_disk_gives_nothing(self):
         self.store.claim(INSTANCE, SNAPSHOT)
-        self.assertIsNone(self.store.take_upload_lease(self.record))
+        self.assertIsNone(self.take())
         self.assertFalse(os.path.exists(self.kept_dir))
 
     def test_drop_removes_only_our_own_lease(self):
-        token = self.store.take_upload_lease(self.record)
-        self.store.drop_upload_lease(self.record, 'compute-b-12345678')
-        self.assertEqual(token, self.holder())
-        self.store.drop_upload_lease(self.record, token)
-        self.assertFalse(os.path.lexists(self.lease))
+        token = self.take()
+        self.store.drop_upload_lease(self.kept_dir, '1/compute-b-12345678')
+        self.assertEqual(token[2:], self.holder())
+        self.store.drop_upload_lease(self.kept_dir, token)
+        self.assertEqual([], self.leases())
         # Nothing left to drop: no error.
-        self.store.drop_upload_lease(self.record, token)
+        self.store.drop_upload_lease(self.kept_dir, token)
 
     def test_drop_after_a_takeover_leaves_the_new_lease(self):
-        token = self.store.take_upload_lease(self.record)
+        token = self.take()
         self.make_stale()
-        taken = self.other.take_upload_lease(self.record)
-        self.store.drop_upload_lease(self.record, token)
-        self.assertEqual(taken, self.holder())
+        taken = self.take(self.other)
+        self.store.drop_upload_lease(self.kept_dir, token)
+        self.assertEqual(taken[2:], self.holder())
 
     def test_finish_claim_removes_the_lease_and_the_record(self):
-        self.store.take_upload_lease(self.record)
+        self.take()
         self.store.claim(INSTANCE, SNAPSHOT)
-        self.assertTrue(os.path.isfile(os.path.join(self.inst_dir,
-                                                    storage.UPLOAD_LEASE)))
+        self.assertTrue(os.path.isfile(os.path.join(
+            self.inst_dir, storage.UPLOAD_LEASE + '.1')))
         self.store.finish_claim(INSTANCE)
         self.assertEqual(['disk', 'disk.info'],
                          sorted(os.listdir(self.inst_dir)))
+
+
+class TestMarkUploaded(StoreTestCase):
+
+    def keep_pending(self):
+        disks.make_qcow2_instance(self.instances_path, INSTANCE)
+        return self.store.keep(INSTANCE, SNAPSHOT, snapshot_pending=True)
+
+    def test_the_record_the_upload_started_from_is_marked(self):
+        record = self.keep_pending()
+        self.assertTrue(self.store.mark_uploaded(record))
+        self.assertFalse(self.store.find(INSTANCE, SNAPSHOT).snapshot_pending)
+
+    def test_a_newer_record_of_a_disk_given_back_stays_as_it_is(self):
+        # Claimed while the upload ran, the spawn failed after the guest
+        # wrote, and the disk was given back with a record of it as it is
+        # now. The uploader's older record must not replace it: the disk
+        # would never verify again, and the snapshot does not hold it.
+        uploaded = self.keep_pending()
+        self.assertTrue(self.store.claim(INSTANCE, SNAPSHOT))
+        disks.qemu_io('qcow2', os.path.join(self.inst_dir, 'disk'),
+                      'write -P 0x33 0 64k')
+        self.store.release(INSTANCE, SNAPSHOT)
+        given_back = self.store.find(INSTANCE, SNAPSHOT)
+        self.assertNotEqual(uploaded, given_back)
+
+        self.assertFalse(self.store.mark_uploaded(uploaded))
+
+        self.assertEqual(given_back, self.store.find(INSTANCE, SNAPSHOT))
+        self.assertTrue(given_back.snapshot_pending)
+        self.store.verify(given_back, INSTANCE, SNAPSHOT)
+
+    def test_a_claimed_disk_is_not_marked(self):
+        record = self.keep_pending()
+        self.store.claim(INSTANCE, SNAPSHOT)
+        self.assertFalse(self.store.mark_uploaded(record))
+        self.assertTrue(self.store.claimed_record(INSTANCE).snapshot_pending)
 
 
 class TestMoveInFailure(StoreTestCase):

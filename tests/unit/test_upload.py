@@ -37,9 +37,11 @@ from oslo_utils import units
 from nova.compute import vm_states
 from nova import exception
 from nova import test
+from nova.virt import fake
 
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel.virt import libvirt
 from nova_shelve_accel.virt import upload
 from tests.unit import disks
 from tests.unit import test_libvirt_driver as driver_tests
@@ -88,8 +90,9 @@ class UploadTestCase(driver_tests.DriverTestCase):
             shelved.PENDING_UPLOAD_KEY])
         self.assertEqual([], self.saved)
 
-    def lease_path(self):
-        return os.path.join(self.store.kept_dir(*KEY), storage.UPLOAD_LEASE)
+    def lease_path(self, generation=1):
+        return os.path.join(self.store.kept_dir(*KEY),
+                            '%s.%d' % (storage.UPLOAD_LEASE, generation))
 
 
 class TestUpload(UploadTestCase):
@@ -169,7 +172,8 @@ class TestUpload(UploadTestCase):
         self.assertEqual([], self.saved)
         # The lease went with the disk; the unshelve removes it.
         self.assertTrue(os.path.isfile(os.path.join(
-            self.instances_path, uuids.instance, storage.UPLOAD_LEASE)))
+            self.instances_path, uuids.instance,
+            storage.UPLOAD_LEASE + '.1')))
 
     def test_an_abandoned_upload_is_not_retried(self):
         self.keep_pending()
@@ -311,20 +315,20 @@ class TestUpload(UploadTestCase):
         self.assertEqual({}, self.uploader._retries)
 
     def test_a_lease_held_by_another_host_uploads_nothing(self):
-        record = self.keep_pending()
+        self.keep_pending()
         other = disks.make_store(self.instances_path, 'compute-b')
-        token = other.take_upload_lease(record)
+        token = other.take_upload_lease(self.store.kept_dir(*KEY))
 
         self.run_upload()
 
         self.assertEqual([], self.glance.updates)
         self.assert_still_pending()
         with open(self.lease_path()) as f:
-            self.assertEqual(token, f.read())
+            self.assertEqual(token, '1/' + f.read())
 
     def test_an_own_lease_left_by_a_restart_is_taken_over_at_start(self):
-        record = self.keep_pending()
-        self.store.take_upload_lease(record)
+        self.keep_pending()
+        self.store.take_upload_lease(self.store.kept_dir(*KEY))
         self.run_upload()
         self.assertEqual([], self.glance.updates)
         self.run_upload(at_start=True)
@@ -411,6 +415,172 @@ class RecordingStop:
 
     def is_set(self):
         return False
+
+
+class TestSnapshotLost(UploadTestCase):
+    """A queued image that disappears: no retries for ever, no loss."""
+
+    def test_a_deleted_image_stops_the_upload_for_good(self):
+        self.keep_pending()
+        del self.glance.images[SNAPSHOT]
+
+        self.run_upload()
+
+        self.assertIn(KEY, self.uploader._lost)
+        self.assertNotIn(KEY, self.uploader._retries)
+        self.assertTrue(self.store.find(*KEY).snapshot_pending)
+        self.assertIn('nova-shelve-accel kept restore %s' % uuids.instance,
+                      self.stdlog.logger.output)
+        # The scans do not start it again.
+        started = []
+        self.useFixture(fixtures.MockPatchObject(
+            self.uploader, 'schedule',
+            side_effect=lambda *args, **kwargs: started.append(args)))
+        self.uploader.scan(at_start=False)
+        self.assertEqual([], started)
+
+    def test_an_image_glance_killed_stops_it_too(self):
+        self.keep_pending()
+        self.glance.images[SNAPSHOT]['status'] = 'killed'
+        self.run_upload()
+        self.assertIn(KEY, self.uploader._lost)
+        self.assertEqual([], self.glance.updates)
+
+    def test_the_upload_lifts_the_protection_once_active(self):
+        self.keep_pending()
+        self.glance.images[SNAPSHOT]['protected'] = True
+        self.run_upload()
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+        self.assertFalse(self.glance.images[SNAPSHOT]['protected'])
+
+
+class TestUploadFromQuarantine(UploadTestCase):
+    """A pending disk quarantined after a failed spawn still gets uploaded.
+
+    Its host may be down for long: the snapshot must not wait for it.
+    """
+
+    def quarantine(self):
+        self.keep_pending()
+        self.assertTrue(self.store.claim(*KEY))
+        # The failed guest wrote to it before it was quarantined.
+        disks.qemu_io('qcow2', os.path.join(self.instances_path,
+                                            uuids.instance, 'disk'),
+                      'write -P 0x77 0 64k')
+        path = self.store.quarantine(*KEY)
+        return path
+
+    def test_any_host_uploads_it_as_it_is_now(self):
+        path = self.quarantine()
+        expected = driver_tests.converted(self, os.path.join(path, 'disk'))
+        other = libvirt.PartialOffloadLibvirtDriver(fake.FakeVirtAPI(), False)
+        other._kept_disks = disks.make_store(self.instances_path,
+                                             'compute-b')
+        other._uploads._store = other._kept_disks
+
+        other._uploads._run(self.context, KEY, 0, False)
+
+        self.assertEqual(expected, self.glance.data[SNAPSHOT])
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+        self.assertNotIn(shelved.PENDING_UPLOAD_KEY,
+                         self.db[uuids.instance].system_metadata)
+        # Still quarantined, for its host to resolve.
+        self.assertTrue(os.path.isdir(path))
+        self.assertEqual([], [n for n in os.listdir(path)
+                              if n.startswith(storage.UPLOAD_LEASE)])
+
+    def test_the_scan_finds_it(self):
+        self.quarantine()
+        started = []
+        self.useFixture(fixtures.MockPatchObject(
+            self.uploader, 'schedule',
+            side_effect=lambda *args, **kwargs: started.append(args[1:])))
+        self.uploader.scan(at_start=False)
+        self.assertEqual([KEY], started)
+
+    def test_a_quarantined_disk_that_is_not_pending_is_left(self):
+        self.keep_pending()
+        self.store.mark_uploaded(self.store.find(*KEY))
+        self.store.claim(*KEY)
+        self.store.quarantine(*KEY)
+        self.assertEqual([], self.store.pending_disks())
+
+
+class TestScratch(UploadTestCase):
+    """Copies of the disk in the snapshots directory never pile up."""
+
+    def setUp(self):
+        super().setUp()
+        self.snapshots = os.path.join(self.instances_path, 'snapshots')
+        os.makedirs(self.snapshots)
+        self.other = disks.make_store(self.instances_path, 'compute-b')
+
+    def scratch(self, store, age=0):
+        path = os.path.join(self.snapshots, '%s%s-%s' % (
+            upload.SCRATCH_PREFIX, store.host_tag, '0badc0de'))
+        os.makedirs(path)
+        copy = os.path.join(path, SNAPSHOT)
+        disks.add_files(path, SNAPSHOT)
+        if age:
+            disks.age(copy, age)
+            disks.age(path, age)
+        return path
+
+    def test_the_copy_is_made_in_a_scratch_directory_named_for_the_host(
+            self):
+        self.keep_pending()
+        seen = []
+        real_convert = upload.convert_for_snapshot
+
+        def convert(disk, disk_format, copy, image_format, busy=None):
+            seen.append(os.path.basename(os.path.dirname(copy)))
+            return real_convert(disk, disk_format, copy, image_format, busy)
+
+        with mock.patch.object(upload, 'convert_for_snapshot', convert):
+            self.run_upload()
+        self.assertTrue(seen[0].startswith(
+            upload.SCRATCH_PREFIX + self.store.host_tag + '-'))
+        self.assertEqual([], os.listdir(self.snapshots))
+
+    def test_own_scratch_is_removed_at_start(self):
+        # Left by a kill -9 during an upload: a full copy of the disk.
+        path = self.scratch(self.store)
+        self.uploader.clean_scratch(at_start=True)
+        self.assertFalse(os.path.exists(path))
+
+    def test_own_scratch_of_no_running_upload_is_removed_by_the_pass(self):
+        path = self.scratch(self.store)
+        self.uploader.clean_scratch(at_start=False)
+        self.assertFalse(os.path.exists(path))
+
+    def test_the_scratch_of_a_running_upload_is_left(self):
+        path = self.scratch(self.store)
+        self.uploader._scratch.add(path)
+        self.uploader.clean_scratch(at_start=False)
+        self.assertTrue(os.path.exists(path))
+
+    def test_another_hosts_fresh_scratch_is_left(self):
+        path = self.scratch(self.other)
+        self.uploader.clean_scratch(at_start=True)
+        self.assertTrue(os.path.exists(path))
+
+    def test_another_hosts_scratch_untouched_for_long_is_removed(self):
+        path = self.scratch(self.other, age=storage.STALE_SECONDS + 60)
+        self.uploader.clean_scratch(at_start=False)
+        self.assertFalse(os.path.exists(path))
+
+    def test_other_entries_are_left_alone(self):
+        disks.add_files(self.snapshots, 'tmpabcdef')
+        os.makedirs(os.path.join(self.snapshots, 'tmp12345'))
+        self.uploader.clean_scratch(at_start=True)
+        self.assertEqual(['tmp12345', 'tmpabcdef'],
+                         sorted(n for n in os.listdir(self.snapshots)
+                                if not n.startswith('.clock-')))
+
+    def test_a_missing_snapshots_directory_is_fine(self):
+        os.rmdir(self.snapshots)
+        self.uploader.clean_scratch(at_start=True)
+        self.assertNotIn('Cannot look', self.stdlog.logger.output)
 
 
 class TestYielding(UploadTestCase):
@@ -674,7 +844,7 @@ class TestScheduling(UploadTestCase):
         self.assertEqual([KEY, KEY], self.keys())
 
     def test_a_storage_that_cannot_be_read_starts_nothing(self):
-        with mock.patch.object(self.store, 'list_kept',
+        with mock.patch.object(self.store, 'inventory',
                                side_effect=PermissionError(13, 'denied')):
             self.uploader.scan(at_start=True)
         self.assertEqual([], self.started)
@@ -727,23 +897,25 @@ class TestHeartbeat(UploadTestCase):
             return self.ticks < 0
 
     def test_the_heartbeat_keeps_the_lease_young(self):
-        record = self.keep_pending()
-        token = self.store.take_upload_lease(record)
+        self.keep_pending()
+        kept_dir = self.store.kept_dir(*KEY)
+        token = self.store.take_upload_lease(kept_dir)
         disks.age(self.lease_path())
         before = os.lstat(self.lease_path()).st_mtime
-        beat = upload._Heartbeat(self.store, record, token)
+        beat = upload._Heartbeat(self.store, kept_dir, token)
         beat._done = self.Ticks(1)
         beat._beat()
         beat.check()
         self.assertGreater(os.lstat(self.lease_path()).st_mtime, before + 60)
 
     def test_a_lease_taken_over_abandons_the_upload(self):
-        record = self.keep_pending()
-        token = self.store.take_upload_lease(record)
+        self.keep_pending()
+        kept_dir = self.store.kept_dir(*KEY)
+        token = self.store.take_upload_lease(kept_dir)
         disks.age(self.lease_path(), storage.UPLOAD_LEASE_SECONDS + 60)
         other = disks.make_store(self.instances_path, 'compute-b')
-        self.assertIsNotNone(other.take_upload_lease(record))
-        beat = upload._Heartbeat(self.store, record, token)
+        self.assertIsNotNone(other.take_upload_lease(kept_dir))
+        beat = upload._Heartbeat(self.store, kept_dir, token)
         beat._done = self.Ticks(3)
         beat._beat()
         self.assertRaises(upload.UploadAbandoned, beat.check)
