@@ -1066,8 +1066,9 @@ def _lease_file(directory, generation):
 
 
 def _leases(directory):
-    """[(generation, path)] of the upload leases in ``directory``, oldest
-    first. A lease written before generations existed counts as the 0th.
+    """[(generation, path)] of the upload leases in ``directory``.
+
+    Oldest first; a lease written before generations existed is the 0th.
     """
     with os.scandir(directory) as entries:
         matches = [(_LEASE_NAME.match(e.name), e.path) for e in entries]

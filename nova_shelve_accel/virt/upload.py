@@ -209,8 +209,7 @@ class SnapshotUploader:
             return None
 
     def _in_upload_delay(self, where, storage_now):
-        """Whether the disk in ``where`` was kept less than
-        snapshot_upload_delay ago.
+        """Whether the disk in ``where`` was kept < snapshot_upload_delay ago.
 
         The host that kept it waits that long before uploading, so that an
         unshelve meanwhile makes the upload needless; the other hosts of
@@ -445,7 +444,6 @@ class SnapshotUploader:
             context=context, project_id=instance.project_id,
             snapshot_id=image['id'], image_bytes=size,
             duration_s=round(duration, 3))
-
 
     @contextlib.contextmanager
     def _scratch_directory(self):
