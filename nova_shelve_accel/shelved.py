@@ -42,6 +42,14 @@ KEPT_DISK_KEY = 'shelve_accel_kept_snapshot'
 PENDING_UPLOAD_KEY = 'shelve_accel_snapshot_pending'
 
 
+# Set, with vm_state ERROR, when a failed unshelve left the claimed kept disk
+# in the instance directory and neither the guest could be removed from the
+# host (its value) nor the directory be moved away: no spawn may use the
+# directory while that guest may run. That host's recovery pass removes the
+# guest, gives the disk back and the instance is shelved-offloaded again.
+FENCED_KEY = 'shelve_accel_fenced_by'
+
+
 def pending_snapshot_id(instance):
     """The snapshot id still waiting for the kept disk's data, or None."""
     return _shelved_image_named_by(instance, PENDING_UPLOAD_KEY)
@@ -64,17 +72,25 @@ def reason_to_reclaim(instance, snapshot_id):
     """Why a disk kept at ``snapshot_id`` is of no use any more, or None.
 
     ``instance`` is the instance the disk was kept for, as read from its
-    cell's database (None if it is not there). A kept disk is needed exactly
-    while its instance exists and is still shelved with that snapshot: Nova
+    cell's database, deleted or not. A kept disk is needed exactly while
+    its instance exists and is still shelved with that snapshot: Nova
     replaces ``shelved_image_id`` at every shelve and removes it at
-    unshelve.
+    unshelve. An instance that was not found is no such knowledge: the
+    caller decides what it knows then (see ARCHIVED).
     """
-    if instance is None or instance.deleted:
+    if instance.deleted:
         return 'the instance was deleted'
     if instance.system_metadata.get('shelved_image_id') != snapshot_id:
         return 'the instance is no longer shelved with snapshot %s' % (
             snapshot_id)
     return None
+
+
+# Why a disk is not needed when its instance is in no database while the
+# host that kept it is known there: deleted, then archived with nova-manage
+# db archive_deleted_rows.
+ARCHIVED = ('the instance was deleted and archived: it is in no database '
+            'while host %s that kept the disk is')
 
 
 def group_name(aggregate):

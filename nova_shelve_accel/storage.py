@@ -53,6 +53,9 @@ from nova_shelve_accel import faults
 LOG = logging.getLogger(__name__)
 
 RECORD_NAME = 'kept.json'
+# What a claim's record becomes in the instance directory once a guest
+# started on the disk (see mark_unshelved).
+UNSHELVED_MARK = 'kept.json.unshelved'
 # Held, in the kept-disk directory, by the host uploading the kept disk into
 # its queued snapshot image; it moves away with the disk when it is claimed.
 # The lease files are upload.lease.<generation>; taking a lease over creates
@@ -85,6 +88,7 @@ QEMU_IMG_TIMEOUT = 120
 _UUID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 _KEPT_NAME = re.compile(r'^(?P<instance>%s)\.(?P<snapshot>%s)$'
                         % (_UUID, _UUID))
+_UUID_NAME = re.compile(r'^%s$' % _UUID)
 _IN_FLIGHT_NAME = re.compile(
     r'^\.(?P<kind>staging|reclaiming|quarantine)-(?P<host>[0-9a-f]{8})-'
     r'(?P<token>[0-9a-f]{8})-(?P<kept>%s\.%s)$' % (_UUID, _UUID))
@@ -507,7 +511,7 @@ class KeptDiskStore:
         where = self.kept_dir(instance_uuid, snapshot_id)
         if not is_real_dir(where):
             return None
-        record = _read_record(where)
+        record = read_record(where)
         if record is None or (record.instance_uuid,
                               record.snapshot_id) != (instance_uuid,
                                                       snapshot_id):
@@ -579,7 +583,7 @@ class KeptDiskStore:
         # Back to an ordinary instance directory: QEMU, which may run as
         # another user, must reach the disk.
         os.chmod(inst_dir, INSTANCE_DIR_MODE)
-        record = _read_record(inst_dir)
+        record = read_record(inst_dir)
         self._account(-(record.allocated_bytes if record else 0))
         return True
 
@@ -619,26 +623,72 @@ class KeptDiskStore:
     def quarantine(self, instance_uuid, snapshot_id):
         """Move a claimed instance directory out of every code path's way.
 
-        Returns the new path; only this host resolves it (``abandoned``).
+        Returns the new path. Neither a claim nor a stock spawn finds it
+        there; the recovery pass resolves it.
         """
         path = self._in_flight_path(QUARANTINE, instance_uuid, snapshot_id)
         os.rename(self.instance_dir(instance_uuid), path)
         return path
 
-    def finish_claim(self, instance_uuid):
-        """The instance runs on the disk now: it is no longer a kept disk."""
+    def mark_unshelved(self, instance_uuid):
+        """A guest started on the claimed disk: the spawn is over.
+
+        The claim's record becomes UNSHELVED_MARK, which tells the recovery
+        at start-up that an unshelve cut short after this point is to be
+        finished, not undone (Nova may have deleted the snapshot since).
+        The recovery removes the mark once Nova saved the instance.
+        """
         inst_dir = self.instance_dir(instance_uuid)
         for _generation, lease in _leases(inst_dir):
             remove_tree(lease)
+        os.rename(os.path.join(inst_dir, RECORD_NAME),
+                  os.path.join(inst_dir, UNSHELVED_MARK))
+
+    def unshelved(self, instance_uuid):
+        """Whether an unshelve started a guest on this instance's claim."""
+        return is_regular_file(os.path.join(self.instance_dir(instance_uuid),
+                                            UNSHELVED_MARK))
+
+    def finish_claim(self, instance_uuid):
+        """The instance runs on the disk now: it is no longer a kept disk."""
+        inst_dir = self.instance_dir(instance_uuid)
         try:
-            os.unlink(os.path.join(inst_dir, RECORD_NAME))
-        except FileNotFoundError:
-            pass
+            leases = _leases(inst_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for _generation, lease in leases:
+            remove_tree(lease)
+        for name in (RECORD_NAME, UNSHELVED_MARK):
+            try:
+                os.unlink(os.path.join(inst_dir, name))
+            except FileNotFoundError:
+                pass
 
     def claimed_record(self, instance_uuid):
         """The record left in an instance directory by a claim, or None."""
         inst_dir = self.instance_dir(instance_uuid)
-        return _read_record(inst_dir) if is_real_dir(inst_dir) else None
+        return read_record(inst_dir) if is_real_dir(inst_dir) else None
+
+    def claimed_dirs(self):
+        """Uuids of the instance directories holding a claim's record.
+
+        A claim moves a kept disk into its instance directory with its
+        record, removed once the instance runs on it. One that stays was
+        left by a failed or interrupted unshelve, and may hold the only copy
+        of the instance's data. One listing of instances_path and one lstat
+        per instance directory: for the periodic pass, never per request.
+        """
+        found = []
+        with os.scandir(self.instances_path) as entries:
+            names = [e.name for e in entries
+                     if _UUID_NAME.match(e.name) and
+                     e.is_dir(follow_symlinks=False)]
+        for name in sorted(names):
+            directory = os.path.join(self.instances_path, name)
+            if any(os.path.lexists(os.path.join(directory, mark))
+                   for mark in (RECORD_NAME, UNSHELVED_MARK)):
+                found.append(name)
+        return found
 
     # -- snapshot upload ---------------------------------------------------
 
@@ -668,7 +718,7 @@ class KeptDiskStore:
         would never verify again) nor called uploaded.
         """
         where = self.kept_dir(record.instance_uuid, record.snapshot_id)
-        if _read_record(where) != record or not self.unchanged(record):
+        if read_record(where) != record or not self.unchanged(record):
             return False        # claimed, reclaimed or given back meanwhile
         try:
             _write_record(where, dataclasses.replace(record,
@@ -883,7 +933,7 @@ class KeptDiskStore:
         it; size and mtime are the disk's now (the failed guest may have
         written to it).
         """
-        claimed = _read_record(item.path)
+        claimed = read_record(item.path)
         if claimed is None or (claimed.instance_uuid, claimed.snapshot_id) != (
                 item.instance_uuid, item.snapshot_id):
             return None
@@ -912,9 +962,37 @@ class KeptDiskStore:
         ``touch`` is how to touch it (Nova's privileged helper on a compute
         host, whose base files may belong to the QEMU user). Raises OSError.
         """
-        if not record.backing_file:
+        self._touch_base(record.backing_file, touch)
+
+    def protect_backing_of(self, directory, instance_uuid, touch=None):
+        """Protect the backing file of the disk in ``directory``.
+
+        For directories whose record cannot be trusted or is not there (a
+        damaged kept disk, a quarantine, a staging directory, a claim left
+        in an instance directory): the disk is read in the format its record
+        says, or else the one Nova recorded, and only a backing file in the
+        image cache is touched. Returns its name, or None.
+        """
+        record = read_record(directory)
+        if record is not None and record.instance_uuid == instance_uuid:
+            disk_format = record.disk_format
+        else:
+            disk_format = self.recorded_format(instance_uuid, directory)
+        details = qemu_img_info(os.path.join(directory, ROOT_DISK),
+                                disk_format)
+        backing = details.get('full-backing-filename') or details.get(
+            'backing-filename')
+        if not backing or os.path.dirname(
+                os.path.realpath(backing)) != os.path.realpath(
+                    self.base_dir):
+            return None
+        self._touch_base(os.path.basename(backing), touch)
+        return os.path.basename(backing)
+
+    def _touch_base(self, name, touch):
+        if not name:
             return
-        path = os.path.join(self.base_dir, record.backing_file)
+        path = os.path.join(self.base_dir, name)
         if not is_regular_file(path):
             return
         (touch or (lambda p: os.utime(p, None)))(path)
@@ -954,9 +1032,9 @@ class KeptDiskStore:
         """Work in flight that nobody will finish, of all ``in_flight``.
 
         Ours at start-up (this host runs nothing yet), and anyone's older
-        than STALE_SECONDS by the storage's clock; a quarantined disk only
-        ever to the host that quarantined it, which alone can tell whether
-        its guest is gone.
+        than STALE_SECONDS by the storage's clock. Quarantined disks are all
+        returned: no work of a host is under way in them, and who may
+        resolve one depends on its instance and on the host that made it.
         """
         if not in_flight:
             return []
@@ -968,16 +1046,14 @@ class KeptDiskStore:
             except FileNotFoundError:
                 continue
             mine = item.host_tag == self.host_tag
-            if item.kind == QUARANTINE:
-                if mine:
-                    found.append(item)
-            elif (at_start and mine) or age > STALE_SECONDS:
+            if item.kind == QUARANTINE or (at_start and mine) or (
+                    age > STALE_SECONDS):
                 found.append(item)
         return found
 
     def finish_staging(self, item):
         """Publish an interrupted keep or release; False if it cannot be."""
-        record = _read_record(item.path)
+        record = read_record(item.path)
         if record is None or (record.instance_uuid, record.snapshot_id) != (
                 item.instance_uuid, item.snapshot_id):
             return False
@@ -1098,7 +1174,7 @@ def _load_record(directory):
         return KeptDiskRecord.from_json(f.read(64 * 1024))
 
 
-def _read_record(directory):
+def read_record(directory):
     try:
         return _load_record(directory)
     except (FileNotFoundError, NotADirectoryError):

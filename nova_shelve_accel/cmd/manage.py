@@ -53,6 +53,7 @@ import prettytable
 import nova.conf
 from nova import config
 from nova import context as nova_context
+from nova import exception
 from nova import objects
 
 from nova_shelve_accel import conf as accel_conf
@@ -162,15 +163,27 @@ class Owner:
                               self.instance.task_state)
         return self.instance.vm_state
 
-    def needs(self, snapshot_id):
+    def needs(self, snapshot_id, kept_by=None, known_hosts=frozenset()):
         """(needed, why) for the disk kept at ``snapshot_id``.
 
-        ``needed`` is None when the instance could not be looked up: such a
-        disk is never reclaimed.
+        ``needed`` is None when nothing is known: the instance could not be
+        looked up, or it is in no database while ``kept_by``, the host that
+        kept the disk, is not in ``known_hosts`` (the hosts this API
+        database maps to a cell): a wrong API database, or an instance of
+        another deployment sharing the storage. Such a disk is never
+        reclaimed without --reclaim-unfound.
         """
         if self.error:
             return None, 'the instance could not be looked up: %s' % (
                 self.error)
+        if self.instance is None:
+            if kept_by in known_hosts:
+                return False, shelved.ARCHIVED % kept_by
+            return None, (
+                'the instance is in no database, and the host that kept '
+                'the disk (%s) is not known to this API database: is '
+                '[api_database] connection the right one?' % (
+                    kept_by or 'unknown: the record cannot be read'))
         reason = shelved.reason_to_reclaim(self.instance, snapshot_id)
         if reason:
             return False, reason
@@ -221,6 +234,36 @@ def look_up_owners(ctxt, instance_uuids):
     return owners
 
 
+def look_up(kept, damaged):
+    """(owners, known hosts) of the instances of these disks."""
+    ctxt = admin_context()
+    owners = look_up_owners(ctxt, {
+        item.instance_uuid for item in kept + damaged})
+    unfound = {r.kept_by for r in kept
+               if owners[r.instance_uuid].instance is None and
+               not owners[r.instance_uuid].error}
+    return owners, look_up_hosts(ctxt, unfound)
+
+
+def look_up_hosts(ctxt, hosts):
+    """The ``hosts`` this API database maps to a cell (a frozenset).
+
+    Empty when the mappings cannot be read: then nothing is known.
+    """
+    known = set()
+    for host in sorted(h for h in hosts if h):
+        try:
+            objects.HostMapping.get_by_host(ctxt, host)
+        except exception.HostMappingNotFound:
+            continue
+        except Exception:
+            LOG.debug('Reading the host mapping of %s failed.', host,
+                      exc_info=True)
+            return frozenset()
+        known.add(host)
+    return frozenset(known)
+
+
 def _read_cells(ctxt, cells, mapped):
     """{cell uuid: the cell's instances, or why they could not be read}."""
     uuids = {cell_uuid: [m.instance_uuid for m in mappings]
@@ -252,8 +295,8 @@ def _cell_failure(cell, result):
 
 # -- what is reported about one disk ---------------------------------------
 
-def kept_entry(store, record, owner, now):
-    needed, why = owner.needs(record.snapshot_id)
+def kept_entry(store, record, owner, now, known_hosts=frozenset()):
+    needed, why = owner.needs(record.snapshot_id, record.kept_by, known_hosts)
     return {
         'instance': record.instance_uuid,
         'project': owner.project_id,
@@ -376,12 +419,21 @@ DAMAGED_COLUMNS = (
 
 
 def warn_unknown(entries):
-    """Say on stderr which instances could not be looked up; True if any."""
-    unknown = [e for e in entries if e['needed'] is None]
-    for entry in unknown:
-        print('Error: %s: %s' % (entry['path'], entry['reason']),
+    """Say on stderr what is kept for want of knowledge.
+
+    True if an instance could not be looked up (the answer is incomplete);
+    one in no database is a state, said as a note.
+    """
+    failed = False
+    for entry in entries:
+        if entry['needed'] is not None:
+            continue
+        lookup_failed = entry['instance_state'] == 'unknown'
+        failed = failed or lookup_failed
+        print('%s: %s: %s' % ('Error' if lookup_failed else 'Note',
+                              entry['path'], entry['reason']),
               file=sys.stderr)
-    return bool(unknown)
+    return failed
 
 
 # -- kept list -------------------------------------------------------------
@@ -389,13 +441,13 @@ def warn_unknown(entries):
 def list_kept(args):
     store = kept_disk_store()
     kept, damaged = read_inventory(store)
-    owners = look_up_owners(admin_context(), {
-        item.instance_uuid for item in kept + damaged})
+    owners, known_hosts = look_up(kept, damaged)
     now = timeutils.utcnow()
     report = {
         'host': CONF.host,
         'kept_disks_path': store.path,
-        'kept': [kept_entry(store, r, owners[r.instance_uuid], now)
+        'kept': [kept_entry(store, r, owners[r.instance_uuid], now,
+                            known_hosts)
                  for r in kept],
         'damaged': [damaged_entry(d, owners[d.instance_uuid])
                     for d in damaged],
@@ -437,7 +489,8 @@ def show_kept(args):
             'already, or never kept; "nova-shelve-accel kept list" lists the '
             'kept disks here.' % (instance_uuid, store.path,
                                   store.instances_path), NOT_FOUND)
-    owner = look_up_owners(admin_context(), {instance_uuid})[instance_uuid]
+    owners, known_hosts = look_up(kept, damaged)
+    owner = owners[instance_uuid]
     now = timeutils.utcnow()
     report = {
         'instance': instance_uuid,
@@ -445,7 +498,7 @@ def show_kept(args):
         'instance_state': owner.state,
         'lookup_error': owner.error,
         'system_metadata': system_metadata_marks(owner.instance),
-        'kept': [dict(kept_entry(store, record, owner, now),
+        'kept': [dict(kept_entry(store, record, owner, now, known_hosts),
                       record=dataclasses.asdict(record))
                  for record in kept],
         'damaged': [damaged_entry(item, owner) for item in damaged],
@@ -507,7 +560,7 @@ RESULT_TEXT = {
     'reclaimed': 'reclaimed',
     'already_gone': 'already gone (reclaimed by another host)',
     'failed': 'failed',
-    'refused': 'kept: the instance could not be looked up',
+    'refused': 'kept: nothing is known of the instance',
 }
 
 RECLAIM_COLUMNS = (
@@ -521,35 +574,43 @@ RECLAIM_COLUMNS = (
 )
 
 
-def reclaim_plan(store, kept, damaged, owners):
+def reclaim_plan(store, kept, damaged, owners, known_hosts=frozenset(),
+                 reclaim_unfound=False):
     """(reclaimable, refused): entries and, for the first, how to reclaim.
 
     Exactly what the periodic pass of nova-compute reclaims: kept disks and
     damaged ones whose instance no longer needs them. Disks whose instance
-    could not be looked up are refused.
+    could not be looked up are refused; so are those whose instance is in
+    no database unless ``reclaim_unfound`` (see Owner.needs).
     """
     now = timeutils.utcnow()
     reclaimable, refused = [], []
+
+    def plan(entry, owner, reclaim):
+        if entry['needed'] is None and reclaim_unfound and (
+                owner.error is None):
+            entry['reason'] = ('the instance is in no database; reclaimed '
+                               'as asked (--reclaim-unfound)')
+            entry['needed'] = False
+        if entry['needed'] is False:
+            reclaimable.append((entry, functools.partial(
+                reclaim, entry['reason'])))
+        elif entry['needed'] is None:
+            refused.append(entry)
+
     for record in kept:
-        entry = dict(kept_entry(store, record, owners[record.instance_uuid],
-                                now), damaged=False)
-        if entry['needed'] is False:
-            reclaimable.append((entry, functools.partial(
-                store.reclaim, record, entry['reason'])))
-        elif entry['needed'] is None:
-            refused.append(entry)
+        owner = owners[record.instance_uuid]
+        plan(dict(kept_entry(store, record, owner, now, known_hosts),
+                  damaged=False),
+             owner, functools.partial(store.reclaim, record))
     for item in damaged:
-        entry = dict(damaged_entry(item, owners[item.instance_uuid]),
-                     damaged=True)
-        if entry['needed'] is False:
-            # The words of the periodic pass, so that its log reads the same.
-            why = ('it was never usable (%s) and the instance no longer '
-                   'needs it' % item.problem)
-            reclaimable.append((entry, functools.partial(
-                store.reclaim_path, item.path, item.instance_uuid,
-                item.snapshot_id, why)))
-        elif entry['needed'] is None:
-            refused.append(entry)
+        owner = owners[item.instance_uuid]
+        # The words of the periodic pass, so that its log reads the same.
+        plan(dict(damaged_entry(item, owner), damaged=True), owner,
+             lambda why, item=item: store.reclaim_path(
+                 item.path, item.instance_uuid, item.snapshot_id,
+                 'it was never usable (%s) and no instance needs it: %s'
+                 % (item.problem, why)))
     return reclaimable, refused
 
 
@@ -574,9 +635,9 @@ def reclaim_one(entry, reclaim, apply):
 def reclaim_kept(args):
     store = kept_disk_store()
     kept, damaged = read_inventory(store)
-    owners = look_up_owners(admin_context(), {
-        item.instance_uuid for item in kept + damaged})
-    reclaimable, refused = reclaim_plan(store, kept, damaged, owners)
+    owners, known_hosts = look_up(kept, damaged)
+    reclaimable, refused = reclaim_plan(store, kept, damaged, owners,
+                                        known_hosts, args.reclaim_unfound)
     done = [reclaim_one(entry, reclaim, args.apply)
             for entry, reclaim in reclaimable]
     refused = [dict(entry, result='refused', error=None) for entry in refused]
@@ -726,6 +787,12 @@ def add_command_parsers(subparsers):
     mode.add_argument('--apply', dest='apply', action='store_true',
                       help='reclaim them, as the periodic pass does')
     _add_format_option(reclaim)
+    reclaim.add_argument(
+        '--reclaim-unfound', action='store_true',
+        help='also reclaim the disks whose instance is in no database while '
+             'the host that kept them is unknown to it (refused by default: '
+             'a wrong [api_database] would make every instance look gone, '
+             'and a disk pending upload is its instance\'s only copy)')
     reclaim.set_defaults(run=reclaim_kept, apply=False)
 
     storage_parser = subparsers.add_parser(

@@ -136,6 +136,8 @@ class Evictor:
 
     def _refusal(self, instance, record):
         """Why this disk must not be evicted now, or None."""
+        if instance is None:
+            return 'its instance is not in the database of this cell'
         if shelved.reason_to_reclaim(instance, record.snapshot_id):
             return 'no instance needs it; the image cache pass reclaims it'
         if (instance.vm_state != vm_states.SHELVED_OFFLOADED or

@@ -122,8 +122,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         self._kept_disks = storage.KeptDiskStore(
             CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
             CONF.image_cache.subdirectory_name, CONF.host)
-        self._recovery = recovery.Recovery(self, self._kept_disks,
-                                           root_disk_format)
+        self._recovery = recovery.Recovery(self, self._kept_disks)
         self._uploads = upload.SnapshotUploader(self, self._kept_disks)
         self._evictor = eviction.Evictor(self._kept_disks)
         # The shelve-offloads in progress: instance uuid -> _Offload.
@@ -132,6 +131,10 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         self._reusing = set()
         # Instances being spawned here, on a kept disk or not.
         self._spawning = set()
+        # Instances whose unshelve on a kept disk returned from spawn, until
+        # Nova asks for their power state (after deleting the snapshot):
+        # the fault matrix's cut point between those two steps.
+        self._spawned = set()
 
     def init_host(self, host):
         super().init_host(host)
@@ -435,6 +438,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         not_reused = snapshot_id and self._claim_kept_disk(instance,
                                                            snapshot_id)
         if not snapshot_id or not_reused:
+            if snapshot_id:
+                self._refuse_claim_left_behind(instance)
             if snapshot_id and shelved.pending_snapshot_id(instance):
                 self._refuse_queued_snapshot(context, instance, snapshot_id)
             if not_reused and (shelved.kept_snapshot_id(instance) or
@@ -457,16 +462,17 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                 self._release_kept_disk(instance, snapshot_id)
         finally:
             self._reusing.discard(instance.uuid)
-        # The guest runs on the disk: from here on the unshelve succeeds.
-        # A record left behind is harmless (nothing claims from an instance
-        # directory) and the recovery pass removes it.
+        # The guest runs on the disk: from here on the unshelve succeeds,
+        # and a restart is to finish it, not undo it (see recovery).
         try:
-            self._kept_disks.finish_claim(instance.uuid)
+            self._kept_disks.mark_unshelved(instance.uuid)
         except OSError as e:
-            LOG.warning('Could not remove %s from the instance directory: '
-                        '%s. The image cache pass removes it.',
-                        storage.RECORD_NAME, e, instance=instance)
+            LOG.warning('Could not mark the claim in the instance directory '
+                        'as unshelved: %s. The image cache pass removes its '
+                        'record once the instance is active.', e,
+                        instance=instance)
         faults.cut_point('spawn.finished')
+        self._spawned.add(instance.uuid)
         if shelved.pending_snapshot_id(instance):
             # Nova deletes the queued snapshot once spawn returns: it is
             # needed no more, and must not stay protected.
@@ -479,6 +485,34 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             'shelve_accel.disk.reused', instance.uuid, context=context,
             project_id=instance.project_id, snapshot_id=snapshot_id,
             duration_s=round(time.monotonic() - started, 3))
+
+    def get_info(self, instance, use_cache=True):
+        if instance.uuid in self._spawned:
+            # After spawn, Nova deletes the snapshot, then reads the power
+            # state here, then saves the instance ACTIVE.
+            self._spawned.discard(instance.uuid)
+            faults.cut_point('spawn.snapshot_deleted')
+        return super().get_info(instance, use_cache=use_cache)
+
+    def _refuse_claim_left_behind(self, instance):
+        """Keep a stock spawn off a claim that a failed unshelve left.
+
+        Nova's image backend would start the guest on the disk it finds in
+        the instance directory, while the recovery pass may move it, or, if
+        the instance was fenced, its failed guest still run on it.
+        """
+        try:
+            left = self._kept_disks.claimed_record(instance.uuid)
+        except OSError:
+            left = None
+        if left is None:
+            return
+        raise exception.InstanceUnacceptable(
+            instance_id=instance.uuid,
+            reason='a failed unshelve left its kept root disk in %s; the '
+                   'image cache pass of a host of its storage gives it back '
+                   'to the storage. Unshelve again once that has run.'
+                   % self._kept_disks.instance_dir(instance.uuid))
 
     @staticmethod
     def _forget_kept_disk(instance):
@@ -575,17 +609,38 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
         Never two writers on one disk: if the guest cannot be removed, the
         disk is quarantined where neither a claim nor a stock spawn can
-        find it, until this host has removed the guest.
+        find it, until this host has removed the guest; if it cannot even
+        be moved there, the instance is fenced off (ERROR) until then.
         """
         try:
             self.remove_guest(instance)
         except Exception:
             LOG.exception('Could not remove the guest of the failed spawn.',
                           instance=instance)
-            self._quarantine(instance, snapshot_id)
+            if not self._quarantine(instance, snapshot_id):
+                self._fence(instance)
             return
         faults.cut_point('release.guest_removed')
         self._give_back(instance, snapshot_id, 'the spawn failed')
+
+    def _fence(self, instance):
+        """Keep every spawn off a disk a guest of this host may still use.
+
+        ERROR: no unshelve, so no spawn on any host of the storage, until
+        this host's recovery pass has removed the guest, given the disk
+        back and shelved-offloaded the instance again.
+        """
+        instance.vm_state = vm_states.ERROR
+        instance.system_metadata[shelved.FENCED_KEY] = CONF.host
+        instance.save(expected_task_state=[task_states.SPAWNING])
+        LOG.error('The failed guest could not be removed nor its disk moved '
+                  'away from %s: the instance is set to ERROR so that no '
+                  'spawn uses that disk while the guest may run. The image '
+                  'cache pass of this host removes the guest and shelves '
+                  'the instance again; to do it now, destroy the domain '
+                  'here (virsh destroy %s) and restart nova-compute.',
+                  self._kept_disks.instance_dir(instance.uuid),
+                  instance.name, instance=instance)
 
     def remove_guest(self, instance):
         """Destroy and undefine the instance's domain here, if it has one."""
@@ -597,14 +652,10 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             self._kept_disks.release(instance.uuid, snapshot_id)
         except (storage.VerificationFailed, OSError) as e:
             LOG.error('Could not give the kept root disk back to the '
-                      'storage: %s. The snapshot %s still holds the data; '
-                      'the next unshelve downloads it.', e, snapshot_id,
+                      'storage: %s. It stays in the instance directory, '
+                      'which the image cache pass of a host of the storage '
+                      'gives back; no spawn uses it meanwhile.', e,
                       instance=instance)
-            # Whatever is left in the instance directory must not be found
-            # by a stock spawn there.
-            if storage.is_real_dir(self._kept_disks.instance_dir(
-                    instance.uuid)):
-                self._quarantine(instance, snapshot_id)
             return
         LOG.info('Gave the kept root disk back (%s): it is in %s for the '
                  'next unshelve.', why,
@@ -612,19 +663,22 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                  instance=instance)
 
     def _quarantine(self, instance, snapshot_id):
+        """Move the claimed disk out of every spawn's way; False if not."""
         try:
             path = self._kept_disks.quarantine(instance.uuid, snapshot_id)
         except OSError:
-            LOG.exception('Could not quarantine the instance directory %s; '
-                          'disable this compute service until it is '
-                          'removed by hand.',
+            LOG.exception('Could not quarantine the instance directory %s.',
                           self._kept_disks.instance_dir(instance.uuid),
                           instance=instance)
-            return
+            return False
         LOG.error('The root disk is quarantined in %s until this host has '
-                  'removed the guest of the failed spawn; the next unshelve '
-                  'downloads snapshot %s.', path, snapshot_id,
+                  'removed the guest of the failed spawn; %s', path,
+                  'its snapshot %s is uploaded from there, then the next '
+                  'unshelve downloads it.' % snapshot_id
+                  if shelved.pending_snapshot_id(instance) else
+                  'the next unshelve downloads snapshot %s.' % snapshot_id,
                   instance=instance)
+        return True
 
     def _create_and_inject_local_root(self, context, instance, disk_mapping,
                                       booted_from_volume, suffix, disk_images,

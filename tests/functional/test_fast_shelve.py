@@ -162,8 +162,14 @@ class TestFastShelve(base.ShelveAccelTestBase):
     def _wait_for_held(self, gate, count):
         self._wait_for(lambda: len(gate.held) == count)
 
+    @staticmethod
+    def _leases(directory):
+        return sorted(n for n in os.listdir(directory)
+                      if n.startswith(storage.UPLOAD_LEASE))
+
     def _lease(self, kept):
-        return os.path.join(kept, storage.UPLOAD_LEASE)
+        """The newest lease file in the kept-disk directory."""
+        return os.path.join(kept, self._leases(kept)[-1])
 
     def _lease_holder(self, kept):
         with open(self._lease(kept)) as f:
@@ -203,7 +209,7 @@ class TestFastShelve(base.ShelveAccelTestBase):
         """The disk is uploaded and everything says so; still kept."""
         self._assert_image_holds_kept_disk(snapshot_id, kept)
         self.assertFalse(self._record(kept)['snapshot_pending'])
-        self.assertNotIn(storage.UPLOAD_LEASE, os.listdir(kept))
+        self.assertEqual([], self._leases(kept))
         sysmeta = self._sysmeta(server)
         self.assertNotIn(shelved.PENDING_UPLOAD_KEY, sysmeta)
         # The upload saved the instance after the offload: the offload's
@@ -463,9 +469,9 @@ class TestFastShelve(base.ShelveAccelTestBase):
         self.assertEqual(0x5a, base.read_marker(self.instance_disk(server)))
         self.assertEqual([], self.kept_disks(self.g1_path))
         # The lease moved with the disk and went with the record.
-        left = os.listdir(os.path.dirname(self.instance_disk(server)))
-        self.assertNotIn(storage.UPLOAD_LEASE, left)
-        self.assertNotIn(storage.RECORD_NAME, left)
+        inst_dir = os.path.dirname(self.instance_disk(server))
+        self.assertEqual([], self._leases(inst_dir))
+        self.assertNotIn(storage.RECORD_NAME, os.listdir(inst_dir))
 
         # The upload finds the disk claimed at its next check and stops:
         # the image never gets data, and Nova deletes it.

@@ -145,10 +145,18 @@ class TestEvictionUnderPressure(EvictionTestCase):
 
     def test_a_disk_no_instance_needs_is_left_to_the_reclaim(self):
         self.three_disks()
-        del self.db[OLDEST]
+        self.db[OLDEST].deleted = True
         self.evictor.evict_if_pressed()
         self.assertIn(OLDEST, self.kept())
         self.assertIn('the image cache pass reclaims it',
+                      self.stdlog.logger.output)
+
+    def test_a_disk_of_an_instance_not_found_is_not_evicted(self):
+        self.three_disks()
+        del self.db[OLDEST]
+        self.evictor.evict_if_pressed()
+        self.assertIn(OLDEST, self.kept())
+        self.assertIn('its instance is not in the database of this cell',
                       self.stdlog.logger.output)
 
     def test_the_storage_is_looked_at_once_a_minute(self):

@@ -18,6 +18,7 @@ instance storage is a temporary directory holding real disks.
 
 import copy
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -35,13 +36,16 @@ from nova.compute import vm_states
 import nova.conf
 from nova import context as nova_context
 from nova import exception
+from nova.network import model as network_model
 from nova import objects
 from nova import test
 from nova.tests import fixtures as nova_fixtures
+from nova.tests.unit import fake_block_device
 from nova.tests.unit import fake_instance
 from nova.virt import fake
 
 from nova_shelve_accel import shelved
+from nova_shelve_accel import storage
 from nova_shelve_accel.virt import libvirt
 from tests.unit import disks
 
@@ -506,6 +510,28 @@ class TestPeriodicPass(DriverTestCase):
         self.stub_out('nova.objects.Instance.save',
                       lambda inst, expected_task_state=None:
                       self.saved.append((inst.uuid, expected_task_state)))
+        self.stub_out('nova.objects.Instance.get_by_uuid',
+                      lambda cls, context, instance_uuid, expected_attrs=None:
+                      self.db[instance_uuid])
+        # The compute hosts of this cell, and those of them that are up.
+        self.cell_hosts = {CONF.host}
+        self.hosts_up = {CONF.host}
+
+        def get_by_compute_host(cls, context, host):
+            if host not in self.cell_hosts:
+                raise exception.ComputeHostNotFound(host=host)
+            return objects.Service(host=host, binary='nova-compute')
+
+        self.stub_out('nova.objects.Service.get_by_compute_host',
+                      get_by_compute_host)
+        self.stub_out(
+            'nova.objects.ServiceList.get_by_binary',
+            lambda cls, context, binary, include_disabled=False:
+            objects.ServiceList(objects=[
+                objects.Service(host=h, binary=binary)
+                for h in sorted(self.cell_hosts)]))
+        self.stub_out('nova.servicegroup.API.service_is_up',
+                      lambda api, service: service.host in self.hosts_up)
 
     def in_db(self, instance_uuid, shelved_image_id, marked=True, **updates):
         sysmeta = {}
@@ -528,10 +554,34 @@ class TestPeriodicPass(DriverTestCase):
         return sorted((r.instance_uuid, r.snapshot_id)
                       for r in self.drvr._kept_disks.list_kept())
 
-    def test_kept_disk_of_a_deleted_instance_is_reclaimed(self):
+    def test_kept_disk_of_an_archived_instance_is_reclaimed(self):
+        # In no database, while the host that kept it is a host of this
+        # cell: deleted, then archived.
         self.keep(uuids.deleted)
         self.assertEqual([], self.reclaim())
         self.assertEqual([], self.kept())
+
+    def test_kept_disk_of_an_instance_of_another_cell_is_kept(self):
+        # Not found is not deleted: a host of another cell sharing the
+        # storage kept it, for an instance this cell cannot see.
+        self.cell_hosts = set()
+        for pending in (False, True):
+            self.drvr._kept_disks._used_bytes = None
+            instance_uuid = uuids.other_cell_pending if pending else (
+                uuids.other_cell)
+            disks.make_qcow2_instance(self.instances_path, instance_uuid)
+            self.drvr._kept_disks.keep(instance_uuid, SNAPSHOT,
+                                       snapshot_pending=pending)
+
+        self.assertEqual([], self.reclaim())
+        self.reclaim()
+
+        self.assertEqual(sorted([(uuids.other_cell, SNAPSHOT),
+                                 (uuids.other_cell_pending, SNAPSHOT)]),
+                         self.kept())
+        output = self.stdlog.logger.output
+        self.assertEqual(2, output.count('Leaving'))
+        self.assertIn('is not in the database of this cell', output)
 
     def test_kept_disk_of_a_soft_deleted_row_is_reclaimed(self):
         self.keep(uuids.deleted)
@@ -661,16 +711,39 @@ class TestPeriodicPass(DriverTestCase):
 
     def test_a_damaged_kept_disk_is_reclaimed_once_not_needed(self):
         self.keep(uuids.deleted)
+        self.in_db(uuids.deleted, SNAPSHOT, deleted=True)
         path = self.damage(uuids.deleted, '{"broken')
         self.reclaim()
         self.assertFalse(os.path.exists(path))
         self.assertEqual([], os.listdir(self.drvr._kept_disks.path))
+
+    def test_a_damaged_disk_of_an_instance_not_found_is_kept(self):
+        # Who kept it is in the record, which cannot be read: nothing says
+        # the instance is gone. A record of a newer release is unreadable
+        # too.
+        record = self.keep(uuids.unknown)
+        path = self.damage(uuids.unknown, json.dumps(dict(
+            dataclasses.asdict(record), version=2)))
+        self.reclaim()
+        self.assertTrue(os.path.isdir(path))
+
+    def test_a_damaged_disk_keeps_its_backing_file_young(self):
+        record = self.keep(uuids.shelved)
+        self.in_db(uuids.shelved, SNAPSHOT)
+        self.damage(uuids.shelved, '{"broken')
+        base = os.path.join(self.drvr._kept_disks.base_dir,
+                            record.backing_file)
+        disks.age(base)
+        before = os.stat(base).st_mtime
+        self.reclaim()
+        self.assertGreater(os.stat(base).st_mtime, before + 60)
 
     def test_a_record_naming_another_instance_is_reclaimed_by_its_name(self):
         record = self.keep(uuids.deleted)
         path = self.damage(uuids.deleted, dataclasses.replace(
             record, instance_uuid=uuids.victim).to_json())
         self.in_db(uuids.victim, SNAPSHOT)
+        self.in_db(uuids.deleted, SNAPSHOT, deleted=True)
         self.reclaim()
         self.assertFalse(os.path.exists(path))
 
@@ -712,14 +785,77 @@ class TestPeriodicPass(DriverTestCase):
         self.assertTrue(self.drvr._kept_disks.find(
             uuids.instance, SNAPSHOT).snapshot_pending)
 
-    def test_a_quarantined_disk_of_an_instance_in_error_is_deleted(self):
-        # The same without the pending mark: the snapshot holds the data.
+    def test_a_quarantined_disk_of_an_instance_in_error_is_kept_again(self):
+        # Still shelved with that snapshot: the disk may be all there is
+        # (the snapshot may be gone, which is what made it ERROR).
         path = self.quarantined(uuids.instance)
         self.in_db(uuids.instance, SNAPSHOT, vm_state=vm_states.ERROR)
         with mock.patch.object(self.drvr, 'remove_guest'):
             self.reclaim()
         self.assertFalse(os.path.exists(path))
+        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+
+    def test_a_quarantined_disk_of_a_deleted_instance_is_deleted(self):
+        path = self.quarantined(uuids.instance)
+        self.in_db(uuids.instance, SNAPSHOT, deleted=True)
+        with mock.patch.object(self.drvr, 'remove_guest'):
+            self.reclaim()
+        self.assertFalse(os.path.exists(path))
         self.assertEqual([], self.kept())
+
+    def test_a_quarantined_disk_whose_guest_stays_is_left(self):
+        path = self.quarantined(uuids.instance)
+        self.pending_in_db(uuids.instance)
+        with mock.patch.object(self.drvr, 'remove_guest',
+                               side_effect=ValueError('libvirt is stuck')):
+            self.reclaim()
+        self.assertTrue(os.path.isdir(path))
+
+    def quarantined_by(self, host, instance_uuid=uuids.instance):
+        """A quarantine made by ``host`` (another compute of the storage)."""
+        self.cell_hosts.add(host)
+        other = disks.make_store(self.instances_path, host)
+        self.keep(instance_uuid)
+        other.claim(instance_uuid, SNAPSHOT)
+        return other.quarantine(instance_uuid, SNAPSHOT)
+
+    def test_another_hosts_quarantine_is_deleted_when_it_is_down(self):
+        # Only its host can remove its guest; once that host is down and
+        # no instance needs the disk, any host deletes it.
+        path = self.quarantined_by('compute-b')
+        self.in_db(uuids.instance, SNAPSHOT, deleted=True)
+        with mock.patch.object(self.drvr, 'remove_guest') as remove_guest:
+            self.reclaim()
+        remove_guest.assert_not_called()
+        self.assertFalse(os.path.exists(path))
+
+    def test_another_hosts_quarantine_waits_for_it_while_it_is_up(self):
+        path = self.quarantined_by('compute-b')
+        self.hosts_up.add('compute-b')
+        self.in_db(uuids.instance, SNAPSHOT, deleted=True)
+        self.reclaim()
+        self.assertTrue(os.path.isdir(path))
+
+    def test_a_needed_quarantine_of_a_dead_host_is_kept_and_protected(self):
+        # Nobody can say its guest is gone: it is not kept again, but its
+        # base file must outlive its host (and its pending data is
+        # uploaded from it, see the upload tests).
+        path = self.quarantined_by('compute-b')
+        self.pending_in_db(uuids.instance)
+        record = storage.read_record(path)
+        base = os.path.join(self.drvr._kept_disks.base_dir,
+                            record.backing_file)
+        disks.age(base)
+        before = os.stat(base).st_mtime
+        self.reclaim()
+        self.assertTrue(os.path.isdir(path))
+        self.assertGreater(os.stat(base).st_mtime, before + 60)
+
+    def test_a_quarantine_of_an_instance_not_found_is_left(self):
+        path = self.quarantined(uuids.instance)
+        self.cell_hosts = set()
+        self.reclaim()
+        self.assertTrue(os.path.isdir(path))
 
     def stage(self, instance_uuid):
         """A kept pending disk put back where an interrupted keep left it."""
@@ -741,12 +877,48 @@ class TestPeriodicPass(DriverTestCase):
         self.assertTrue(self.drvr._kept_disks.find(
             uuids.instance, SNAPSHOT).snapshot_pending)
 
-    def test_a_staged_disk_of_an_instance_in_error_is_deleted(self):
+    def test_a_staged_disk_of_an_instance_in_error_is_published(self):
+        # ERROR, still shelved with that snapshot: nothing says the data is
+        # elsewhere.
         staging = self.stage(uuids.instance)
         self.in_db(uuids.instance, SNAPSHOT, vm_state=vm_states.ERROR)
         self.drvr._recovery.run(self.context, at_start=True)
         self.assertFalse(os.path.exists(staging))
+        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+
+    def test_a_staged_disk_of_a_deleted_instance_is_deleted(self):
+        staging = self.stage(uuids.instance)
+        self.in_db(uuids.instance, SNAPSHOT, deleted=True)
+        self.drvr._recovery.run(self.context, at_start=True)
+        self.assertFalse(os.path.exists(staging))
         self.assertEqual([], self.kept())
+
+    def test_a_staged_only_copy_whose_record_cannot_be_read_stays(self):
+        # One EIO at start-up, or a record of a newer release: the only
+        # copy of a pending instance was deleted for that.
+        staging = self.stage(uuids.instance)
+        self.pending_in_db(uuids.instance)
+        with open(os.path.join(staging, storage.RECORD_NAME), 'w') as f:
+            f.write('{"version": 2}')
+        before = disks.tree(staging)
+        self.drvr._recovery.run(self.context, at_start=True)
+        self.assertEqual(before, disks.tree(staging))
+        self.assertIn('Leaving %s in place' % staging,
+                      self.stdlog.logger.output)
+
+    def test_a_staged_disk_survives_a_read_error(self):
+        staging = self.stage(uuids.instance)
+        self.pending_in_db(uuids.instance)
+        with mock.patch.object(storage, '_load_record',
+                               side_effect=OSError(5, 'Input/output error')):
+            self.drvr._recovery.run(self.context, at_start=True)
+        self.assertTrue(os.path.isdir(staging))
+
+    def test_a_staged_disk_of_an_instance_not_found_stays(self):
+        staging = self.stage(uuids.instance)
+        self.cell_hosts = set()
+        self.drvr._recovery.run(self.context, at_start=True)
+        self.assertTrue(os.path.isdir(staging))
 
     def test_an_interrupted_unshelve_of_an_only_copy_is_kept_pending(self):
         # A restart during the spawn on the claimed disk: rolled back with
@@ -758,9 +930,10 @@ class TestPeriodicPass(DriverTestCase):
         instance = self.pending_in_db(uuids.instance, host=CONF.host,
                                       task_state=task_states.SPAWNING)
         self.drvr.virtapi.reportclient = mock.Mock()
-        with mock.patch.object(self.drvr, 'remove_guest') as remove_guest:
+        with mock.patch.object(self.drvr._recovery,
+                               '_free_host_resources') as free:
             self.drvr._recovery.run(self.context, at_start=True)
-        remove_guest.assert_called_once_with(instance)
+        free.assert_called_once_with(self.context, instance)
         self.assertTrue(self.drvr._kept_disks.find(
             uuids.instance, SNAPSHOT).snapshot_pending)
         self.assertFalse(os.path.exists(os.path.join(self.instances_path,
@@ -769,6 +942,207 @@ class TestPeriodicPass(DriverTestCase):
                          self.saved)
         self.assertEqual(SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
+
+    # -- an unshelve a restart cut short -------------------------------------
+
+    def spawning(self, guest_started, pending=False):
+        """An unshelve on a claimed disk of this host, cut short."""
+        store = self.drvr._kept_disks
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
+        store.keep(uuids.instance, SNAPSHOT, snapshot_pending=pending)
+        store.claim(uuids.instance, SNAPSHOT)
+        if guest_started:
+            store.mark_unshelved(uuids.instance)
+        instance = self.in_db(uuids.instance, SNAPSHOT, host=CONF.host,
+                              task_state=task_states.SPAWNING,
+                              image_ref=SNAPSHOT, key_data=None,
+                              key_name='mykey')
+        instance.system_metadata['image_base_image_ref'] = uuids.base_image
+        instance.keypairs = objects.KeyPairList(objects=[
+            objects.KeyPair(name='mykey', public_key='ssh-ed25519 AAAA')])
+        if pending:
+            instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+        self.drvr.virtapi.reportclient = mock.Mock()
+        self.glance = self.useFixture(FakeGlance())
+        self.glance.add(SNAPSHOT, status='queued' if pending else 'active')
+        self.glance.deleted = []
+        self.stub_out('nova.image.glance.API.delete',
+                      lambda api, context, image_id:
+                      self.glance.deleted.append(image_id))
+        return instance
+
+    def test_an_unshelve_cut_after_its_guest_started_is_finished(self):
+        # Killed after Nova deleted the snapshot, before its final save:
+        # rolled back, the instance would be offloaded naming a deleted
+        # image, and the next unshelve would go to ERROR.
+        instance = self.spawning(guest_started=True)
+        with mock.patch.object(self.drvr, 'get_info') as get_info, \
+                mock.patch.object(self.drvr._recovery,
+                                  '_free_host_resources') as free:
+            get_info.return_value.state = 1
+            self.drvr._recovery.run(self.context, at_start=True)
+        free.assert_not_called()
+        self.assertEqual(vm_states.ACTIVE, instance.vm_state)
+        self.assertIsNone(instance.task_state)
+        self.assertEqual(1, instance.power_state)
+        self.assertEqual(CONF.host, instance.host)
+        self.assertEqual(uuids.base_image, instance.image_ref)
+        self.assertEqual('ssh-ed25519 AAAA', instance.key_data)
+        self.assertNotIn('shelved_image_id', instance.system_metadata)
+        self.assertNotIn(shelved.KEPT_DISK_KEY, instance.system_metadata)
+        self.assertEqual([(uuids.instance, [task_states.SPAWNING])],
+                         self.saved)
+        self.assertEqual([SNAPSHOT], self.glance.deleted)
+        self.drvr.virtapi.reportclient.delete_allocation_for_instance.\
+            assert_not_called()
+        inst_dir = os.path.join(self.instances_path, uuids.instance)
+        self.assertEqual(['disk', 'disk.info'], sorted(os.listdir(inst_dir)))
+
+    def test_a_finished_unshelve_of_a_pending_disk_unprotects_first(self):
+        self.spawning(guest_started=True, pending=True)
+        self.glance.images[SNAPSHOT]['protected'] = True
+        with mock.patch.object(self.drvr, 'get_info'):
+            self.drvr._recovery.run(self.context, at_start=True)
+        self.assertEqual([(SNAPSHOT, False)], self.glance.protections)
+        self.assertEqual([SNAPSHOT], self.glance.deleted)
+
+    def test_an_unshelve_cut_before_its_guest_started_is_undone(self):
+        instance = self.spawning(guest_started=False)
+        with mock.patch.object(self.drvr._recovery,
+                               '_free_host_resources') as free:
+            self.drvr._recovery.run(self.context, at_start=True)
+        free.assert_called_once_with(self.context, instance)
+        self.assertEqual(vm_states.SHELVED_OFFLOADED, instance.vm_state)
+        self.assertIsNone(instance.host)
+        self.assertEqual(uuids.base_image, instance.image_ref)
+        self.assertEqual('ssh-ed25519 AAAA', instance.key_data)
+        self.assertEqual([], self.glance.deleted)
+        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+        self.drvr.virtapi.reportclient.delete_allocation_for_instance.\
+            assert_called_once_with(self.context, uuids.instance, force=True)
+
+    def test_the_roll_back_frees_what_the_unshelve_acquired(self):
+        # As Nova's failed unshelve and its offload free them: the guest
+        # with its host side, the port bindings, the volume connections.
+        instance = self.spawning(guest_started=False)
+        instance.info_cache = objects.InstanceInfoCache(
+            network_info=network_model.NetworkInfo([
+                network_model.VIF(id=uuids.port)]))
+        volume = fake_block_device.fake_bdm_object(self.context, {
+            'id': 1, 'source_type': 'volume', 'destination_type': 'volume',
+            'volume_id': uuids.volume, 'attachment_id': uuids.attachment,
+            'instance_uuid': uuids.instance, 'connection_info': '{}',
+            'device_name': '/dev/vdb'})
+        self.stub_out(
+            'nova.objects.BlockDeviceMappingList.get_by_instance_uuid',
+            lambda cls, context, instance_uuid: (
+                objects.BlockDeviceMappingList(objects=[volume])))
+        self.stub_out('nova.objects.BlockDeviceMapping.save',
+                      lambda bdm: None)
+        neutron_api = self.useFixture(fixtures.MockPatch(
+            'nova.network.neutron.API')).mock.return_value
+        cinder_api = self.useFixture(fixtures.MockPatch(
+            'nova.volume.cinder.API')).mock.return_value
+        cinder_api.attachment_create.return_value = {'id': uuids.new}
+        with mock.patch.object(self.drvr, 'destroy') as destroy:
+            self.drvr._recovery.run(self.context, at_start=True)
+        destroy.assert_called_once_with(
+            self.context, instance, instance.get_network_info(),
+            block_device_info=mock.ANY, destroy_disks=False,
+            destroy_secrets=False)
+        neutron_api.unbind_ports.assert_called_once_with(
+            self.context, [uuids.port], detach=False)
+        cinder_api.attachment_delete.assert_called_once_with(
+            self.context, uuids.attachment)
+        self.assertEqual(uuids.new, volume.attachment_id)
+        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+
+    def test_an_offload_run_again_frees_the_accelerators(self):
+        # The API passes the instance's accelerator requests to the offload,
+        # which deletes them; the re-run after a restart did not.
+        self.keep(uuids.instance)
+        self.in_db(uuids.instance, SNAPSHOT, host=CONF.host,
+                   vm_state=vm_states.SHELVED,
+                   task_state=task_states.SHELVING_OFFLOADING,
+                   flavor=objects.Flavor(extra_specs={
+                       'accel:device_profile': 'gpu'}))
+        cyborg = self.useFixture(fixtures.MockPatch(
+            'nova.accelerator.cyborg.get_client')).mock.return_value
+        cyborg.get_arq_uuids_for_instance.return_value = [uuids.arq]
+        rpc = self.useFixture(fixtures.MockPatch(
+            'nova.compute.rpcapi.ComputeAPI')).mock.return_value
+        self.drvr._recovery.run(self.context, at_start=True)
+        rpc.shelve_offload_instance.assert_called_once_with(
+            self.context, self.db[uuids.instance], clean_shutdown=False,
+            accel_uuids=[uuids.arq])
+
+    # -- claims left in instance directories -------------------------------
+
+    def left_behind(self, fenced_by=None, pending=False):
+        """A claimed disk a failed unshelve could not give back."""
+        store = self.drvr._kept_disks
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
+        store.keep(uuids.instance, SNAPSHOT, snapshot_pending=pending)
+        store.claim(uuids.instance, SNAPSHOT)
+        instance = self.in_db(uuids.instance, SNAPSHOT,
+                              vm_state=vm_states.ERROR if fenced_by else
+                              vm_states.SHELVED_OFFLOADED)
+        if fenced_by:
+            instance.system_metadata[shelved.FENCED_KEY] = fenced_by
+        if pending:
+            instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+        return instance
+
+    def test_a_claim_left_behind_is_given_back_by_any_host(self):
+        instance = self.left_behind(pending=True)
+        self.reclaim()
+        self.assertTrue(self.drvr._kept_disks.find(
+            uuids.instance, SNAPSHOT).snapshot_pending)
+        self.assertFalse(os.path.exists(os.path.join(self.instances_path,
+                                                     uuids.instance)))
+        self.assertEqual(SNAPSHOT,
+                         instance.system_metadata[shelved.KEPT_DISK_KEY])
+
+    def test_a_fence_of_this_host_is_lifted_once_the_guest_is_gone(self):
+        instance = self.left_behind(fenced_by=CONF.host)
+        with mock.patch.object(self.drvr, 'remove_guest') as remove_guest:
+            self.reclaim()
+        remove_guest.assert_called_once_with(instance)
+        self.assertEqual(vm_states.SHELVED_OFFLOADED, instance.vm_state)
+        self.assertNotIn(shelved.FENCED_KEY, instance.system_metadata)
+        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.instance, [None])], self.saved)
+
+    def test_a_fence_stays_while_the_guest_cannot_be_removed(self):
+        instance = self.left_behind(fenced_by=CONF.host)
+        with mock.patch.object(self.drvr, 'remove_guest',
+                               side_effect=ValueError('libvirt is stuck')):
+            self.reclaim()
+        self.assertEqual(vm_states.ERROR, instance.vm_state)
+        self.assertIsNotNone(self.drvr._kept_disks.claimed_record(
+            uuids.instance))
+        self.assertEqual([], self.saved)
+
+    def test_another_hosts_fence_is_left_to_it(self):
+        self.left_behind(fenced_by='compute-b')
+        with mock.patch.object(self.drvr, 'remove_guest') as remove_guest:
+            self.reclaim()
+        remove_guest.assert_not_called()
+        self.assertIsNotNone(self.drvr._kept_disks.claimed_record(
+            uuids.instance))
+
+    def test_a_claim_left_behind_by_a_deleted_instance_is_deleted(self):
+        instance = self.left_behind()
+        instance.deleted = True
+        self.reclaim()
+        self.assertFalse(os.path.exists(os.path.join(self.instances_path,
+                                                     uuids.instance)))
+
+    def test_a_claim_of_an_instance_unshelving_again_is_left(self):
+        self.left_behind().task_state = task_states.SPAWNING
+        self.reclaim()
+        self.assertIsNotNone(self.drvr._kept_disks.claimed_record(
+            uuids.instance))
 
     def test_a_pending_mark_of_an_uploaded_disk_is_cleared(self):
         # The upload finished, the record says so, and a restart came
@@ -814,8 +1188,11 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         self.keep(uuids.instance)
         instance = self.offloaded()
         self.spawn(instance)
-        self.assertEqual(['disk', 'disk.info'], sorted(os.listdir(
-            self.inst_dir)))
+        # The claim's record says the guest started, until Nova saved the
+        # instance (the recovery removes it then).
+        self.assertEqual(['disk', 'disk.info', storage.UNSHELVED_MARK],
+                         sorted(os.listdir(self.inst_dir)))
+        self.assertTrue(self.store.unshelved(uuids.instance))
         self.assertEqual([], os.listdir(self.store.path))
         self.assertNotIn(shelved.KEPT_DISK_KEY, instance.system_metadata)
 
@@ -872,7 +1249,7 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         # The guest runs on the disk: failing now would leave it running
         # while the instance is offloaded again and its disk claimable.
         self.keep(uuids.instance)
-        with mock.patch.object(self.store, 'finish_claim',
+        with mock.patch.object(self.store, 'mark_unshelved',
                                side_effect=OSError(5, 'NFS hiccup')):
             self.spawn(self.offloaded())
         self.assertTrue(os.path.isfile(os.path.join(self.inst_dir,
@@ -904,6 +1281,64 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         self.assertTrue(quarantined.startswith('.quarantine-'))
         self.assertTrue(os.path.isfile(os.path.join(
             self.store.path, quarantined, 'disk')))
+
+    def test_a_guest_and_a_disk_that_cannot_be_moved_fence_the_instance(
+            self):
+        # Neither the guest removed nor the directory moved away: a stock
+        # spawn on any host of the storage would start a second guest on
+        # the disk. A log line is no fence: the instance goes to ERROR.
+        self.keep(uuids.instance)
+        self.stock_spawn.side_effect = ValueError('guest crashed')
+        saved = []
+        self.stub_out('nova.objects.Instance.save',
+                      lambda inst, expected_task_state=None: saved.append(
+                          (inst.vm_state, expected_task_state)))
+        instance = self.offloaded(task_state=task_states.SPAWNING)
+        with mock.patch.object(self.drvr, 'remove_guest',
+                               side_effect=ValueError('libvirt is stuck')), \
+                mock.patch.object(self.store, 'quarantine',
+                                  side_effect=OSError(5, 'I/O error')):
+            self.assertRaises(ValueError, self.spawn, instance)
+        self.assertEqual(vm_states.ERROR, instance.vm_state)
+        self.assertEqual(CONF.host,
+                         instance.system_metadata[shelved.FENCED_KEY])
+        self.assertEqual([(vm_states.ERROR, [task_states.SPAWNING])], saved)
+        self.assertIsNotNone(self.store.claimed_record(uuids.instance))
+
+    def test_a_stock_spawn_does_not_use_a_claim_left_behind(self):
+        # A failed unshelve could not give the disk back: Nova's image
+        # backend would start the guest on whatever disk it finds there.
+        self.keep(uuids.instance)
+        self.store.claim(uuids.instance, SNAPSHOT)
+        error = self.assertRaises(exception.InstanceUnacceptable,
+                                  self.spawn, self.offloaded())
+        self.assertIn('a failed unshelve left its kept root disk in %s'
+                      % self.inst_dir, str(error))
+        self.stock_spawn.assert_not_called()
+
+    def test_nova_asking_the_power_state_after_spawn_is_a_cut_point(self):
+        self.keep(uuids.instance)
+        instance = self.offloaded()
+        self.spawn(instance)
+        points = []
+        with mock.patch('nova_shelve_accel.faults.cut_point',
+                        points.append), \
+                mock.patch('nova.virt.libvirt.driver.LibvirtDriver.get_info'):
+            self.drvr.get_info(instance)
+            self.drvr.get_info(instance)
+        self.assertEqual(['spawn.snapshot_deleted'], points)
+
+    def test_the_reuse_of_a_pending_disk_lifts_the_protection(self):
+        # Nova deletes the queued snapshot after the spawn; Glance refuses
+        # while it is protected.
+        glance = self.useFixture(FakeGlance())
+        glance.add(SNAPSHOT)
+        glance.images[SNAPSHOT]['protected'] = True
+        self.keep(uuids.instance)
+        instance = self.offloaded()
+        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+        self.spawn(instance)
+        self.assertEqual([(SNAPSHOT, False)], glance.protections)
 
     def test_a_disk_swapped_for_a_link_after_the_claim_is_given_back(self):
         self.keep(uuids.instance)

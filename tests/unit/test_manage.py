@@ -131,6 +131,9 @@ class ManageTestCase(test.TestCase):
         self.storage_log = self.useFixture(fixtures.FakeLogger(
             name='nova_shelve_accel.storage', level=py_logging.INFO))
         self.config_file = self.write_config()
+        # The host keeping the disks is a compute host of this deployment.
+        objects.HostMapping(self.ctxt, host=HOST,
+                            cell_mapping=self.cell_mappings['cell1']).create()
 
     def write_config(self, **shelve_accel):
         path = os.path.join(self.useFixture(fixtures.TempDir()).path,
@@ -199,10 +202,11 @@ class ManageTestCase(test.TestCase):
 
     # -- kept disks on the storage -----------------------------------------
 
-    def keep(self, instance_uuid, snapshot=SNAPSHOT, pending=False):
+    def keep(self, instance_uuid, snapshot=SNAPSHOT, pending=False,
+             store=None):
         disks.make_qcow2_instance(self.instances_path, instance_uuid)
-        return self.store.keep(instance_uuid, snapshot, 'qcow2',
-                               snapshot_pending=pending)
+        return (store or self.store).keep(instance_uuid, snapshot, 'qcow2',
+                                          snapshot_pending=pending)
 
     def damage(self, record):
         """Make the kept disk of ``record`` a damaged one."""
@@ -238,8 +242,14 @@ class ManageTestCase(test.TestCase):
         """One kept disk of each kind, by name: (instance, snapshot)."""
         cases = {}
 
-        def case(name, instance_uuid, snapshot=SNAPSHOT, pending=False):
-            record = self.keep(instance_uuid, snapshot, pending=pending)
+        # A host of another deployment sharing the storage, unknown to
+        # this API database.
+        stranger = disks.make_store(self.instances_path, 'compute-x')
+
+        def case(name, instance_uuid, snapshot=SNAPSHOT, pending=False,
+                 store=None):
+            record = self.keep(instance_uuid, snapshot, pending=pending,
+                               store=store)
             cases[name] = record
             return record
 
@@ -260,7 +270,13 @@ class ManageTestCase(test.TestCase):
         case('pending_deleted', self.make_instance(
             sysmeta=self.shelved_with(SNAPSHOT, pending=True),
             deleted=True), pending=True)
-        case('not_mapped', uuidutils.generate_uuid())
+        # In no database while the host that kept it is known: deleted
+        # and archived.
+        case('archived', uuidutils.generate_uuid())
+        # In no database, kept by a host this database does not know.
+        case('not_mapped', uuidutils.generate_uuid(), store=stranger)
+        case('pending_not_mapped', uuidutils.generate_uuid(), pending=True,
+             store=stranger)
         self.damage(case('damaged_needed', self.make_instance(
             sysmeta=self.shelved_with(SNAPSHOT))))
         self.damage(case('damaged_deleted', self.make_instance(
@@ -270,7 +286,9 @@ class ManageTestCase(test.TestCase):
     NEEDED = ('needed', 'needed_in_cell2', 'reshelved_new', 'pending',
               'damaged_needed')
     UNNEEDED = ('deleted', 'reshelved_old', 'unshelved', 'pending_deleted',
-                'not_mapped', 'damaged_deleted')
+                'archived', 'damaged_deleted')
+    # Nothing is known: never reclaimed without --reclaim-unfound.
+    UNKNOWN = ('not_mapped', 'pending_not_mapped')
 
     def name_of(self, cases, entry):
         for name, record in cases.items():
@@ -294,7 +312,8 @@ class TestKeptList(ManageTestCase):
         self.assertEqual(set(cases) - set(damaged), set(rows))
         needed = {name: e['needed'] for name, e in
                   list(rows.items()) + list(damaged.items())}
-        self.assertEqual({n: n in self.NEEDED for n in cases}, needed)
+        self.assertEqual({n: None if n in self.UNKNOWN else n in self.NEEDED
+                          for n in cases}, needed)
         self.assertEqual(
             {'needed': 'shelved_offloaded',
              'needed_in_cell2': 'shelved_offloaded',
@@ -304,15 +323,21 @@ class TestKeptList(ManageTestCase):
              'unshelved': 'active',
              'pending': 'shelved_offloaded',
              'pending_deleted': 'deleted',
-             'not_mapped': 'not found'},
+             'archived': 'not found',
+             'not_mapped': 'not found',
+             'pending_not_mapped': 'not found'},
             {name: e['instance_state'] for name, e in rows.items()})
+        self.assertIn('deleted and archived', rows['archived']['reason'])
+        self.assertIn('compute-x) is not known to this API database',
+                      rows['not_mapped']['reason'])
         self.assertEqual('the instance was deleted',
                          rows['deleted']['reason'])
         self.assertEqual('the instance is no longer shelved with snapshot '
                          '%s' % SNAPSHOT, rows['reshelved_old']['reason'])
         self.assertIn('only copy', rows['pending']['reason'])
         self.assertEqual(
-            {'pending': 'pending', 'pending_deleted': 'pending'},
+            {'pending': 'pending', 'pending_deleted': 'pending',
+             'pending_not_mapped': 'pending'},
             {n: e['upload_state'] for n, e in rows.items()
              if e['upload_state'] != 'uploaded'})
         self.assertEqual(PROJECT, rows['needed_in_cell2']['project'])
@@ -369,8 +394,9 @@ class TestKeptList(ManageTestCase):
             [line] = [line for line in table.splitlines()
                       if record.instance_uuid in line and
                       record.snapshot_id in line]
-            self.assertIn('| %s ' % ('yes' if name in self.NEEDED else
-                                     'no'), line)
+            self.assertIn('| %s ' % ('unknown' if name in self.UNKNOWN
+                                     else 'yes' if name in self.NEEDED
+                                     else 'no'), line)
         [line] = [line for line in main_table.splitlines()
                   if cases['not_mapped'].instance_uuid in line]
         self.assertIn('| not found ', line)
@@ -552,6 +578,10 @@ class TestKeptReclaim(ManageTestCase):
             self.assertFalse([line for line in out.splitlines()
                               if cases[name].instance_uuid in line and
                               cases[name].snapshot_id in line])
+        for name in self.UNKNOWN:
+            [line] = [line for line in out.splitlines()
+                      if cases[name].instance_uuid in line]
+            self.assertIn('kept: nothing is known of the instance', line)
         self.assertIn('Dry run: nothing was deleted', out)
         self.assertIn('--apply', out)
 
@@ -564,9 +594,11 @@ class TestKeptReclaim(ManageTestCase):
         self.assertEqual(
             sorted(storage.kept_name(cases[n].instance_uuid,
                                      cases[n].snapshot_id)
-                   for n in self.NEEDED), self.kept_names())
+                   for n in self.NEEDED + self.UNKNOWN), self.kept_names())
         self.assertEqual({'reclaimed'},
                          {e['result'] for e in report['reclaim']})
+        self.assertEqual(set(self.UNKNOWN),
+                         {self.name_of(cases, e) for e in report['refused']})
         self.assertEqual(len(self.UNNEEDED), report['reclaimed_count'])
         # The periodic pass's own log lines, from its own code.
         for name in self.UNNEEDED:
@@ -632,7 +664,9 @@ class TestKeptReclaim(ManageTestCase):
         self.assertEqual(
             {storage.kept_name(in_cell2, SNAPSHOT),
              storage.kept_name(cases['needed_in_cell2'].instance_uuid,
-                               SNAPSHOT)},
+                               SNAPSHOT)} |
+            {storage.kept_name(cases[n].instance_uuid, SNAPSHOT)
+             for n in self.UNKNOWN},
             {storage.kept_name(e['instance'], e['snapshot'])
              for e in report['refused']})
         self.assertIn(storage.kept_name(in_cell2, SNAPSHOT),
@@ -642,6 +676,38 @@ class TestKeptReclaim(ManageTestCase):
         self.assertIn(self.store.kept_dir(in_cell2,
                                           gone_in_cell2.snapshot_id),
                       self.stderr.getvalue())
+
+    def test_a_wrong_api_database_reclaims_nothing(self):
+        # Pointed at another deployment's API database, every instance is
+        # in no database: nothing may be reclaimed for that, pending disks
+        # (their instance's only copy) least of all.
+        self.make_every_case()
+        objects.HostMapping.get_by_host(self.ctxt, HOST).destroy()
+        self.useFixture(fixtures.MockPatchObject(
+            objects.InstanceMappingList, 'get_by_instance_uuids',
+            return_value=objects.InstanceMappingList(objects=[])))
+        before = disks.tree(self.instances_path)
+
+        report = self.run_json('kept', 'reclaim', '--apply')
+
+        self.assertEqual(before, disks.tree(self.instances_path))
+        self.assertEqual([], report['reclaim'])
+        self.assertEqual(13, len(report['refused']))
+        self.assertIn('is not known to this API database',
+                      self.stderr.getvalue())
+
+    def test_reclaim_unfound_is_the_explicit_override(self):
+        cases = self.make_every_case()
+
+        report = self.run_json('kept', 'reclaim', '--apply',
+                               '--reclaim-unfound')
+
+        self.assertEqual(set(self.UNNEEDED + self.UNKNOWN),
+                         {self.name_of(cases, e) for e in report['reclaim']})
+        self.assertEqual([], report['refused'])
+        self.assertNotIn(storage.kept_name(
+            cases['pending_not_mapped'].instance_uuid, SNAPSHOT),
+            self.kept_names())
 
     def test_nothing_is_reclaimed_when_the_api_database_fails(self):
         self.make_every_case()
@@ -655,7 +721,7 @@ class TestKeptReclaim(ManageTestCase):
 
         self.assertEqual(before, disks.tree(self.instances_path))
         self.assertEqual([], report['reclaim'])
-        self.assertEqual(11, len(report['refused']))
+        self.assertEqual(13, len(report['refused']))
         self.assertIn('[api_database] connection', self.stderr.getvalue())
 
     def test_apply_and_dry_run_together_are_invalid_input(self):

@@ -62,10 +62,6 @@ class TestReasonToReclaim(test.NoDBTestCase):
         instance = self._instance(shelved_image_id=SNAPSHOT)
         self.assertIsNone(shelved.reason_to_reclaim(instance, SNAPSHOT))
 
-    def test_instance_not_in_the_database(self):
-        self.assertEqual('the instance was deleted',
-                         shelved.reason_to_reclaim(None, SNAPSHOT))
-
     def test_instance_deleted(self):
         instance = self._instance(deleted=True, shelved_image_id=SNAPSHOT)
         self.assertEqual('the instance was deleted',

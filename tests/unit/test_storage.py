@@ -106,7 +106,7 @@ class TestKeptDiskRecord(StoreTestCase):
         os.makedirs(directory)
         with open(os.path.join(directory, storage.RECORD_NAME), 'w') as f:
             f.write('{"instance_uuid": ')
-        self.assertIsNone(storage._read_record(directory))
+        self.assertIsNone(storage.read_record(directory))
         self.assertIn('is unreadable', self.log.output)
 
     def test_record_with_missing_fields_reads_as_none(self):
@@ -115,10 +115,10 @@ class TestKeptDiskRecord(StoreTestCase):
         with open(os.path.join(directory, storage.RECORD_NAME), 'w') as f:
             f.write(json.dumps({'version': storage.RECORD_VERSION,
                                 'files': ['disk']}))
-        self.assertIsNone(storage._read_record(directory))
+        self.assertIsNone(storage.read_record(directory))
 
     def test_directory_without_record_reads_as_none(self):
-        self.assertIsNone(storage._read_record(self.instances_path))
+        self.assertIsNone(storage.read_record(self.instances_path))
 
     def _assert_inventory_reports_damaged(self, record_text, problem):
         # A kept directory whose record reads as record_text is reported as
@@ -750,11 +750,13 @@ class TestReclaim(StoreTestCase):
             _kept, _damaged, in_flight = self.store.inventory()
             self.assertEqual([], self.store.abandoned(in_flight, False))
 
-    def test_quarantine_is_abandoned_only_to_its_host(self):
+    def test_every_quarantine_is_returned_to_every_host(self):
+        # Who may resolve one depends on its instance and on its host: the
+        # recovery decides.
         mine = self.make_leftover(storage.QUARANTINE)
-        self.make_leftover(storage.QUARANTINE, host='compute-b')
-        self.assertEqual([mine], self.abandoned(
-            at_start=False, age=storage.STALE_SECONDS + 60))
+        theirs = self.make_leftover(storage.QUARANTINE, host='compute-b')
+        self.assertEqual(sorted([mine, theirs]), sorted(self.abandoned(
+            at_start=False, age=0)))
 
     def test_remove_tree_tolerates_a_tree_removed_meanwhile(self):
         trash = self.make_leftover(storage.TRASH)
