@@ -39,7 +39,9 @@ POINTS = (
     'claim.verified',           # record and disk checked, not renamed yet
     'claim.renamed',            # kept disk renamed into the instance dir
     'spawn.guest_started',      # libvirt spawn returned, kept.json remains
-    'spawn.finished',           # kept.json removed, Nova not told yet
+    'spawn.finished',           # kept.json marked unshelved, Nova not told
+    'spawn.snapshot_deleted',   # Nova deleted the snapshot, instance not
+                                # saved ACTIVE yet
     # a failed spawn gives the disk back
     'release.guest_removed',    # guest destroyed, disk not moved yet
     'release.staged',           # instance dir renamed to staging
@@ -51,6 +53,7 @@ POINTS = (
     # kept disk is uploaded into the queued image after the offload
     'upload.snapshot_skipped',  # shelve skipped the snapshot, disk in place
     'upload.started',           # lease taken, disk being converted
+    'upload.converted',         # full copy in the snapshots directory
     'upload.finished',          # Glance took the data, not checked yet
     'upload.activated',         # image seen active, kept.json still pending
     'upload.record_updated',    # kept.json says uploaded, sysmeta pending
