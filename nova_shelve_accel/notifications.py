@@ -25,7 +25,6 @@ logged by oslo.messaging and the work goes on.
 """
 
 import threading
-import time
 
 from oslo_log import log as logging
 import oslo_messaging as messaging
@@ -61,12 +60,10 @@ EVENTS = {
 # Reasons are exception texts, bounded so that a payload stays small.
 MAX_REASON_CHARS = 512
 # How long the storage group names of this host are reused.
-GROUPS_TTL_SECONDS = 600
 
 _lock = threading.Lock()
 _notifier = None
 _notifier_transport = None
-_groups = (None, 0.0)        # (names, monotonic time read)
 
 
 def notify(event_type, instance_uuid, context=None, project_id=None,
@@ -110,27 +107,15 @@ def _get_notifier():
 
 
 def _storage_groups():
-    """Names of the storage groups of this host, read every few minutes.
-
-    The aggregates live in the API database; a compute reads them through
-    the conductor, which is worth a call per ten minutes, not per event.
-    """
-    global _groups
-    names, read_at = _groups
-    now = time.monotonic()
-    if names is not None and now - read_at < GROUPS_TTL_SECONDS:
-        return names
+    """Names of the storage groups of this host, read every few minutes."""
     try:
-        names = shelved.groups_of_host(nova_context.get_admin_context(),
-                                       CONF.host)
+        return shelved.this_host.get(nova_context.get_admin_context(),
+                                     CONF.host)[0]
     except Exception as e:
         LOG.debug('Cannot read the storage groups of %s: %s', CONF.host, e)
-        return names or []
-    _groups = (names, now)
-    return names
+        return []
 
 
 def forget_storage_groups():
     """Read the groups again at the next event (tests change them)."""
-    global _groups
-    _groups = (None, 0.0)
+    shelved.this_host.forget()

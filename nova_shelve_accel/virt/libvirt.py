@@ -72,6 +72,10 @@ LOG = logging.getLogger(__name__)
 # format of that file.
 _FILE_FORMATS = {'qcow2': 'qcow2', 'raw': 'raw', 'flat': 'raw'}
 
+# How many times Nova's image cache pass lists the storage before a disk
+# that keeps moving away fails it.
+IMAGE_CACHE_LISTINGS = 3
+
 # Task states of an instance whose destroy is a shelve-offload: the API
 # offloads a volume-backed instance straight from SHELVING.
 _OFFLOADING = (task_states.SHELVING_OFFLOADING, task_states.SHELVING)
@@ -181,6 +185,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             instance, virt_driver.get_block_device_info(instance, bdms),
             image_id)
         if not reason:
+            reason = self._no_peer_to_resume_upload(context)
+        if not reason:
             # The checks the offload's keep will make: a disk it would refuse
             # would have to be uploaded before the offload deletes it.
             try:
@@ -202,6 +208,25 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                      'protected until the upload.', instance=instance)
             return False
         return True
+
+    @staticmethod
+    def _no_peer_to_resume_upload(context):
+        """Why no other host could finish this host's uploads, or None.
+
+        Skipping the snapshot makes the kept disk the only copy until the
+        upload: were this host to stop for good, another plugin host of its
+        storage group must resume it.
+        """
+        try:
+            _groups, peers = shelved.this_host.get(context, CONF.host)
+        except Exception as e:
+            return 'the storage groups of this host cannot be read: %s' % e
+        if not peers:
+            return ('no other host shares its storage group, to finish the '
+                    'upload should this host stop ([shelve_accel] '
+                    'snapshot_upload = after_offload needs a storage group '
+                    'of two hosts or more)')
+        return None
 
     def _domain_disk_format(self, instance):
         """The root disk's driver type in the instance's domain, or None.
@@ -703,7 +728,29 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         # An offloaded instance has no host, so Nova counts it as using no
         # image: passing it in keeps the base of its image_ref alive, and
         # the pass above touched each kept disk's actual backing file.
-        super().manage_image_cache(context, list(all_instances) + still_kept)
+        self._nova_image_cache_pass(context,
+                                    list(all_instances) + still_kept)
+
+    def _nova_image_cache_pass(self, context, instances):
+        """Nova's image cache pass, listed again if a disk moves meanwhile.
+
+        Nova lists every instance directory of the storage and reads each
+        disk's backing file; a directory that a keep on any host moves away
+        between the two makes it raise DiskNotFound and abort, skipping the
+        rest of the pass. Stock Nova has the same race with deleted
+        instances; keeps make it frequent. Listed again, the directory is
+        not there any more.
+        """
+        for attempt in range(1, IMAGE_CACHE_LISTINGS + 1):
+            try:
+                return super().manage_image_cache(context, instances)
+            except exception.DiskNotFound as e:
+                if attempt == IMAGE_CACHE_LISTINGS:
+                    raise
+                LOG.info("%s While Nova's image cache pass listed the "
+                         "instance directories, it moved away (a keep or "
+                         "a delete); listing them again.",
+                         e.format_message())
 
     def get_available_resource(self, nodename):
         # The resource tracker's periodic, outside its lock: also the time

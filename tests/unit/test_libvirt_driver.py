@@ -659,6 +659,36 @@ class TestPeriodicPass(DriverTestCase):
         self.assertIn('Permission denied', self.stdlog.logger.output)
         del owner
 
+    def test_a_disk_moved_during_novas_listing_does_not_abort_its_pass(
+            self):
+        # Seen during a burst of fast shelves: Nova listed an instance
+        # directory whose disk a keep moved away a moment later, and its
+        # whole pass aborted with DiskNotFound.
+        self.keep(uuids.shelved)
+        self.in_db(uuids.shelved, SNAPSHOT)
+        nova_pass = self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.manage_image_cache',
+            side_effect=[exception.DiskNotFound(location='/moved/disk'),
+                         None])).mock
+        recovery = self.useFixture(fixtures.MockPatchObject(
+            self.drvr._recovery, 'run', return_value=[])).mock
+
+        self.drvr.manage_image_cache(self.context, [])
+
+        self.assertEqual(2, nova_pass.call_count)
+        recovery.assert_called_once()
+        self.assertIn('No disk at /moved/disk', self.stdlog.logger.output)
+
+    def test_the_plugins_pass_does_not_depend_on_novas(self):
+        # A pass of Nova's that fails still leaves the kept disks resolved.
+        self.keep(uuids.deleted)
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.manage_image_cache',
+            side_effect=exception.DiskNotFound(location='/moved/disk')))
+        self.assertRaises(exception.DiskNotFound,
+                          self.drvr.manage_image_cache, self.context, [])
+        self.assertEqual([], self.kept())
+
     def test_a_kept_disk_without_its_marker_is_marked(self):
         # A restart between keeping the disk and saving the instance.
         self.keep(uuids.shelved)
@@ -1396,6 +1426,12 @@ class TestSnapshotAtShelve(DriverTestCase):
                 objects.BlockDeviceMappingList(objects=[])))
         self.glance = self.useFixture(FakeGlance())
         self.glance.add(SNAPSHOT)
+        # This host's storage group, with another host to resume uploads.
+        self.peers = ['compute-b']
+        self.stub_out('nova_shelve_accel.shelved.storage_of_host',
+                      lambda context, host: (['g1'], self.peers))
+        shelved.this_host.forget()
+        self.addCleanup(shelved.this_host.forget)
 
     def shelving(self, sysmeta=None, **updates):
         # The manager sets shelved_image_id only after the snapshot.
@@ -1424,6 +1460,21 @@ class TestSnapshotAtShelve(DriverTestCase):
         # The queued image is the only image of the data until the upload:
         # nobody may delete it meanwhile.
         self.assertEqual([(SNAPSHOT, True)], self.glance.protections)
+
+    def test_a_host_alone_on_its_storage_takes_the_snapshot(self):
+        # Were it to stop for good, nobody could upload the only copy.
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
+        self.peers = []
+        self.assert_stock_snapshot(self.shelving())
+        self.assertIn('no other host shares its storage group',
+                      self.stdlog.logger.output)
+
+    def test_storage_groups_that_cannot_be_read_take_the_snapshot(self):
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
+        self.stub_out('nova_shelve_accel.shelved.storage_of_host',
+                      mock.Mock(side_effect=ValueError('conductor away')))
+        self.assert_stock_snapshot(self.shelving())
+        self.assertIn('conductor away', self.stdlog.logger.output)
 
     def test_an_image_that_cannot_be_protected_is_snapshotted(self):
         disks.make_qcow2_instance(self.instances_path, uuids.instance)

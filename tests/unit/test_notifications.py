@@ -45,8 +45,9 @@ class NotificationsTestCase(test.TestCase):
         return [message for _ctxt, message, _priority, _retry
                 in test_driver.NOTIFICATIONS]
 
-    def group(self, name, hosts):
-        aggregate = objects.Aggregate(self.context, name=name,
+    def group(self, name, hosts, aggregate_name=None):
+        aggregate = objects.Aggregate(self.context,
+                                      name=aggregate_name or name,
                                       metadata={shelved.GROUP_KEY: name})
         aggregate.create()
         for host in hosts:
@@ -130,6 +131,16 @@ class TestStorageGroups(NotificationsTestCase):
         self.assertEqual(['g1'], self.groups_sent())
         notifications.forget_storage_groups()
         self.assertEqual([], self.groups_sent())
+
+    def test_the_peers_are_the_other_hosts_of_every_aggregate_of_a_group(
+            self):
+        self.group('g1', ['c1', 'c2'])
+        self.group('g1', ['c3'], aggregate_name='g1-rack2')
+        self.group('g2', ['c4'])
+        self.assertEqual((['g1'], ['c2', 'c3']),
+                         shelved.storage_of_host(self.context, 'c1'))
+        self.assertEqual(([], []),
+                         shelved.storage_of_host(self.context, 'c9'))
 
     def test_other_aggregates_of_the_host_do_not_count(self):
         aggregate = objects.Aggregate(self.context, name='az1',
