@@ -111,7 +111,7 @@ class Evictor:
 
     def _evict(self, record, why):
         try:
-            instance = upload._instance(record.instance_uuid)
+            instance = upload.instance_of(record.instance_uuid)
             refusal = self._refusal(instance, record)
         except Exception as e:
             refusal = 'its instance or snapshot cannot be read: %s' % e

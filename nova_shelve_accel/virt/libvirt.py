@@ -127,7 +127,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
             CONF.image_cache.subdirectory_name, CONF.host)
         self._recovery = recovery.Recovery(self, self._kept_disks)
-        self._uploads = upload.SnapshotUploader(self, self._kept_disks)
+        self._uploads = upload.SnapshotUploader(
+            self._kept_disks, spawns_in_progress=self.spawns_in_progress)
         self._evictor = eviction.Evictor(self._kept_disks)
         # The shelve-offloads in progress: instance uuid -> _Offload.
         self._offloads = {}

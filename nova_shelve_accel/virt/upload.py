@@ -72,6 +72,7 @@ from nova import objects
 import nova.privsep.utils
 from nova import service_auth
 from nova import utils
+from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_shelve_accel import faults
 from nova_shelve_accel import notifications
@@ -127,9 +128,18 @@ class SnapshotLost(Exception):
 class SnapshotUploader:
     """The background uploads of one compute host."""
 
-    def __init__(self, driver, store):
-        self._driver = driver
+    def __init__(self, store, spawns_in_progress=lambda: False,
+                 find_instance=None):
+        """The uploads of a host, or of a command, on ``store``.
+
+        ``spawns_in_progress()`` says whether this host starts guests (the
+        upload yields to them); ``find_instance(uuid)`` reads an instance
+        with its system metadata, None if there is none (by default from
+        this host's cell database).
+        """
         self._store = store
+        self._spawns_in_progress = spawns_in_progress
+        self._find_instance = find_instance or instance_of
         self._image_api = glance.API()
         # Uploads wait for a worker of their own pool, not in Nova's: a
         # burst of fast shelves must not fill the long-task pool that
@@ -339,7 +349,7 @@ class SnapshotUploader:
 
         check()     # before converting a disk that is not ours any more
         self.upload(context, instance, image, disk, record.disk_format,
-                    check, busy=self._driver.spawns_in_progress)
+                    check, busy=self._spawns_in_progress)
         faults.cut_point('upload.finished')
         image = self._queued_image(context, snapshot_id)
         if image.get('status') != 'active':
@@ -364,7 +374,7 @@ class SnapshotUploader:
         """The instance, read once the shelve that kept its disk is over."""
         deadline = time.monotonic() + OFFLOAD_WAIT_SECONDS
         while True:
-            instance = _instance(instance_uuid)
+            instance = self._find_instance(instance_uuid)
             if (instance is None or instance.task_state not in _SHELVING or
                     time.monotonic() >= deadline or
                     self._stopping.wait(POLL_SECONDS)):
@@ -373,7 +383,7 @@ class SnapshotUploader:
     def _yield_to_spawns(self):
         """Wait while this host starts guests, up to SPAWN_YIELD_SECONDS."""
         deadline = time.monotonic() + SPAWN_YIELD_SECONDS
-        while (self._driver.spawns_in_progress() and
+        while (self._spawns_in_progress() and
                time.monotonic() < deadline):
             if self._stopping.wait(POLL_SECONDS):
                 return
@@ -393,7 +403,7 @@ class SnapshotUploader:
         # offload's last save (an upload starts during the offload), and
         # saving it would write its whole system metadata back, dropping
         # the kept-disk marker the offload saved.
-        instance = _instance(instance.uuid)
+        instance = self._find_instance(instance.uuid)
         if instance is not None:
             clear_pending_mark(instance, record.snapshot_id)
 
@@ -407,8 +417,7 @@ class SnapshotUploader:
         conversion pauses while ``busy()`` says so.
         """
         image_format = CONF.libvirt.snapshot_image_format or disk_format
-        metadata = self._driver._create_snapshot_metadata(
-            instance.image_meta, instance, image_format, image['name'])
+        metadata = snapshot_metadata(instance, image_format, image['name'])
         started = time.monotonic()
         LOG.info('Uploading the root disk %s (%.1f MiB) into snapshot %s '
                  'as %s.', disk, os.path.getsize(disk) / units.Mi,
@@ -619,7 +628,18 @@ def clear_pending_mark(instance, snapshot_id):
     return True
 
 
-def _instance(instance_uuid):
+def snapshot_metadata(instance, image_format, name):
+    """The image metadata Nova's libvirt snapshot gives a snapshot.
+
+    From the very method Nova's snapshot uses; it reads nothing of the
+    driver object, so that the commands, which have none, give the same.
+    """
+    return libvirt_driver.LibvirtDriver._create_snapshot_metadata(
+        None, instance.image_meta, instance, image_format, name)
+
+
+def instance_of(instance_uuid):
+    """The instance with its system metadata, from this cell; or None."""
     try:
         return objects.Instance.get_by_uuid(
             nova_context.get_admin_context(), instance_uuid,
