@@ -22,6 +22,8 @@ does:
 * ``kept show <instance uuid>``: everything about one instance's kept disks;
 * ``kept reclaim [--apply]``: the disks the periodic pass would reclaim, and
   with ``--apply`` reclaims them through the same code;
+* ``kept drain [--evict]`` and ``kept restore <instance uuid>``: see
+  ``snapshots``;
 * ``storage usage``: the storage group, the filesystem's space and what kept
   disks occupy.
 
@@ -794,6 +796,10 @@ def add_command_parsers(subparsers):
              'a wrong [api_database] would make every instance look gone, '
              'and a disk pending upload is its instance\'s only copy)')
     reclaim.set_defaults(run=reclaim_kept, apply=False)
+
+    # kept drain and kept restore build on this module's helpers.
+    from nova_shelve_accel.cmd import snapshots
+    snapshots.add_parsers(kept_commands)
 
     storage_parser = subparsers.add_parser(
         'storage', help='the storage of this host')

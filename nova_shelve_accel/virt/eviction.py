@@ -52,8 +52,14 @@ PRESSURE_CHECK_SECONDS = 60
 class Evictor:
     """The evictions of one compute host."""
 
-    def __init__(self, store):
+    def __init__(self, store, find_instance=None):
+        """The evictions on ``store``.
+
+        ``find_instance(uuid)`` reads an instance with its system metadata,
+        or gives None (by default from this host's cell).
+        """
         self._store = store
+        self._find_instance = find_instance or upload.instance_of
         self._image_api = glance.API()
         self._last_check = None
 
@@ -82,9 +88,9 @@ class Evictor:
             free = self._store.free_percent()
             if free >= target:
                 return
-            self._evict(record, 'the storage has %.1f%% free, below '
-                        'free_space_floor_percent + eviction_margin_percent '
-                        '= %d%%' % (free, target))
+            self.evict(record, 'the storage has %.1f%% free, below '
+                       'free_space_floor_percent + eviction_margin_percent '
+                       '= %d%%' % (free, target))
 
     def evict_old(self):
         """Evict the disks kept longer than max_kept_age, if it is set."""
@@ -101,17 +107,18 @@ class Evictor:
         for record in evictable:
             age = (now - _kept_at(record)).total_seconds()
             if age > max_age:
-                self._evict(record, 'kept for %d s, longer than '
-                            '[shelve_accel] max_kept_age = %d'
-                            % (age, max_age))
+                self.evict(record, 'kept for %d s, longer than '
+                           '[shelve_accel] max_kept_age = %d'
+                           % (age, max_age))
 
     def _evictable(self):
         # A pending disk is the instance's only copy.
         return [r for r in self._store.list_kept() if not r.snapshot_pending]
 
-    def _evict(self, record, why):
+    def evict(self, record, why):
+        """Evict that kept disk if it may be; True if it was."""
         try:
-            instance = upload.instance_of(record.instance_uuid)
+            instance = self._find_instance(record.instance_uuid)
             refusal = self._refusal(instance, record)
         except Exception as e:
             refusal = 'its instance or snapshot cannot be read: %s' % e

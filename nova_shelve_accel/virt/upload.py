@@ -113,6 +113,13 @@ _SHELVING = (task_states.SHELVING, task_states.SHELVING_IMAGE_PENDING_UPLOAD,
              task_states.SHELVING_OFFLOADING)
 
 
+# What upload_pending did.
+UPLOADED = 'uploaded'
+NOT_PENDING = 'not pending'
+NOT_NEEDED = 'not needed'
+LEASED = 'another host uploads it'
+
+
 class UploadAbandoned(Exception):
     """The kept disk was claimed or the lease lost: stop, do not retry."""
 
@@ -257,7 +264,8 @@ class SnapshotUploader:
             if self._stopping.is_set():
                 return
             started = time.monotonic()
-            self._upload(context, instance_uuid, snapshot_id, at_start)
+            self.upload_pending(context, instance_uuid, snapshot_id,
+                                at_start)
             self._retries.pop(key, None)
         except SnapshotLost as e:
             self._retries.pop(key, None)
@@ -301,20 +309,27 @@ class SnapshotUploader:
             with self._lock:
                 self._active.discard(key)
 
-    def _upload(self, context, instance_uuid, snapshot_id, at_start):
+    def upload_pending(self, context, instance_uuid, snapshot_id,
+                       at_start=False):
+        """Upload that pending disk now, in this thread; say what happened.
+
+        UPLOADED, or NOT_PENDING (claimed, reclaimed or uploaded
+        meanwhile), NOT_NEEDED (its instance is gone or shelved again) or
+        LEASED (another host uploads it). Raises what the upload raises.
+        """
         found = self._store.find_pending(instance_uuid, snapshot_id)
         if found is None:
-            return          # claimed, reclaimed or uploaded meanwhile
+            return NOT_PENDING
         record, where = found
         instance = self._offloaded_instance(instance_uuid)
         if instance is None or instance.system_metadata.get(
                 'shelved_image_id') != snapshot_id:
-            return          # not needed any more: the recovery reclaims it
+            return NOT_NEEDED   # the recovery reclaims it
         token = self._store.take_upload_lease(where, at_start=at_start)
         if token is None:
             LOG.debug('Another host uploads snapshot %s.', snapshot_id,
                       instance=instance)
-            return
+            return LEASED
         heartbeat = _Heartbeat(self._store, where, token)
         try:
             heartbeat.start()
@@ -322,6 +337,7 @@ class SnapshotUploader:
         finally:
             heartbeat.stop()
             self._store.drop_upload_lease(where, token)
+        return UPLOADED
 
     def _upload_leased(self, context, instance, record, where, heartbeat):
         snapshot_id = record.snapshot_id

@@ -38,9 +38,11 @@ from nova import objects
 from nova import test
 
 from nova_shelve_accel.cmd import manage
+from nova_shelve_accel.cmd import snapshots
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 from tests.unit import disks
+from tests.unit import test_libvirt_driver as driver_tests
 
 CONF = nova.conf.CONF
 # oslo.log's own setup, before Nova's logging fixture replaces it.
@@ -891,3 +893,235 @@ class TestConfiguration(ManageTestCase):
         self.assertEqual(1, report['reclaimed_count'])
         self.assertIn('Reclaiming kept root disk %s' % self.store.kept_dir(
             gone.instance_uuid, SNAPSHOT), self.stderr.getvalue())
+
+
+class SnapshotsTestCase(ManageTestCase):
+    """kept drain and kept restore: Glance faked, all else real."""
+
+    def setUp(self):
+        super().setUp()
+        self.glance = self.useFixture(driver_tests.FakeGlance())
+        self.glance.deleted = []
+        self.glance.created = []
+
+        def create(api, context, image_meta, data=None):
+            image_id = uuidutils.generate_uuid()
+            self.glance.add(image_id, name=image_meta['name'])
+            self.glance.created.append((image_id, image_meta))
+            return self.glance.get(context, image_id)
+
+        self.stub_out('nova.image.glance.API.create', create)
+        self.snapshots_dir = os.path.join(self.instances_path, 'snapshots')
+        self.flags(snapshots_directory=self.snapshots_dir, group='libvirt')
+
+    def write_config(self, **shelve_accel):
+        path = super().write_config(**shelve_accel)
+        with open(path, 'a') as f:
+            f.write('[libvirt]\nsnapshots_directory = %s\n'
+                    % os.path.join(self.instances_path, 'snapshots'))
+        return path
+
+    def keep_with_data(self, instance_uuid, snapshot=SNAPSHOT,
+                       pending=False):
+        driver_tests.make_disk_with_data(self.instances_path, instance_uuid)
+        return self.store.keep(instance_uuid, snapshot,
+                               snapshot_pending=pending)
+
+    def kept_disk(self, instance_uuid, snapshot=SNAPSHOT):
+        return os.path.join(self.store.kept_dir(instance_uuid, snapshot),
+                            'disk')
+
+    def instance(self, instance_uuid):
+        return manage.look_up_owners(self.ctxt, {instance_uuid})[
+            instance_uuid].instance
+
+
+class TestKeptDrain(SnapshotsTestCase):
+
+    def test_every_pending_disk_is_uploaded_now(self):
+        pending = [self.make_instance(sysmeta=self.shelved_with(
+            SNAPSHOT, pending=True)) for _ in range(2)]
+        snapshots = {}
+        for instance_uuid in pending:
+            snapshot = uuidutils.generate_uuid()
+            instance = self.instance(instance_uuid)
+            instance.system_metadata.update(
+                {'shelved_image_id': snapshot,
+                 shelved.PENDING_UPLOAD_KEY: snapshot,
+                 shelved.KEPT_DISK_KEY: snapshot})
+            instance.save()
+            self.glance.add(snapshot)
+            self.keep_with_data(instance_uuid, snapshot, pending=True)
+            snapshots[instance_uuid] = snapshot
+        done = self.keep(self.make_instance(sysmeta=self.shelved_with(
+            NEW_SNAPSHOT)), NEW_SNAPSHOT)
+
+        report = self.run_json('kept', 'drain')
+
+        self.assertEqual(0, report['pending_left'])
+        self.assertEqual(sorted(pending),
+                         [e['instance'] for e in report['uploads']])
+        for instance_uuid, snapshot in snapshots.items():
+            self.assertEqual(driver_tests.converted(
+                self, self.kept_disk(instance_uuid, snapshot)),
+                self.glance.data[snapshot])
+            self.assertEqual('active', self.glance.images[snapshot]['status'])
+            self.assertFalse(self.store.find(instance_uuid,
+                                             snapshot).snapshot_pending)
+            self.assertNotIn(shelved.PENDING_UPLOAD_KEY,
+                             self.instance(instance_uuid).system_metadata)
+        self.assertNotIn(NEW_SNAPSHOT, self.glance.data)
+        self.assertIsNotNone(self.store.find(done.instance_uuid,
+                                             NEW_SNAPSHOT))
+
+    def test_nothing_pending_says_so(self):
+        self.assertEqual(manage.SUCCESS, self.run_command('kept', 'drain'))
+        self.assertIn('No disk in %s waits for its upload' % self.store.path,
+                      self.stdout.getvalue())
+
+    def test_an_upload_another_host_runs_is_waited_for(self):
+        instance_uuid = self.make_instance(sysmeta=self.shelved_with(
+            SNAPSHOT, pending=True))
+        self.glance.add(SNAPSHOT)
+        self.keep_with_data(instance_uuid, pending=True)
+        other = disks.make_store(self.instances_path, 'compute-b')
+        token = other.take_upload_lease(self.store.kept_dir(instance_uuid,
+                                                            SNAPSHOT))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_shelve_accel.cmd.snapshots.DRAIN_POLL_SECONDS', 0))
+        real_drain_one = snapshots.drain_one
+
+        def other_host_finishes(*args):
+            entry = real_drain_one(*args)
+            # compute-b's upload ends: the disk is uploaded, lease gone.
+            record = self.store.find(instance_uuid, SNAPSHOT)
+            self.store.mark_uploaded(record)
+            other.drop_upload_lease(self.store.kept_dir(instance_uuid,
+                                                        SNAPSHOT), token)
+            return entry
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_shelve_accel.cmd.snapshots.drain_one',
+            other_host_finishes))
+        report = self.run_json('kept', 'drain')
+
+        self.assertEqual([snapshots.BY_ANOTHER_HOST],
+                         [e['result'] for e in report['uploads']])
+        self.assertNotIn(SNAPSHOT, self.glance.data)
+
+    def test_a_lost_snapshot_is_reported_with_the_remedy(self):
+        instance_uuid = self.make_instance(sysmeta=self.shelved_with(
+            SNAPSHOT, pending=True))
+        self.keep_with_data(instance_uuid, pending=True)
+
+        report = self.run_json('kept', 'drain', expected=manage.ERROR)
+
+        [entry] = report['uploads']
+        self.assertEqual('snapshot lost', entry['result'])
+        self.assertIn('kept restore %s' % instance_uuid, entry['error'])
+        self.assertTrue(self.store.find(instance_uuid,
+                                        SNAPSHOT).snapshot_pending)
+
+    def test_evict_then_leaves_no_kept_disk_whose_snapshot_is_active(self):
+        # The last step before the hosts of the storage go back to Nova's
+        # own driver: nothing is kept, nothing is pending.
+        pending = self.make_instance(sysmeta=self.shelved_with(
+            SNAPSHOT, pending=True))
+        self.glance.add(SNAPSHOT)
+        self.keep_with_data(pending, pending=True)
+        uploaded = self.make_instance(sysmeta=self.shelved_with(
+            NEW_SNAPSHOT))
+        self.glance.add(NEW_SNAPSHOT, status='active')
+        self.keep(uploaded, NEW_SNAPSHOT)
+
+        report = self.run_json('kept', 'drain', '--evict')
+
+        self.assertEqual(sorted([pending, uploaded]),
+                         sorted(e['instance'] for e in report['evicted']))
+        self.assertEqual([], self.store.list_kept())
+        for instance_uuid in (pending, uploaded):
+            self.assertNotIn(shelved.KEPT_DISK_KEY,
+                             self.instance(instance_uuid).system_metadata)
+
+
+class TestKeptRestore(SnapshotsTestCase):
+
+    def lost_snapshot(self, vm_state=vm_states.SHELVED_OFFLOADED):
+        """A shelved instance whose user deleted its (active) snapshot."""
+        instance_uuid = self.make_instance(
+            sysmeta=self.shelved_with(SNAPSHOT), vm_state=vm_state)
+        record = self.keep_with_data(instance_uuid)
+        return instance_uuid, record
+
+    def test_a_new_snapshot_is_made_from_the_kept_disk(self):
+        # Unshelving it now fails in Nova's conductor, before any driver:
+        # the instance is ERROR, its task still unshelving.
+        instance_uuid, record = self.lost_snapshot(vm_state=vm_states.ERROR)
+        instance = self.instance(instance_uuid)
+        instance.task_state = 'unshelving'
+        instance.save()
+        expected = driver_tests.converted(self, self.kept_disk(instance_uuid))
+
+        report = self.run_json('kept', 'restore', instance_uuid)
+
+        new = report['new_snapshot']
+        [(image_id, meta)] = self.glance.created
+        self.assertEqual(new, image_id)
+        self.assertEqual('snapshot', meta['properties']['image_type'])
+        self.assertEqual(expected, self.glance.data[new])
+        self.assertEqual('active', self.glance.images[new]['status'])
+        instance = self.instance(instance_uuid)
+        self.assertEqual(vm_states.SHELVED_OFFLOADED, instance.vm_state)
+        self.assertIsNone(instance.task_state)
+        self.assertEqual(new, instance.system_metadata['shelved_image_id'])
+        self.assertEqual(new, shelved.kept_snapshot_id(instance))
+        kept = self.store.find(instance_uuid, new)
+        self.assertEqual(record.disk_size, kept.disk_size)
+        self.assertEqual(self.store.kept_dir(instance_uuid, new),
+                         report['kept_disk'])
+        self.assertIsNone(self.store.find(instance_uuid, SNAPSHOT))
+
+    def test_an_active_snapshot_needs_no_restore(self):
+        instance_uuid, _record = self.lost_snapshot()
+        self.glance.add(SNAPSHOT, status='active')
+        self.assertEqual(manage.NOT_FOUND,
+                         self.run_command('kept', 'restore', instance_uuid))
+        self.assertIn('nothing to restore', self.stderr.getvalue())
+        self.assertEqual([], self.glance.created)
+
+    def test_a_queued_snapshot_is_filled_from_the_disk(self):
+        instance_uuid = self.make_instance(sysmeta=self.shelved_with(
+            SNAPSHOT, pending=True))
+        self.glance.add(SNAPSHOT)
+        self.keep_with_data(instance_uuid, pending=True)
+
+        report = self.run_json('kept', 'restore', instance_uuid)
+
+        self.assertIsNone(report['new_snapshot'])
+        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+        self.assertEqual([], self.glance.created)
+
+    def test_a_disk_that_does_not_verify_is_not_uploaded(self):
+        instance_uuid, _record = self.lost_snapshot()
+        disks.qemu_io('qcow2', self.kept_disk(instance_uuid),
+                      'write -P 0x66 0 4k')
+        self.assertEqual(manage.ERROR,
+                         self.run_command('kept', 'restore', instance_uuid))
+        self.assertIn('changed after it was kept', self.stderr.getvalue())
+        self.assertEqual([], self.glance.created)
+
+    def test_an_instance_without_a_kept_disk_here_is_refused(self):
+        instance_uuid = self.make_instance(sysmeta=self.shelved_with(
+            SNAPSHOT))
+        self.assertEqual(manage.NOT_FOUND,
+                         self.run_command('kept', 'restore', instance_uuid))
+        self.assertIn('has no kept disk of its snapshot %s in %s' % (
+            SNAPSHOT, self.store.path), self.stderr.getvalue())
+
+    def test_a_running_instance_is_refused(self):
+        instance_uuid, _record = self.lost_snapshot(
+            vm_state=vm_states.ACTIVE)
+        self.assertEqual(manage.NOT_FOUND,
+                         self.run_command('kept', 'restore', instance_uuid))
+        self.assertIn('is active', self.stderr.getvalue())
+        self.assertEqual([], self.glance.created)

@@ -163,7 +163,7 @@ class TestUpload(UploadTestCase):
 
         self.glance.after_chunk = claim_after_the_first_chunk
 
-        self.assertRaises(upload.UploadAbandoned, self.uploader._upload,
+        self.assertRaises(upload.UploadAbandoned, self.uploader.upload_pending,
                           self.context, uuids.instance, SNAPSHOT, False)
 
         # Glance never saw the end of the data.
@@ -222,7 +222,7 @@ class TestUpload(UploadTestCase):
     def test_a_disk_changed_since_it_was_kept_is_not_uploaded(self):
         self.keep_pending()
         disks.qemu_io('qcow2', self.kept_disk, 'write -P 0x77 0 4k')
-        self.assertRaises(upload.UploadAbandoned, self.uploader._upload,
+        self.assertRaises(upload.UploadAbandoned, self.uploader.upload_pending,
                           self.context, uuids.instance, SNAPSHOT, False)
         self.assertEqual([], self.glance.updates)
 
@@ -276,7 +276,8 @@ class TestUpload(UploadTestCase):
     def test_an_image_being_saved_by_someone_else_fails(self):
         self.keep_pending()
         self.glance.images[SNAPSHOT]['status'] = 'saving'
-        error = self.assertRaises(upload.UploadFailed, self.uploader._upload,
+        error = self.assertRaises(upload.UploadFailed,
+                                  self.uploader.upload_pending,
                                   self.context, uuids.instance, SNAPSHOT,
                                   False)
         self.assertIn('is saving, not queued', str(error))
@@ -355,7 +356,8 @@ class TestUpload(UploadTestCase):
     def test_stopping_fails_an_upload_at_its_next_check(self):
         self.keep_pending()
         self.glance.after_chunk = lambda chunks: self.uploader.stop()
-        error = self.assertRaises(upload.UploadFailed, self.uploader._upload,
+        error = self.assertRaises(upload.UploadFailed,
+                                  self.uploader.upload_pending,
                                   self.context, uuids.instance, SNAPSHOT,
                                   False)
         self.assertIn('the compute service is stopping', str(error))
