@@ -669,8 +669,11 @@ class KeptDiskStore:
         inst_dir = self.instance_dir(instance_uuid)
         return read_record(inst_dir) if is_real_dir(inst_dir) else None
 
-    def claimed_dirs(self):
+    def claimed_dirs(self, marks=(RECORD_NAME, UNSHELVED_MARK)):
         """Uuids of the instance directories holding a claim's record.
+
+        ``marks`` are the names looked for: by default the record and the
+        mark of an unshelve whose guest started.
 
         A claim moves a kept disk into its instance directory with its
         record, removed once the instance runs on it. One that stays was
@@ -686,7 +689,7 @@ class KeptDiskStore:
         for name in sorted(names):
             directory = os.path.join(self.instances_path, name)
             if any(os.path.lexists(os.path.join(directory, mark))
-                   for mark in (RECORD_NAME, UNSHELVED_MARK)):
+                   for mark in marks):
                 found.append(name)
         return found
 

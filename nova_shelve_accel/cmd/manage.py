@@ -107,16 +107,54 @@ def kept_disk_store():
         CONF.image_cache.subdirectory_name, CONF.host)
 
 
-def read_inventory(store):
-    """The kept and the damaged disks of the storage."""
+def read_inventory(store, others=False):
+    """The kept and the damaged disks of the storage.
+
+    With ``others``, also the other directories that may hold an
+    instance's data (see ``Other``).
+    """
     try:
-        kept, damaged, _in_flight = store.inventory()
+        kept, damaged, in_flight = store.inventory()
+        if not others:
+            return kept, damaged
+        return kept, damaged, other_directories(store, in_flight)
     except OSError as e:
         raise CommandError(
             'Cannot read the kept-disks directory %s: %s. Run the command '
             'as the user nova-compute runs as, on a host that mounts the '
             'storage.' % (store.path, e))
-    return kept, damaged
+
+
+@dataclasses.dataclass(frozen=True)
+class Other:
+    """A directory that may hold an instance's data, and is no kept disk.
+
+    Work a crash or a failure left (a keep or release being staged, a disk
+    quarantined after a failed spawn, a reclaim), or the claim a failed
+    unshelve left in an instance directory. The periodic pass of
+    nova-compute resolves them; until then they are shown.
+    """
+
+    path: str
+    kind: str
+    instance_uuid: str
+    # The record in it, None if it cannot be read.
+    record: object
+
+
+CLAIM_LEFT = 'claim left'
+
+
+def other_directories(store, in_flight):
+    found = [Other(item.path, item.kind, item.instance_uuid,
+                   storage.read_record(item.path)) for item in in_flight]
+    # Only a claim's record: the mark of a finished unshelve is the
+    # directory of an instance that runs.
+    for instance_uuid in store.claimed_dirs(marks=(storage.RECORD_NAME,)):
+        path = store.instance_dir(instance_uuid)
+        found.append(Other(path, CLAIM_LEFT, instance_uuid,
+                           storage.read_record(path)))
+    return found
 
 
 def occupied_bytes(path):
@@ -236,12 +274,13 @@ def look_up_owners(ctxt, instance_uuids):
     return owners
 
 
-def look_up(kept, damaged):
+def look_up(kept, damaged, others=()):
     """(owners, known hosts) of the instances of these disks."""
     ctxt = admin_context()
     owners = look_up_owners(ctxt, {
-        item.instance_uuid for item in kept + damaged})
-    unfound = {r.kept_by for r in kept
+        item.instance_uuid for item in kept + damaged + list(others)})
+    records = kept + [o.record for o in others if o.record is not None]
+    unfound = {r.kept_by for r in records
                if owners[r.instance_uuid].instance is None and
                not owners[r.instance_uuid].error}
     return owners, look_up_hosts(ctxt, unfound)
@@ -328,6 +367,42 @@ def damaged_entry(item, owner):
         'needed': needed,
         'reason': why,
     }
+
+
+def other_entry(item, owner, known_hosts):
+    record = item.record
+    if item.kind == storage.TRASH:
+        needed, why = False, 'a reclaim of it was under way'
+    elif record is None:
+        needed, why = None, 'its %s cannot be read' % storage.RECORD_NAME
+    else:
+        needed, why = owner.needs(record.snapshot_id, record.kept_by,
+                                  known_hosts)
+    return {
+        'instance': item.instance_uuid,
+        'project': owner.project_id,
+        'snapshot': record.snapshot_id if record else None,
+        'path': item.path,
+        'kind': item.kind,
+        'allocated_bytes': occupied_bytes(item.path),
+        'upload_state': 'unknown' if record is None else (
+            'pending' if record.snapshot_pending else 'uploaded'),
+        'instance_state': owner.state,
+        'needed': needed,
+        'reason': why,
+    }
+
+
+def warn_only_copies(entries):
+    """Say on stderr which of these directories hold an only copy."""
+    for entry in entries:
+        if entry['upload_state'] == 'pending' and entry['needed']:
+            print('Note: %s (%s) holds the only copy of instance %s: its '
+                  'snapshot still waits for this data. The periodic pass '
+                  'of nova-compute resolves it; see "Directories that may '
+                  'hold an instance\'s data" in the admin guide.'
+                  % (entry['path'], entry['kind'], entry['instance']),
+                  file=sys.stderr)
 
 
 def age_seconds(kept_at, now):
@@ -438,12 +513,24 @@ def warn_unknown(entries):
     return failed
 
 
+OTHER_COLUMNS = (
+    ('Instance', _key('instance')),
+    ('Snapshot', _key('snapshot')),
+    ('Kind', _key('kind')),
+    ('Size', lambda e: human_size(e['allocated_bytes'])),
+    ('Upload', _key('upload_state')),
+    ('Instance state', _key('instance_state')),
+    ('Needed', _needed),
+    ('Why', _key('reason')),
+)
+
+
 # -- kept list -------------------------------------------------------------
 
 def list_kept(args):
     store = kept_disk_store()
-    kept, damaged = read_inventory(store)
-    owners, known_hosts = look_up(kept, damaged)
+    kept, damaged, others = read_inventory(store, others=True)
+    owners, known_hosts = look_up(kept, damaged, others)
     now = timeutils.utcnow()
     report = {
         'host': CONF.host,
@@ -453,10 +540,12 @@ def list_kept(args):
                  for r in kept],
         'damaged': [damaged_entry(d, owners[d.instance_uuid])
                     for d in damaged],
+        'others': [other_entry(o, owners[o.instance_uuid], known_hosts)
+                   for o in others],
     }
     if args.output_format == 'json':
         print_json(report)
-    elif not kept and not damaged:
+    elif not kept and not damaged and not others:
         print('No kept disks in %s.' % store.path)
     else:
         print_table(KEPT_COLUMNS, report['kept'])
@@ -464,7 +553,14 @@ def list_kept(args):
             print('Damaged kept disks (never reused; reclaimed once their '
                   'instance no longer needs them):')
             print_table(DAMAGED_COLUMNS, report['damaged'])
-    unknown = warn_unknown(report['kept'] + report['damaged'])
+        if others:
+            print('Other directories that may hold an instance\'s data '
+                  '(left by a crash or a failure; nova-compute\'s periodic '
+                  'pass resolves them):')
+            print_table(OTHER_COLUMNS, report['others'])
+    warn_only_copies(report['others'])
+    unknown = warn_unknown(report['kept'] + report['damaged'] +
+                           report['others'])
     return ERROR if unknown else SUCCESS
 
 

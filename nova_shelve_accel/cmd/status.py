@@ -54,6 +54,7 @@ from nova.scheduler import filters as nova_filters
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel.scheduler import filters as accel_filters
 from nova_shelve_accel import shelved
+from nova_shelve_accel import storage
 from nova_shelve_accel.virt import libvirt as accel_libvirt
 
 CONF = nova.conf.CONF
@@ -218,6 +219,28 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
                 % (kept_dir, os.geteuid(), e)))
 
     @_rejected_value_fails
+    def _check_kept_disks(self):
+        """Whether what the storage holds is safe with this host's driver.
+
+        On every host, whatever its driver: a host switched back to Nova's
+        own driver still sees the disks kept on its storage.
+        """
+        store = storage.KeptDiskStore(
+            CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
+            CONF.image_cache.subdirectory_name, CONF.host)
+        try:
+            if not storage.is_real_dir(store.path):
+                return upgradecheck.Result(SUCCESS, (
+                    'No kept disks in %s.' % store.path))
+            held = _Held(store)
+        except OSError as e:
+            return upgradecheck.Result(FAILURE, (
+                'Cannot read the kept-disks directory %s as uid %d: %s. Run '
+                'this command as the user nova-compute runs as.'
+                % (store.path, os.geteuid(), e)))
+        return _result(held.problems(_runs_plugin_driver()), held.summary())
+
+    @_rejected_value_fails
     def _check_image_cache_pass(self):
         """Whether the pass that reclaims kept disks runs on this host."""
         if not _runs_plugin_driver():
@@ -270,7 +293,18 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
                 'it, such as one running nova-api or nova-scheduler.'
                 % _without_credentials(str(e))))
         groups = _StorageGroups(aggregates)
-        return _result(groups.problems(), groups.summary())
+        problems = groups.problems()
+        if _runs_plugin_driver() and (
+                CONF.shelve_accel.snapshot_upload == 'after_offload') and (
+                not groups.peers_of(CONF.host)):
+            problems.append((WARNING, (
+                '[shelve_accel] snapshot_upload = after_offload, but no '
+                'other host shares a storage group with this host (%s): '
+                'were it to stop for good, nobody could upload the disks '
+                'it keeps, so shelve here takes the snapshot as stock Nova '
+                'does. Add the hosts that mount its storage to its '
+                'aggregate.' % CONF.host)))
+        return _result(problems, groups.summary())
 
     # Run in this order; a Failure does not stop the checks after it.
     _upgrade_checks = (
@@ -278,6 +312,7 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
         ('Scheduler filter', _check_scheduler_filter),
         ('[shelve_accel] options', _check_shelve_accel_options),
         ('Kept-disks directory', _check_kept_disks_directory),
+        ('Kept disks', _check_kept_disks),
         ('Image cache pass', _check_image_cache_pass),
         ('Storage groups', _check_storage_groups),
     )
@@ -297,6 +332,71 @@ def _listed(names):
         return ', '.join(names)
     return '%s and %d more' % (', '.join(names[:LISTED]),
                                len(names) - LISTED)
+
+
+# -- kept disks -----------------------------------------------------------
+
+class _Held:
+    """What the kept-disks directory of a storage holds, from its files."""
+
+    def __init__(self, store):
+        self.path = store.path
+        kept, self.damaged, in_flight = store.inventory()
+        self.pending = [r for r in kept if r.snapshot_pending]
+        self.uploaded = [r for r in kept if not r.snapshot_pending]
+        quarantined = [store.describe_quarantined(i) for i in in_flight
+                       if i.kind == storage.QUARANTINE]
+        self.quarantined = len(quarantined)
+        self.quarantined_pending = [r for r in quarantined
+                                    if r is not None and r.snapshot_pending]
+
+    def problems(self, plugin_host):
+        problems = []
+        if self.pending and not plugin_host:
+            problems.append((FAILURE, (
+                '%d disks in %s wait for their upload into their snapshot '
+                '(%s): each is the only copy of its instance, and the '
+                'compute driver of this host (%s) neither uploads them nor '
+                'keeps their base files from its image cache pass. Run '
+                '"nova-shelve-accel kept drain" here before the hosts of '
+                'this storage leave the plugin\'s driver, or set '
+                'compute_driver = %s again.' % (
+                    len(self.pending), self.path,
+                    _listed(r.instance_uuid for r in self.pending),
+                    CONF.compute_driver, PLUGIN_DRIVER))))
+        if self.uploaded and not plugin_host:
+            problems.append((WARNING, (
+                '%d kept disks in %s, which the compute driver of this host '
+                '(%s) neither reuses nor reclaims; its image cache pass '
+                'removes their base files. Their snapshots hold the data: '
+                '"nova-shelve-accel kept drain --evict" removes them.'
+                % (len(self.uploaded), self.path, CONF.compute_driver))))
+        if self.quarantined_pending:
+            problems.append((FAILURE, (
+                '%d disks quarantined after a failed spawn in %s are the '
+                'only copy of their instance (%s), whose snapshot waits for '
+                'them: any plugin host of the storage uploads them; their '
+                'own host keeps them again once it has removed the failed '
+                'guest. See "nova-shelve-accel kept list".' % (
+                    len(self.quarantined_pending), self.path,
+                    _listed(r.instance_uuid
+                            for r in self.quarantined_pending)))))
+        if self.damaged:
+            problems.append((WARNING, (
+                '%d kept disks in %s cannot be reused (%s): each may still '
+                'be the only copy of its instance and stays until the '
+                'instance is positively gone. See "nova-shelve-accel kept '
+                'list" and the admin guide.' % (
+                    len(self.damaged), self.path,
+                    _listed('%s: %s' % (os.path.basename(d.path), d.problem)
+                            for d in self.damaged)))))
+        return problems
+
+    def summary(self):
+        return ('%s holds %d kept disks, %d of them waiting for their '
+                'upload, and %d quarantined ones.' % (
+                    self.path, len(self.pending) + len(self.uploaded),
+                    len(self.pending), self.quarantined))
 
 
 # -- compute driver -------------------------------------------------------
@@ -570,6 +670,14 @@ class _StorageGroups:
         for group, hosts in self.hosts.items():
             for host in hosts:
                 self.groups_of[host].add(group)
+
+    def peers_of(self, host):
+        """The other hosts of ``host``'s storage groups."""
+        peers = set()
+        for group in self.groups_of.get(host, ()):
+            peers |= self.hosts[group]
+        peers.discard(host)
+        return peers
 
     def problems(self):
         """``(code, text)`` pairs, one per kind of mistake."""

@@ -60,6 +60,9 @@ KEPT_KEYS = {'instance', 'project', 'snapshot', 'path', 'allocated_bytes',
              'instance_state', 'needed', 'reason'}
 DAMAGED_KEYS = {'instance', 'project', 'snapshot', 'path', 'allocated_bytes',
                 'problem', 'instance_state', 'needed', 'reason'}
+OTHER_KEYS = {'instance', 'project', 'snapshot', 'path', 'kind',
+              'allocated_bytes', 'upload_state', 'instance_state', 'needed',
+              'reason'}
 USAGE_KEYS = {'host', 'instances_path', 'kept_disks_path', 'storage_groups',
               'filesystem_size_bytes', 'filesystem_free_bytes',
               'filesystem_free_percent', 'free_space_floor_percent',
@@ -350,8 +353,8 @@ class TestKeptList(ManageTestCase):
 
         report = self.run_json('kept', 'list')
 
-        self.assertEqual({'host', 'kept_disks_path', 'kept', 'damaged'},
-                         set(report))
+        self.assertEqual({'host', 'kept_disks_path', 'kept', 'damaged',
+                          'others'}, set(report))
         for entry in report['kept']:
             self.assertEqual(KEPT_KEYS, set(entry))
         for entry in report['damaged']:
@@ -411,8 +414,36 @@ class TestKeptList(ManageTestCase):
                          self.stdout.getvalue())
         self.reset_output()
         self.assertEqual({'host': HOST, 'kept_disks_path': self.store.path,
-                          'kept': [], 'damaged': []},
+                          'kept': [], 'damaged': [], 'others': []},
                          self.run_json('kept', 'list'))
+
+    def test_other_directories_holding_data_are_listed_loudly(self):
+        # A quarantine and a claim left in an instance directory: not kept
+        # disks, but each may be the only copy of an instance's data.
+        quarantined = self.make_instance(sysmeta=self.shelved_with(
+            SNAPSHOT, pending=True))
+        self.keep(quarantined, pending=True)
+        self.store.claim(quarantined, SNAPSHOT)
+        path = self.store.quarantine(quarantined, SNAPSHOT)
+        left = self.make_instance(sysmeta=self.shelved_with(SNAPSHOT))
+        self.keep(left)
+        self.store.claim(left, SNAPSHOT)
+
+        report = self.run_json('kept', 'list')
+
+        others = {e['instance']: e for e in report['others']}
+        self.assertEqual(OTHER_KEYS, set(others[quarantined]))
+        self.assertEqual(
+            {quarantined: (path, 'quarantine', 'pending', True),
+             left: (self.store.instance_dir(left), 'claim left', 'uploaded',
+                    True)},
+            {i: (e['path'], e['kind'], e['upload_state'], e['needed'])
+             for i, e in others.items()})
+        self.assertIn('Note: %s (quarantine) holds the only copy of '
+                      'instance %s' % (path, quarantined),
+                      self.stderr.getvalue())
+        self.assertNotIn(self.store.instance_dir(left),
+                         self.stderr.getvalue())
 
     def test_instances_are_read_with_one_query_per_cell(self):
         for cell in ('cell1', 'cell1', 'cell1', 'cell2', 'cell2'):

@@ -30,6 +30,7 @@ from oslo_config import cfg
 from oslo_db.sqlalchemy import enginefacade
 from oslo_db.sqlalchemy import test_fixtures as db_fixtures
 from oslo_upgradecheck import upgradecheck
+from oslo_utils.fixture import uuidsentinel as uuids
 import testtools
 
 import nova.conf
@@ -40,12 +41,14 @@ from nova import test
 
 from nova_shelve_accel.cmd import status
 from nova_shelve_accel import conf as accel_conf
+from tests.unit import disks
 
 CONF = nova.conf.CONF
 SUCCESS = upgradecheck.Code.SUCCESS
 WARNING = upgradecheck.Code.WARNING
 FAILURE = upgradecheck.Code.FAILURE
 NOBODY = 65534
+SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
 NOVA_FILTERS = 'nova.scheduler.filters.all_filters'
 GOOD_FILTERS = ['ComputeFilter', 'ImagePropertiesFilter',
                 'HostAggregateGroupFilter']
@@ -430,6 +433,63 @@ class TestKeptDisksDirectory(CheckTestMixin, test.NoDBTestCase):
                           'is not a directory')
 
 
+class TestKeptDisks(CheckTestMixin, test.NoDBTestCase):
+    """What the storage holds, checked whatever the driver of the host."""
+
+    def setUp(self):
+        super().setUp()
+        self.instances_path = self.useFixture(fixtures.TempDir()).path
+        self.flags(instances_path=self.instances_path)
+        self.flags(compute_driver='libvirt.LibvirtDriver')
+        self.store = disks.make_store(self.instances_path, host=CONF.host)
+
+    def keep(self, instance_uuid, pending):
+        disks.make_qcow2_instance(self.instances_path, instance_uuid)
+        return self.store.keep(instance_uuid, SNAPSHOT,
+                               snapshot_pending=pending)
+
+    def check(self):
+        return self.cmd._check_kept_disks()
+
+    def test_no_kept_disks(self):
+        self.assertResult(self.check(), SUCCESS, 'No kept disks')
+
+    def test_pending_disks_on_a_host_back_on_novas_driver_fail(self):
+        # Switched back to the stock driver: nothing uploads them, and its
+        # image cache pass deletes their base files.
+        self.keep(uuids.pending, pending=True)
+        self.assertResult(self.check(), FAILURE, uuids.pending,
+                          'only copy', 'nova-shelve-accel kept drain',
+                          'libvirt.LibvirtDriver')
+
+    def test_uploaded_disks_on_a_host_back_on_novas_driver_warn(self):
+        self.keep(uuids.uploaded, pending=False)
+        self.assertResult(self.check(), WARNING, 'kept drain --evict')
+
+    def test_pending_disks_on_a_plugin_host_are_its_work(self):
+        self.use_plugin_driver()
+        self.keep(uuids.pending, pending=True)
+        self.assertResult(self.check(), SUCCESS,
+                          '1 kept disks, 1 of them waiting')
+
+    def test_a_quarantined_only_copy_fails_on_any_host(self):
+        self.use_plugin_driver()
+        self.keep(uuids.quarantined, pending=True)
+        self.store.claim(uuids.quarantined, SNAPSHOT)
+        self.store.quarantine(uuids.quarantined, SNAPSHOT)
+        self.assertResult(self.check(), FAILURE, 'quarantined',
+                          uuids.quarantined, 'kept list')
+
+    def test_damaged_disks_warn(self):
+        self.use_plugin_driver()
+        self.keep(uuids.damaged, pending=False)
+        with open(os.path.join(self.store.kept_dir(uuids.damaged, SNAPSHOT),
+                               'kept.json'), 'w') as f:
+            f.write('{')
+        self.assertResult(self.check(), WARNING, 'cannot be reused',
+                          'may still be the only copy')
+
+
 class TestImageCachePass(CheckTestMixin, test.NoDBTestCase):
 
     def setUp(self):
@@ -490,6 +550,20 @@ class TestStorageGroups(CheckTestMixin, test.TestCase):
         self.aggregate('rack3', 'g1', 'c1')
         self.assertResult(self.check(), SUCCESS,
                           'Storage groups: g1 (3 hosts).')
+
+    def test_fast_shelve_on_a_host_alone_on_its_storage_warns(self):
+        self.flags(snapshot_upload='after_offload', group='shelve_accel')
+        self.aggregate('g1', 'g1', 'c1')
+        self.aggregate('g2', 'g2', 'c2', 'c3')
+        self.assertResult(self.check(), WARNING, 'after_offload',
+                          'no other host shares a storage group with this '
+                          'host (c1)')
+
+    def test_fast_shelve_with_a_peer_is_fine(self):
+        self.flags(snapshot_upload='after_offload', group='shelve_accel')
+        self.aggregate('rack1', 'g1', 'c1')
+        self.aggregate('rack2', 'g1', 'c2')
+        self.assertResult(self.check(), SUCCESS)
 
     def test_host_in_two_groups_fails(self):
         self.aggregate('g1', 'g1', 'c1', 'c2')
@@ -597,7 +671,7 @@ class TestMain(test.TestCase):
         self.assertEqual(0, self.main(self.nova_conf()))
         table = self.output.getvalue()
         self.assertIn('nova-shelve-accel Upgrade Check Results', table)
-        self.assertEqual(6, table.count('Result: Success'))
+        self.assertEqual(7, table.count('Result: Success'))
 
     def test_a_warning_exits_1(self):
         conf = self.nova_conf(extra='[image_cache]\nmanager_interval = -1')
@@ -613,7 +687,8 @@ class TestMain(test.TestCase):
         self.assertEqual(
             {'Compute driver': SUCCESS, 'Scheduler filter': FAILURE,
              '[shelve_accel] options': SUCCESS,
-             'Kept-disks directory': SUCCESS, 'Image cache pass': SUCCESS,
+             'Kept-disks directory': SUCCESS, 'Kept disks': SUCCESS,
+             'Image cache pass': SUCCESS,
              'Storage groups': SUCCESS}, results)
 
     def test_the_worst_result_wins(self):
