@@ -398,23 +398,16 @@ class KeptDiskStore:
             faults.cut_point(step + '.pruned')
             self._publish(staging, record)
         except OSError:
-            if record.snapshot_pending:
-                # The only copy of the data: back where it came from, or
-                # left for the recovery pass, which publishes it.
-                try:
-                    os.rename(staging, directory)
-                except OSError:
-                    LOG.exception('Could not move %s back to %s; the next '
-                                  'recovery pass keeps it.', staging,
-                                  directory)
-                raise
-            # Half-kept is never claimable: drop it. The snapshot holds the
-            # data, and the recovery pass removes what this cannot.
+            # Back where it came from, or left for the recovery pass, which
+            # publishes it while its instance needs it. Never dropped here:
+            # even a disk whose snapshot was uploaded is the only copy once
+            # somebody deletes that snapshot.
             try:
-                remove_tree(staging)
+                os.rename(staging, directory)
             except OSError:
-                LOG.exception('Could not remove %s; the next recovery pass '
-                              'will.', staging)
+                LOG.exception('Could not move %s back to %s; the next '
+                              'recovery pass keeps it.', staging,
+                              directory)
             raise
 
     def _publish(self, staging, record):

@@ -1191,12 +1191,15 @@ class TestMoveInFailure(StoreTestCase):
         self.assertTrue(os.path.isfile(os.path.join(self.inst_dir, 'disk')))
         self.assertEqual([], self.kept_names())
 
-    def test_a_disk_whose_snapshot_holds_the_data_is_dropped(self):
+    def test_a_disk_whose_snapshot_was_uploaded_goes_back_too(self):
+        # Its snapshot may be gone since (deleted by its user): deleting a
+        # half-kept disk could lose the only copy. The offload that keeps
+        # it then deletes the instance directory as stock Nova does.
         disks.make_qcow2_instance(self.instances_path, INSTANCE)
         with self.fail_prune():
             self.assertRaises(OSError, self.store.keep, INSTANCE, SNAPSHOT,
                               'qcow2')
-        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertTrue(os.path.isfile(os.path.join(self.inst_dir, 'disk')))
         self.assertEqual([], self.kept_names())
 
     def test_a_pending_disk_that_cannot_go_back_stays_staged(self):
