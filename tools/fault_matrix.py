@@ -14,6 +14,7 @@
 """Crash nova-compute at every cut point and check what the cloud makes of it.
 
     tools/fault_matrix.py [--rows keep.staged,spawn.finished] [--list]
+                          [--mode plugin|fast-shelve]
 
 Needs the loopback cloud of ``tools/cloud/cloud.sh up`` in plugin mode, and
 root (it restarts nova-compute on c1 and c2 through ``cloud.sh
@@ -34,7 +35,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-from nova_shelve_accel import faults  # noqa: E402
 from tests.e2e import invariants  # noqa: E402
 from tests.e2e import matrix  # noqa: E402
 
@@ -49,24 +49,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rows', help='comma-separated cut points (default:'
                         ' all of nova_shelve_accel.faults.POINTS)')
+    parser.add_argument('--mode', choices=('plugin', 'fast-shelve'),
+                        help='the cloud mode of every row (default: '
+                        'plugin, fast-shelve for the upload rows)')
     parser.add_argument('--list', action='store_true',
                         help='print the cut points and their scenarios')
     args = parser.parse_args()
     if args.list:
-        for point in faults.POINTS:
-            print('%-24s %s' % (point, matrix.scenario(point) or '(none)'))
+        for point in matrix.ROWS:
+            print('%-40s %s' % (point, matrix.scenario(point) or '(none)'))
         return 0
-    points = args.rows.split(',') if args.rows else list(faults.POINTS)
-    unknown = [p for p in points if p not in faults.POINTS]
+    points = args.rows.split(',') if args.rows else list(matrix.ROWS)
+    unknown = [p for p in points if p not in matrix.ROWS]
     if unknown:
-        parser.error('not cut points of nova_shelve_accel.faults: %s'
-                     % ', '.join(unknown))
+        parser.error('neither cut points of nova_shelve_accel.faults nor '
+                     'scenario rows: %s' % ', '.join(unknown))
 
     started = time.monotonic()
     in_flight_before = invariants.in_flight_entries()
     rows = []
     with tempfile.TemporaryDirectory(prefix='fault-matrix-') as workdir:
-        with matrix.Matrix(workdir, log=log) as runner:
+        with matrix.Matrix(workdir, log=log, mode=args.mode) as runner:
             for point in points:
                 log('row %s (%s)' % (point, matrix.scenario(point)))
                 row = runner.run(point)

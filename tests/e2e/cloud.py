@@ -201,6 +201,20 @@ def compute_pid(host):
         return None
 
 
+def conversion_of(server_id):
+    """The pid of a qemu-img converting one of the server's disks, or None."""
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                argv = f.read().split(b'\0')
+        except OSError:
+            continue
+        if b'qemu-img' in argv and b'convert' in argv and any(
+                server_id.encode() in arg for arg in argv):
+            return int(pid)
+    return None
+
+
 def compute_alive(host):
     return subprocess.run(['bash', CLOUD_SH, 'compute-alive', host],
                           capture_output=True).returncode == 0

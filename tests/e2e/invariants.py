@@ -25,7 +25,11 @@ from tests.e2e import cloud
 
 # Prefixes of in-flight work on a storage (see nova_shelve_accel.storage):
 # none may outlive the operation that made it.
-IN_FLIGHT_PREFIXES = ('.staging-', '.reclaiming-')
+IN_FLIGHT_PREFIXES = ('.staging-', '.reclaiming-', '.quarantine-')
+# The storage clock probes hosts touch (see storage_clock): not work.
+CLOCK_PROBE_PREFIX = '.clock-'
+# The scratch directories of uploads (see nova_shelve_accel.virt.upload).
+SCRATCH_PREFIX = '.shelve-accel-upload-'
 KEPT_SUBDIRECTORY = '_shelve_kept'
 # [libvirt] snapshots_directory: Nova's snapshot and the upload of a kept
 # disk convert the disk into a temporary directory here, which must not
@@ -54,8 +58,18 @@ def in_flight_entries():
                          if name.startswith(IN_FLIGHT_PREFIXES))
         snapshots = os.path.join(storage, SNAPSHOTS_SUBDIRECTORY)
         found.update(os.path.join(snapshots, name)
-                     for name in _listdir(snapshots))
+                     for name in _listdir(snapshots)
+                     if not name.startswith(CLOCK_PROBE_PREFIX))
     return found
+
+
+def upload_scratch():
+    """Paths of the upload scratch directories on every storage."""
+    return sorted(
+        os.path.join(storage, SNAPSHOTS_SUBDIRECTORY, name)
+        for storage in storages()
+        for name in _listdir(os.path.join(storage, SNAPSHOTS_SUBDIRECTORY))
+        if name.startswith(SCRATCH_PREFIX))
 
 
 def kept_entries(server_id):

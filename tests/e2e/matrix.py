@@ -63,20 +63,45 @@ SCENARIOS = {
     'reclaim': 'reclaim',
     'recover': 'recover',
     'upload': 'upload',
+    'during_upload': 'unshelve_during_conversion',
 }
+# Rows that cut nothing: a window two operations share, driven from
+# outside (named family.what as the cut points are).
+SCENARIO_ROWS = (
+    # An in-group unshelve of a server while its own upload converts its
+    # kept disk: the conversion held QEMU's image lock, and the guest
+    # started on the claimed disk failed with "Failed to get write lock".
+    'during_upload.unshelve_while_converting',
+)
+ROWS = faults.POINTS + SCENARIO_ROWS
 # The cloud's mode each scenario needs (cloud.sh mode); 'plugin' otherwise.
 MODES = {
     'upload': 'fast-shelve',
+    'unshelve_during_conversion': 'fast-shelve',
 }
+# Data written into the server's disk for the unshelve during the
+# conversion: the conversion must still run when the unshelve claims it.
+CONVERSION_DATA = 3 * 1024 ** 3
 # The upload cut point reached while shelve runs, before the offload.
 SNAPSHOT_SKIPPED = 'upload.snapshot_skipped'
 # The cut point whose crash leaves the interrupted unshelve that the
 # recovery rolls back, and the step made to fail so that a release runs.
 INTERRUPTED_UNSHELVE = 'spawn.guest_started'
 FAILED_STEP = 'spawn.guest_started'
+# Killed after Nova deleted the snapshot, before its last save: the
+# restarted host must finish the unshelve (the snapshot is gone).
+SNAPSHOT_DELETED = 'spawn.snapshot_deleted'
+# Killed with the converted copy of the disk in the snapshots directory.
+SCRATCH_LEFT = 'upload.converted'
 
 CHECKS = ('crashed', 'final state', 'marker', 'guests', 'allocations',
           'leftovers', 'deleted')
+# What some rows check besides.
+EXTRA_CHECKS = {
+    SNAPSHOT_DELETED: ('finished',),
+    SCRATCH_LEFT: ('scratch',),
+    SCENARIO_ROWS[0]: ('window', 'reused', 'upload stopped'),
+}
 # Checked as well by the upload rows whose crash comes after the offload:
 # the snapshot became active, and the unshelve outside the storage group
 # got its data from it.
@@ -94,7 +119,7 @@ class Row:
         self.point = point
         self.required = CHECKS + (
             UPLOAD_CHECKS if scenario(point) == 'upload' and
-            point != SNAPSHOT_SKIPPED else ())
+            point != SNAPSHOT_SKIPPED else ()) + EXTRA_CHECKS.get(point, ())
         self.crashed = None
         self.after_restart = '-'
         self.at_end = '-'
@@ -181,8 +206,12 @@ def faults_of(host):
 class Matrix:
     """Runs rows; one image for all of them, made in workdir."""
 
-    def __init__(self, workdir, log=None):
+    def __init__(self, workdir, log=None, mode=None):
+        """``mode``: the cloud's mode for every row (cloud.sh mode); by
+        default each row's own (MODES, else plugin).
+        """
         self.workdir = workdir
+        self.mode = mode
         self.log = log or (lambda message: None)
         self.image_id = None
         self.providers = None
@@ -192,6 +221,8 @@ class Matrix:
         self._glance = None
         # The mode the cloud ran in before a row switched it.
         self._mode_before = None
+        # Upload scratch directories on the storages when c1 died.
+        self._scratch_at_crash = []
 
     # -- set-up -------------------------------------------------------------
 
@@ -250,13 +281,14 @@ class Matrix:
         self._pids = {host: cloud.compute_pid(host) for host in cloud.COMPUTES}
         server = None
         try:
-            if point not in faults.POINTS:
-                raise RowError('%s is not in nova_shelve_accel.faults.POINTS'
-                               % point)
+            if point not in ROWS:
+                raise RowError('%s is neither a cut point of '
+                               'nova_shelve_accel.faults.POINTS nor a '
+                               'scenario row' % point)
             drive = getattr(self, '_drive_%s' % scenario(point), None)
             if drive is None:
                 raise RowError('no scenario for the cut point %s' % point)
-            self.use_mode(MODES.get(scenario(point), 'plugin'))
+            self.use_mode(self.mode or MODES.get(scenario(point), 'plugin'))
             # The mode switch restarts every compute.
             self._pids = {host: cloud.compute_pid(host)
                           for host in cloud.COMPUTES}
@@ -356,6 +388,11 @@ class Matrix:
 
     def _drive_reclaim(self, row, server):
         self._shelve(row, server)
+        # Outside its storage group an instance unshelves from its
+        # snapshot, which the upload of a fast shelve fills after the
+        # offload.
+        for image_id in invariants.shelved_snapshots(server['name']):
+            cloud.wait_for_image_status(image_id, 'active', UPLOAD_WAIT)
         # The kept disk is still in use when the computes start with the cut
         # point, so no pass can reach it before the unshelve elsewhere makes
         # the disk stale.
@@ -385,8 +422,67 @@ class Matrix:
             # offload: wait for the crash rather than for the shelve.
             dead = self._await_death(['c1'], UPLOAD_CRASH_WAIT)
         self._record_crash(row, dead)
+        if row.point == SCRATCH_LEFT:
+            self._scratch_at_crash = invariants.upload_scratch()
         self._restart('c1')
         return ['c1'], time.time()
+
+    def _drive_unshelve_during_conversion(self, row, server):
+        """Unshelve on the kept disk while its upload converts it.
+
+        c2 disabled: the unshelve lands on c1, where the upload runs and
+        pauses its conversion (SIGSTOP) while the guest starts.
+        """
+        row.check('crashed', True, 'no crash (scenario row)')
+        cloud.write_data(cloud.disk_path('c1', server['id']),
+                         CONVERSION_DATA, self.workdir)
+        self._set_enabled('c2', False)
+        glance = cloud.GlanceDataCounter()
+        cloud.openstack('server', 'shelve', server['id'], parse=False)
+        pid = self._await_conversion(server['id'])
+        cloud.openstack('server', 'unshelve', server['id'], parse=False)
+        running = self._running_when_spawning(pid, server['id'])
+        row.check('window', running, 'conversion %s when the unshelve '
+                  'spawned' % ('running' if running else
+                               'over (write more data)'))
+        srv = self._wait_done(server['id'])
+        self._set_enabled('c2', True)
+        downloads = glance.downloads()
+        row.check('reused', srv['status'] == 'ACTIVE' and
+                  cloud.host_of(srv) == 'c1' and not downloads,
+                  '%s, %d image downloads' % (describe(srv), len(downloads)))
+        stored = [status for _image, status in glance.uploads()
+                  if status == 204]
+        images = invariants.shelved_snapshots(server['name'])
+        row.check('upload stopped', not stored and not images,
+                  '%d uploads stored, snapshots left: %s'
+                  % (len(stored), images or 'none'))
+        return ['c1'], time.time()
+
+    def _await_conversion(self, server_id):
+        """The pid of the qemu-img converting the server's kept disk."""
+        deadline = time.monotonic() + UPLOAD_CRASH_WAIT
+        while time.monotonic() < deadline:
+            pid = cloud.conversion_of(server_id)
+            if pid:
+                return pid
+            time.sleep(0.05)
+        raise RowError('no conversion of the kept disk of %s began within '
+                       '%ds' % (server_id, UPLOAD_CRASH_WAIT))
+
+    def _running_when_spawning(self, pid, server_id):
+        """Whether pid still ran once the unshelve reached the spawn."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            srv = cloud.server(server_id)
+            alive = os.path.exists('/proc/%d' % pid)
+            if srv.get('OS-EXT-STS:task_state') == 'spawning' or (
+                    srv['status'] in ('ACTIVE', 'ERROR')):
+                return alive
+            if not alive:
+                return False
+            time.sleep(0.1)
+        return False
 
     def _shelve(self, row, server):
         cloud.openstack('server', 'shelve', server['id'], parse=False)
@@ -405,10 +501,27 @@ class Matrix:
 
     # -- after the restart ----------------------------------------------------
 
+    def _after_unshelve(self, row, server):
+        if row.point != SNAPSHOT_DELETED:
+            return
+        # Finished by the restarted host, not undone: Nova had deleted the
+        # snapshot, which an unshelve from scratch would need.
+        srv = cloud.server(server['id'])
+        images = invariants.shelved_snapshots(server['name'])
+        row.check('finished', srv['status'] == 'ACTIVE' and
+                  not srv.get('OS-EXT-STS:task_state') and not images,
+                  '%s after restart, snapshots %s' % (
+                      describe(srv), images or 'gone'))
+
     def _after_upload(self, row, server):
         if row.point == SNAPSHOT_SKIPPED:
             self._resume_interrupted_shelve(row, server)
             return
+        if row.point == SCRATCH_LEFT:
+            left = invariants.upload_scratch()
+            row.check('scratch', self._scratch_at_crash and not left,
+                      'left by the crash: %d, after restart: %d' % (
+                          len(self._scratch_at_crash), len(left)))
         # The upload starts while the offload ends: a crash before the
         # offload's last save leaves it to the recovery at start, which
         # offloads again (or to Nova, between its last two saves).
