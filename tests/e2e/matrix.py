@@ -207,7 +207,9 @@ class Matrix:
     """Runs rows; one image for all of them, made in workdir."""
 
     def __init__(self, workdir, log=None, mode=None):
-        """``mode``: the cloud's mode for every row (cloud.sh mode); by
+        """Rows run in workdir, saying what they do through log.
+
+        ``mode``: the cloud's mode for every row (cloud.sh mode); by
         default each row's own (MODES, else plugin).
         """
         self.workdir = workdir
