@@ -24,6 +24,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -199,6 +200,26 @@ def compute_pid(host):
             return int(f.read().strip())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def host_command(host, command, *args, extra_conf=None):
+    """Run a command of the plugin as on host: (exit code, stdout, stderr).
+
+    With host's nova.conf files, as its nova-compute reads them, and
+    extra_conf, text of one more nova.conf file read last.
+    """
+    etc = os.path.join(STATE, 'etc', 'nova')
+    argv = [os.path.join(VENV, 'bin', command)]
+    for name in ('nova.conf', '%s.conf' % host, 'mode.conf'):
+        argv += ['--config-file', os.path.join(etc, name)]
+    with tempfile.NamedTemporaryFile('w', suffix='.conf') as extra:
+        if extra_conf:
+            extra.write(extra_conf)
+            extra.flush()
+            argv += ['--config-file', extra.name]
+        done = subprocess.run(argv + list(args), capture_output=True,
+                              text=True)
+    return done.returncode, done.stdout, done.stderr
 
 
 def conversion_of(server_id):

@@ -10,11 +10,12 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Four rows of the fault matrix on the real loopback cloud.
+"""Five rows of the fault matrix on the real loopback cloud.
 
 nova-compute kills itself at a cut point (``kill -9`` at that instant) in
 the places a kept disk lives through: while it is kept at shelve-offload,
-while an unshelve runs on it, while the image cache pass reclaims it, and
+while an unshelve runs on it (and once Nova deleted the snapshot after
+it), while the image cache pass reclaims it, and
 (with ``snapshot_upload = after_offload``) while it is uploaded into the
 snapshot after the offload. Each time, once the computes are back, the
 server must end ACTIVE with its data, with one guest and one allocation,
@@ -57,6 +58,11 @@ class FaultMatrixTest(testtools.TestCase):
 
     def test_crash_with_the_guest_started_on_the_claimed_disk(self):
         self._assert_row('spawn.guest_started')
+
+    def test_crash_after_nova_deleted_the_snapshot(self):
+        # The guest runs on the claimed disk and Nova deleted the snapshot:
+        # the restarted host must finish the unshelve, not undo it.
+        self._assert_row('spawn.snapshot_deleted')
 
     def test_crash_while_reclaiming_a_stale_kept_disk(self):
         self._assert_row('reclaim.trashed')
