@@ -15,9 +15,11 @@
     python tools/race_kept_disks.py [--rounds 1000] [--dir PATH]
 
 Scenarios: eight claims of one disk; claim against reclaim; reclaim against
-reclaim; another host emptying the trash while a reclaim deletes. Each
-round must end with exactly one winner, nothing raised, no data lost and
-nothing left in flight. ``--dir`` puts the storage on a filesystem of your
+reclaim; another host emptying the trash while a reclaim deletes; eight
+hosts taking over the abandoned upload lease of one disk. Each round must
+end with exactly one winner (for the lease: the one whose lease file is
+the only one left), nothing raised, no data lost and nothing left in
+flight. ``--dir`` puts the storage on a filesystem of your
 choice (an NFS mount shared by nothing else, say); the default is a
 temporary directory. Exits non-zero if any round went wrong.
 """

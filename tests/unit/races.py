@@ -52,6 +52,21 @@ def lay_out_kept_disk(instances_path):
     return instance
 
 
+def lay_out_stale_lease(instances_path, instance):
+    """A lease of a dead host on the kept disk, long untouched."""
+    where = os.path.join(instances_path, SUBDIR,
+                         storage.kept_name(instance, SNAPSHOT))
+    lease = os.path.join(where, storage.UPLOAD_LEASE + '.1')
+    with open(lease, 'w') as f:
+        f.write('deadbeef-00000000')
+    then = os.lstat(lease).st_mtime - 10 * storage.UPLOAD_LEASE_SECONDS
+    os.utime(lease, (then, then))
+
+
+def _take_lease(store, instance):
+    return store.take_upload_lease(store.kept_dir(instance, SNAPSHOT))
+
+
 def _claim(store, instance):
     return store.claim(instance, SNAPSHOT)
 
@@ -71,7 +86,7 @@ def _empty_trash(store, instance):
 
 
 OPERATIONS = {'claim': _claim, 'reclaim': _reclaim,
-              'empty-trash': _empty_trash}
+              'empty-trash': _empty_trash, 'take-lease': _take_lease}
 
 
 def _worker(instances_path, host, operation, barrier, tasks, results):
@@ -99,6 +114,7 @@ def _outcome(instances_path, instance, answers):
                         storage.kept_name(instance, SNAPSHOT))
     claimed = [host for op, host in winners if op == 'claim']
     reclaimed = [host for op, host in winners if op == 'reclaim']
+    leased = [won for _h, op, won, _e in answers if op == 'take-lease' and won]
     if len(winners) != 1:
         # Nobody won is right only when nobody could: no claim or reclaim
         # in the race (cannot happen in the scenarios below).
@@ -111,6 +127,14 @@ def _outcome(instances_path, instance, answers):
             return 'data lost', '%s still kept after its claim' % instance
     if reclaimed and (os.path.lexists(kept) or os.path.lexists(inst_dir)):
         return 'left behind', 'reclaimed %s still on the storage' % instance
+    if leased:
+        leases = sorted(n for n in os.listdir(kept)
+                        if n.startswith(storage.UPLOAD_LEASE))
+        with open(os.path.join(kept, leases[-1])) as f:
+            holder = f.read()
+        if len(leases) != 1 or leased[0] != '2/' + holder:
+            return 'not one winner', 'leases %s, the newest held by %s, ' \
+                'the winner %s' % (leases, holder, leased[0])
     leftovers = [n for n in os.listdir(os.path.join(instances_path, SUBDIR))
                  if n.startswith('.') and not n.startswith('.clock-')]
     if leftovers:
@@ -140,6 +164,8 @@ def race(instances_path, operations, rounds):
     try:
         for _ in range(rounds):
             instance = lay_out_kept_disk(instances_path)
+            if 'take-lease' in operations:
+                lay_out_stale_lease(instances_path, instance)
             for tasks in queues:
                 tasks.put(instance)
             answers = [results.get(timeout=60) for _ in operations]
@@ -148,6 +174,9 @@ def race(instances_path, operations, rounds):
             if problem and first_problem is None:
                 first_problem = problem
             storage.remove_tree(os.path.join(instances_path, instance))
+            storage.remove_tree(os.path.join(
+                instances_path, SUBDIR, storage.kept_name(instance,
+                                                          SNAPSHOT)))
     finally:
         for tasks in queues:
             tasks.put(None)
@@ -161,4 +190,6 @@ SCENARIOS = {
     'claim vs reclaim': ['claim', 'reclaim'],
     'reclaim vs reclaim': ['reclaim', 'reclaim'],
     'empty-trash vs reclaim': ['reclaim', 'empty-trash'],
+    # Hosts taking over the abandoned upload lease of the same disk.
+    'lease takeover x8': ['take-lease'] * 8,
 }

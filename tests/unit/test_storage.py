@@ -583,6 +583,9 @@ class TestRaces(testtools.TestCase):
     def test_claim_against_reclaim(self):
         self.assert_every_round_ok('claim vs reclaim')
 
+    def test_eight_hosts_taking_over_a_lease_have_exactly_one_winner(self):
+        self.assert_every_round_ok('lease takeover x8')
+
     def test_reclaim_against_reclaim(self):
         self.assert_every_round_ok('reclaim vs reclaim')
 
