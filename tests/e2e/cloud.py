@@ -129,6 +129,15 @@ def current_debug():
     return _mode_conf().getboolean('DEFAULT', 'debug', fallback=False)
 
 
+def delete_server_if_there(server_id):
+    """Delete the server and wait until it is gone; fine if it is."""
+    try:
+        openstack('server', 'delete', '--wait', server_id, parse=False)
+    except CloudError as e:
+        if 'no server' not in str(e).lower():
+            raise
+
+
 def server(server_id):
     return openstack('server', 'show', server_id)
 

@@ -94,18 +94,9 @@ class FastShelveTest(testtools.TestCase):
             'server', 'create', '--flavor', cloud.FLAVOR,
             '--image', self.image_id, '--nic', 'none', '--host', 'c1',
             '--wait', name)
-        self.addCleanup(self._delete_if_there, srv['id'])
+        self.addCleanup(cloud.delete_server_if_there, srv['id'])
         self.assertEqual('c1', cloud.host_of(srv))
         return srv
-
-    @staticmethod
-    def _delete_if_there(server_id):
-        try:
-            cloud.openstack('server', 'delete', '--wait', server_id,
-                            parse=False)
-        except cloud.CloudError as e:
-            if 'no server' not in str(e).lower():
-                raise
 
     def _stop_and_mark(self, srv):
         """Stop the server, write a marker into its disk; seconds to stop."""

@@ -57,22 +57,13 @@ class KeptCommandsTest(testtools.TestCase):
         srv = cloud.openstack(
             'server', 'create', '--flavor', cloud.FLAVOR, '--image',
             self.image_id, '--nic', 'none', '--host', 'c1', '--wait', name)
-        self.addCleanup(self._delete_if_there, srv['id'])
+        self.addCleanup(cloud.delete_server_if_there, srv['id'])
         cloud.openstack('server', 'stop', srv['id'], parse=False)
         cloud.wait_for_status(srv['id'], 'SHUTOFF')
         marker = ('kept commands %s' % srv['id']).encode()
         cloud.write_marker(cloud.disk_path('c1', srv['id']), marker,
                            self.workdir)
         return srv, marker
-
-    @staticmethod
-    def _delete_if_there(server_id):
-        try:
-            cloud.openstack('server', 'delete', '--wait', server_id,
-                            parse=False)
-        except cloud.CloudError as e:
-            if 'no server' not in str(e).lower():
-                raise
 
     def _shelve(self, srv):
         cloud.openstack('server', 'shelve', srv['id'], parse=False)

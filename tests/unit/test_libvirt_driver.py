@@ -608,17 +608,18 @@ class TestPeriodicPass(DriverTestCase):
         self.assertEqual([(uuids.shelved, SNAPSHOT)], self.kept())
         self.assertEqual([], self.saved)
 
+    def assert_pass_keeps_young(self, backing_file):
+        """The backing file is touched by one pass, having been old."""
+        base = os.path.join(self.drvr._kept_disks.base_dir, backing_file)
+        disks.age(base)
+        before = os.stat(base).st_mtime
+        self.reclaim()
+        self.assertGreater(os.stat(base).st_mtime, before + 60)
+
     def test_backing_file_of_a_kept_disk_is_kept_young(self):
         record = self.keep(uuids.shelved)
         self.in_db(uuids.shelved, SNAPSHOT)
-        base = os.path.join(self.drvr._kept_disks.base_dir,
-                            record.backing_file)
-        disks.age(base)
-        before = os.stat(base).st_mtime
-
-        self.reclaim()
-
-        self.assertGreater(os.stat(base).st_mtime, before + 60)
+        self.assert_pass_keeps_young(record.backing_file)
 
     def test_one_query_decides_every_kept_disk(self):
         self.keep(uuids.deleted)
@@ -761,12 +762,7 @@ class TestPeriodicPass(DriverTestCase):
         record = self.keep(uuids.shelved)
         self.in_db(uuids.shelved, SNAPSHOT)
         self.damage(uuids.shelved, '{"broken')
-        base = os.path.join(self.drvr._kept_disks.base_dir,
-                            record.backing_file)
-        disks.age(base)
-        before = os.stat(base).st_mtime
-        self.reclaim()
-        self.assertGreater(os.stat(base).st_mtime, before + 60)
+        self.assert_pass_keeps_young(record.backing_file)
 
     def test_a_record_naming_another_instance_is_reclaimed_by_its_name(self):
         record = self.keep(uuids.deleted)
@@ -872,14 +868,8 @@ class TestPeriodicPass(DriverTestCase):
         # uploaded from it, see the upload tests).
         path = self.quarantined_by('compute-b')
         self.pending_in_db(uuids.instance)
-        record = storage.read_record(path)
-        base = os.path.join(self.drvr._kept_disks.base_dir,
-                            record.backing_file)
-        disks.age(base)
-        before = os.stat(base).st_mtime
-        self.reclaim()
+        self.assert_pass_keeps_young(storage.read_record(path).backing_file)
         self.assertTrue(os.path.isdir(path))
-        self.assertGreater(os.stat(base).st_mtime, before + 60)
 
     def test_a_quarantine_of_an_instance_not_found_is_left(self):
         path = self.quarantined(uuids.instance)
