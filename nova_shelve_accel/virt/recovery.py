@@ -126,7 +126,7 @@ class Recovery:
         for record in kept:
             if self._guarded(self._store.kept_dir(record.instance_uuid,
                                                   record.snapshot_id),
-                             self._resolve_kept, context, record, known):
+                             self._resolve_kept, record, known):
                 owners.append(instances[record.instance_uuid])
         for item in damaged:
             self._guarded(item.path, self._resolve_damaged, item, known)
@@ -334,7 +334,7 @@ class Recovery:
         instance saved ACTIVE on this host.
         """
         snapshot_id = instance.system_metadata.get('shelved_image_id')
-        self._delete_snapshot(context, instance, snapshot_id)
+        self._delete_snapshot(instance, snapshot_id)
         _restore_scrubbed(instance, snapshot_id)
         try:
             state = self._driver.get_info(instance, use_cache=False).state
@@ -354,10 +354,12 @@ class Recovery:
                  'interrupted after its guest started on the kept root disk: '
                  'the instance is active here.', instance=instance)
 
-    def _delete_snapshot(self, context, instance, snapshot_id):
+    def _delete_snapshot(self, instance, snapshot_id):
         """Delete the snapshot as Nova does after an unshelve."""
         if not snapshot_id:
             return
+        # No request behind a recovery: the service's own credentials.
+        context = upload.service_context()
         if shelved.pending_snapshot_id(instance):
             upload.protect_snapshot(self._image_api, context, snapshot_id,
                                     False, instance)
@@ -442,14 +444,14 @@ class Recovery:
 
     # -- kept disks --------------------------------------------------------
 
-    def _resolve_kept(self, context, record, known):
+    def _resolve_kept(self, record, known):
         """True if the kept disk of ``record`` is still needed."""
         why = known.why_not_needed(record.instance_uuid, record.snapshot_id,
                                    record.kept_by)
         instance = known.instance(record.instance_uuid)
         if why:
             if record.snapshot_pending:
-                self._delete_queued_snapshot(context, record)
+                self._delete_queued_snapshot(record)
             if self._store.reclaim(record, why):
                 _notify_reclaimed(instance, record.instance_uuid,
                                   record.snapshot_id, why,
@@ -472,12 +474,13 @@ class Recovery:
             self._mark_kept(instance, record)
         return True
 
-    def _delete_queued_snapshot(self, context, record):
+    def _delete_queued_snapshot(self, record):
         """The image of a pending disk no instance needs: never to be filled.
 
         Nova deletes the snapshot of a shelved instance it deletes, but the
         plugin protected this one meanwhile; an image with data is left.
         """
+        context = upload.service_context()
         try:
             image = self._image_api.get(context, record.snapshot_id)
         except exception.ImageNotFound:
