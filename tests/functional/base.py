@@ -467,8 +467,9 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
         real_init_host = driver.init_host
 
         def init_host_of_new_process(host):
-            driver._uploads = upload.SnapshotUploader(driver,
-                                                      driver._kept_disks)
+            driver._uploads = upload.SnapshotUploader(
+                driver._kept_disks,
+                spawns_in_progress=driver.spawns_in_progress)
             return real_init_host(host)
 
         with mock.patch.object(driver, 'init_host',
