@@ -25,6 +25,7 @@ import os
 import threading
 from unittest import mock
 
+from nova_shelve_accel import faults
 from nova_shelve_accel import storage
 from nova_shelve_accel.virt import libvirt
 from tests.functional import base
@@ -92,6 +93,46 @@ class TestRecoveryAtStart(base.ShelveAccelTestBase):
         self.assertEqual(0, self.downloads[snapshot_id])
         self.assertEqual(0x5a, base.read_marker(self.instance_disk(server)))
         self.assertEqual([], self.kept_disks(self.g1_path))
+
+    def test_restart_after_nova_deleted_the_snapshot_finishes_it(self):
+        # Host A dies after the guest started on the claimed disk and Nova
+        # deleted the snapshot, before Nova saved the instance ACTIVE.
+        # Rolled back, the instance would be offloaded naming a deleted
+        # image, and its next unshelve would go to ERROR.
+        server = self._boot_shelved_with_marker()
+        snapshot_id = self.snapshot_id(server)
+        self.set_service_status('B', False)
+        real_cut_point = faults.cut_point
+        crashed = threading.Event()
+
+        def cut_point(name):
+            if name == 'spawn.snapshot_deleted':
+                crashed.set()
+                raise SimulatedCrash(name)
+            real_cut_point(name)
+
+        with mock.patch.object(faults, 'cut_point', cut_point), \
+                mock.patch('nova.compute.resource_tracker.ResourceTracker.'
+                           'abort_instance_claim'):
+            self.api.post_server_action(server['id'], {'unshelve': None})
+            self._wait_for(crashed.is_set)
+        self.assertNotIn(snapshot_id, self.glance.images)
+        self.assertEqual('spawning', self.api.get_server(server['id'])[
+            'OS-EXT-STS:task_state'])
+        self.restart_compute('A')
+
+        server = self._wait_for_server_parameter(server, {
+            'status': 'ACTIVE', 'OS-EXT-SRV-ATTR:host': 'A',
+            'OS-EXT-STS:task_state': None}, base.WAIT_RETRIES)
+        self.assertEqual(0, self.downloads[snapshot_id])
+        self.assertEqual(0x5a, base.read_marker(self.instance_disk(server)))
+        self.assertEqual([], self.kept_disks(self.g1_path))
+        inst_dir = os.path.dirname(self.instance_disk(server))
+        self.assertEqual([], [n for n in os.listdir(inst_dir)
+                              if n.startswith(storage.RECORD_NAME)])
+        # A running instance, no longer shelved: it can be shelved again.
+        server = self.shelve(server)
+        self.assertEqual(1, len(self.kept_disks(self.g1_path)))
 
     def test_restart_during_offload_finishes_it_on_the_kept_disk(self):
         server = self.boot(host='A')
