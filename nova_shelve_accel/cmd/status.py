@@ -48,6 +48,7 @@ from oslo_utils import importutils
 import nova.conf
 from nova import context as nova_context
 from nova.db.api import api as api_db_api
+from nova import exception
 from nova import objects
 from nova.scheduler import filters as nova_filters
 
@@ -282,18 +283,18 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
                 'one running nova-api or nova-scheduler, or add a '
                 '--config-file that sets it.'))
         try:
-            aggregates = _storage_group_aggregates()
+            groups = _StorageGroups(_storage_group_aggregates())
+            cells = _cells_of_hosts(groups)
         except Exception as e:
             # As nova-status does for Cinder: whatever stops the read is
             # this host's view of the database, not a fault of the groups.
             return upgradecheck.Result(WARNING, (
                 'Storage groups not checked: cannot read the host '
-                'aggregates from the API database ([api_database] '
-                'connection): %s. Run this command on a host that reaches '
-                'it, such as one running nova-api or nova-scheduler.'
-                % _without_credentials(str(e))))
-        groups = _StorageGroups(aggregates)
-        problems = groups.problems()
+                'aggregates and mappings from the API database '
+                '([api_database] connection): %s. Run this command on a '
+                'host that reaches it, such as one running nova-api or '
+                'nova-scheduler.' % _without_credentials(str(e))))
+        problems = groups.problems() + [groups.cells_spanned(cells)]
         if _runs_plugin_driver() and (
                 CONF.shelve_accel.snapshot_upload == 'after_offload') and (
                 not groups.peers_of(CONF.host)):
@@ -304,7 +305,7 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
                 'it keeps, so shelve here takes the snapshot as stock Nova '
                 'does. Add the hosts that mount its storage to its '
                 'aggregate.' % CONF.host)))
-        return _result(problems, groups.summary())
+        return _result([p for p in problems if p], groups.summary())
 
     # Run in this order; a Failure does not stop the checks after it.
     _upgrade_checks = (
@@ -646,6 +647,20 @@ def _storage_group_aggregates():
         nova_context.get_admin_context(), shelved.GROUP_KEY)
 
 
+def _cells_of_hosts(groups):
+    """{host: cell name} of the hosts of the storage groups, as mapped."""
+    ctxt = nova_context.get_admin_context()
+    hosts = set().union(*groups.hosts.values()) if groups.hosts else set()
+    cells = {}
+    for host in sorted(hosts):
+        try:
+            mapping = objects.HostMapping.get_by_host(ctxt, host)
+        except exception.HostMappingNotFound:
+            continue
+        cells[host] = mapping.cell_mapping.name or mapping.cell_mapping.uuid
+    return cells
+
+
 def _without_credentials(text):
     """``text`` with the password of any database URL in it masked."""
     return re.sub(r'(://[^:/@\s]*:)[^@\s]*@', r'\1***@', text)
@@ -723,6 +738,30 @@ class _StorageGroups:
             'and %s is not needed.'
             % (_listed('%s (%s)' % (g, self._hosts_of(g)) for g in small),
                shelved.GROUP_KEY)))
+
+    def cells_spanned(self, cells):
+        """A failure for the groups whose hosts are in several cells.
+
+        ``cells`` maps hosts to the name of their cell (unmapped hosts are
+        left out).
+        """
+        spanning = sorted(
+            g for g, hosts in self.hosts.items()
+            if len({cells[h] for h in hosts if h in cells}) > 1)
+        if not spanning:
+            return None
+        # A compute host looks instances up in its own cell only: one of
+        # another cell would be unknown to it, and its disks would be
+        # neither reused nor reclaimed.
+        return (FAILURE, (
+            'Storage groups whose hosts are in several cells: %s. A host '
+            'looks up the instances of the kept disks on its storage in its '
+            'own cell: another cell\'s are unknown to it, so their disks are '
+            'never reused there and never reclaimed. A storage group must '
+            'be the hosts of one cell that mount one storage.' % _listed(
+                '%s (%s)' % (g, ', '.join('%s: %s' % (h, cells.get(
+                    h, 'unmapped')) for h in sorted(self.hosts[g])))
+                for g in spanning)))
 
     def _hosts_of(self, group):
         return ', '.join(sorted(self.hosts[group])) or 'no host'

@@ -513,6 +513,7 @@ class TestImageCachePass(CheckTestMixin, test.NoDBTestCase):
 
 
 class TestStorageGroups(CheckTestMixin, test.TestCase):
+    NUMBER_OF_CELLS = 2
 
     def setUp(self):
         super().setUp()
@@ -550,6 +551,26 @@ class TestStorageGroups(CheckTestMixin, test.TestCase):
         self.aggregate('rack3', 'g1', 'c1')
         self.assertResult(self.check(), SUCCESS,
                           'Storage groups: g1 (3 hosts).')
+
+    def map_host(self, host, cell):
+        objects.HostMapping(self.context, host=host,
+                            cell_mapping=self.cell_mappings[cell]).create()
+
+    def test_a_group_spanning_cells_fails(self):
+        # A compute host looks instances up in its own cell: those of the
+        # other cell are unknown to it, their disks never reused nor
+        # reclaimed there.
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.map_host('c1', 'cell1')
+        self.map_host('c2', 'cell2')
+        self.assertResult(self.check(), FAILURE, 'several cells',
+                          'g1 (c1: cell1, c2: cell2)')
+
+    def test_a_group_in_one_cell_is_fine(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.map_host('c1', 'cell1')
+        self.map_host('c2', 'cell1')
+        self.assertResult(self.check(), SUCCESS)
 
     def test_fast_shelve_on_a_host_alone_on_its_storage_warns(self):
         self.flags(snapshot_upload='after_offload', group='shelve_accel')
