@@ -152,16 +152,18 @@ class Row:
     def cells(self):
         def seen(name):
             return self.checks.get(name, (None, '-'))[1]
+        extra = '; '.join('%s: %s' % (name, seen(name))
+                          for name in EXTRA_CHECKS.get(self.point, ()))
         return [self.point, seen('crashed'), self.after_restart,
-                seen('snapshot'), seen('fallback'), self.at_end,
-                seen('marker'), seen('leftovers'), seen('allocations'),
-                seen('guests'), seen('deleted'),
+                seen('snapshot'), seen('fallback'), extra or '-',
+                self.at_end, seen('marker'), seen('leftovers'),
+                seen('allocations'), seen('guests'), seen('deleted'),
                 'PASS' if self.passed else 'FAIL']
 
 
 COLUMNS = ['point', 'crashed?', 'state after restart', 'snapshot',
-           'fallback', 'state at end', 'marker', 'leftovers', 'allocations',
-           'guests', 'after delete', 'result']
+           'fallback', 'extra', 'state at end', 'marker', 'leftovers',
+           'allocations', 'guests', 'after delete', 'result']
 
 
 def table(rows):
