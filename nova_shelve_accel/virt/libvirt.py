@@ -201,13 +201,6 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             LOG.info('Taking the snapshot at shelve: the root disk will not '
                      'be kept (%s).', reason, instance=instance)
             return False
-        # The queued image is the only image of the data until the upload:
-        # Glance refuses to delete it while it is protected.
-        if not upload.protect_snapshot(self._image_api, context, image_id,
-                                       True, instance):
-            LOG.info('Taking the snapshot at shelve: its image could not be '
-                     'protected until the upload.', instance=instance)
-            return False
         return True
 
     @staticmethod
@@ -365,6 +358,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         """Keep the root disk; False if it stays in the instance dir."""
         snapshot_id = instance.system_metadata['shelved_image_id']
         pending = self._snapshot_skipped(instance)
+        if pending:
+            self._protect_pending_snapshot(context, instance, snapshot_id)
         try:
             record = self._kept_disks.keep(instance.uuid, snapshot_id,
                                            snapshot_pending=pending,
@@ -400,6 +395,22 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                 context, instance.uuid, snapshot_id,
                 delay=CONF.shelve_accel.snapshot_upload_delay)
         return True
+
+    def _protect_pending_snapshot(self, context, instance, snapshot_id):
+        """Keep the queued image of a skipped snapshot from being deleted.
+
+        Until the upload it is the only image of the data: Glance refuses
+        to delete a protected image. Done at the offload, once the shelve
+        recorded the image in the instance (a crash before leaves an image
+        nothing names, which must stay deletable, as in stock Nova).
+        """
+        if not upload.protect_snapshot(self._image_api, context,
+                                       snapshot_id, True, instance):
+            LOG.warning('Snapshot %s could not be protected: if it is '
+                        'deleted before the kept disk is uploaded into it, '
+                        '"nova-shelve-accel kept restore %s" makes another '
+                        'from the disk.', snapshot_id, instance.uuid,
+                        instance=instance)
 
     def _upload_before_delete(self, context, instance, domain_format):
         """Upload the skipped snapshot from the instance dir, or raise.

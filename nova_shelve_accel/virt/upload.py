@@ -28,7 +28,7 @@ record, is the instance's only copy until this module has uploaded it:
   host may be down), and its snapshot must not wait for it.
 
 While the upload is pending, the queued image is ``protected`` in Glance
-(the driver protects it when shelve skips the snapshot): nobody deletes the
+(the driver protects it when the offload keeps the disk): nobody deletes the
 only image of the data by mistake. The upload lifts the protection once the
 image is active. If the image disappears all the same, the upload stops
 for good and says so; ``nova-shelve-accel kept restore`` makes a new

@@ -1447,9 +1447,9 @@ class TestSnapshotAtShelve(DriverTestCase):
         self.assertEqual(SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
         self.assertIn('Shelve skips the snapshot', self.stdlog.logger.output)
-        # The queued image is the only image of the data until the upload:
-        # nobody may delete it meanwhile.
-        self.assertEqual([(SNAPSHOT, True)], self.glance.protections)
+        # Protected by the offload, once the shelve has recorded the image
+        # (killed before, a shelve leaves an image nothing names).
+        self.assertEqual([], self.glance.protections)
 
     def test_a_host_alone_on_its_storage_takes_the_snapshot(self):
         # Were it to stop for good, nobody could upload the only copy.
@@ -1465,13 +1465,6 @@ class TestSnapshotAtShelve(DriverTestCase):
                       mock.Mock(side_effect=ValueError('conductor away')))
         self.assert_stock_snapshot(self.shelving())
         self.assertIn('conductor away', self.stdlog.logger.output)
-
-    def test_an_image_that_cannot_be_protected_is_snapshotted(self):
-        disks.make_qcow2_instance(self.instances_path, uuids.instance)
-        self.glance.protect_error = exception.ImageNotAuthorized(
-            image_id=SNAPSHOT)
-        self.assert_stock_snapshot(self.shelving())
-        self.assertIn('could not be protected', self.stdlog.logger.output)
 
     def test_at_shelve_takes_the_snapshot(self):
         self.flags(snapshot_upload='at_shelve', group='shelve_accel')
@@ -1598,6 +1591,9 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         self.flags(snapshot_upload_delay=30, group='shelve_accel')
         instance = self.offloading()
         self.offload(instance)
+        # The queued image is the only image of the data until the upload:
+        # nobody may delete it meanwhile.
+        self.assertEqual([(SNAPSHOT, True)], self.glance.protections)
         record = self.store.find(uuids.instance, SNAPSHOT)
         self.assertTrue(record.snapshot_pending)
         self.assertFalse(os.path.exists(self.inst_dir))
@@ -1607,11 +1603,23 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
             self.context, uuids.instance, SNAPSHOT, delay=30)
         self.assertEqual([], self.glance.updates)
 
+    def test_an_image_that_cannot_be_protected_is_said_so(self):
+        self.glance.protect_error = exception.ImageNotAuthorized(
+            image_id=SNAPSHOT)
+        instance = self.offloading()
+        self.offload(instance)
+        self.assertTrue(self.store.find(uuids.instance,
+                                        SNAPSHOT).snapshot_pending)
+        self.assertIn('could not be protected', self.stdlog.logger.output)
+        self.assertIn('kept restore %s' % uuids.instance,
+                      self.stdlog.logger.output)
+
     def test_a_disk_kept_after_a_stock_snapshot_is_not_pending(self):
         self.offload(self.offloading(pending=False))
         self.assertFalse(self.store.find(uuids.instance,
                                          SNAPSHOT).snapshot_pending)
         self.schedule.assert_not_called()
+        self.assertEqual([], self.glance.protections)
 
     def test_a_pending_mark_of_an_older_snapshot_is_not_pending(self):
         instance = self.offloading(pending=False)
