@@ -231,17 +231,27 @@ def host_command(host, command, *args, extra_conf=None):
     return done.returncode, done.stdout, done.stderr
 
 
-def conversion_of(server_id):
-    """The pid of a qemu-img converting one of the server's disks, or None."""
+def conversion_of(server_id, opened=False):
+    """The pid of a qemu-img converting one of the server's disks, or None.
+
+    opened: only once it has that disk open.
+    """
     for pid in filter(str.isdigit, os.listdir('/proc')):
         try:
             with open('/proc/%s/cmdline' % pid, 'rb') as f:
                 argv = f.read().split(b'\0')
+            disks = [arg.decode() for arg in argv
+                     if server_id.encode() in arg]
+            if b'qemu-img' not in argv or b'convert' not in argv or (
+                    not disks):
+                continue
+            if opened and not any(
+                    os.readlink('/proc/%s/fd/%s' % (pid, fd)) in disks
+                    for fd in os.listdir('/proc/%s/fd' % pid)):
+                continue
         except OSError:
             continue
-        if b'qemu-img' in argv and b'convert' in argv and any(
-                server_id.encode() in arg for arg in argv):
-            return int(pid)
+        return int(pid)
     return None
 
 
