@@ -231,23 +231,21 @@ def host_command(host, command, *args, extra_conf=None):
     return done.returncode, done.stdout, done.stderr
 
 
-def conversion_of(server_id, opened=False):
+def conversion_of(server_id):
     """The pid of a qemu-img converting one of the server's disks, or None.
 
-    opened: only once it has that disk open.
+    Only once it has that disk open (and so, without -U, locked).
     """
     for pid in filter(str.isdigit, os.listdir('/proc')):
         try:
             with open('/proc/%s/cmdline' % pid, 'rb') as f:
                 argv = f.read().split(b'\0')
+            if b'qemu-img' not in argv or b'convert' not in argv:
+                continue
             disks = [arg.decode() for arg in argv
                      if server_id.encode() in arg]
-            if b'qemu-img' not in argv or b'convert' not in argv or (
-                    not disks):
-                continue
-            if opened and not any(
-                    os.readlink('/proc/%s/fd/%s' % (pid, fd)) in disks
-                    for fd in os.listdir('/proc/%s/fd' % pid)):
+            if not any(os.readlink('/proc/%s/fd/%s' % (pid, fd)) in disks
+                       for fd in os.listdir('/proc/%s/fd' % pid)):
                 continue
         except OSError:
             continue

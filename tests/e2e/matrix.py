@@ -470,13 +470,10 @@ class Matrix:
         return ['c1'], time.time()
 
     def _await_conversion(self, server_id):
-        """The pid of the qemu-img converting the server's kept disk.
-
-        Once it has the disk open (and so, without -U, locked).
-        """
+        """The pid of the qemu-img converting the server's kept disk."""
         deadline = time.monotonic() + UPLOAD_CRASH_WAIT
         while time.monotonic() < deadline:
-            pid = cloud.conversion_of(server_id, opened=True)
+            pid = cloud.conversion_of(server_id)
             if pid:
                 return pid
             time.sleep(0.01)
