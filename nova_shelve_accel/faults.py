@@ -37,6 +37,7 @@ POINTS = (
     'keep.moved_in',            # kept disk visible, marker not saved yet
     # unshelve on a host of the storage
     'claim.verified',           # record and disk checked, not renamed yet
+    'claim.staged',             # kept disk renamed to this host's staging
     'claim.renamed',            # kept disk renamed into the instance dir
     'spawn.guest_started',      # libvirt spawn returned, kept.json remains
     'spawn.finished',           # kept.json marked unshelved, Nova not told

@@ -254,6 +254,27 @@ def _allocated_bytes(directory, names):
                for n in names)
 
 
+def vanished(error, path):
+    """Whether ``error``, raised by an operation on ``path``, means it is gone.
+
+    ENOENT says so. A network filesystem may answer ESTALE or EIO instead
+    for a name that another client has just moved or deleted (GlusterFS
+    does): the name is gone once lstat agrees, and anything else is a real
+    error.
+    """
+    if error.errno == errno.ENOENT:
+        return True
+    if error.errno not in (errno.ESTALE, errno.EIO):
+        return False
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def remove_tree(path):
     """Delete ``path`` without following links; False if it was gone.
 
@@ -262,15 +283,19 @@ def remove_tree(path):
     under us are expected, any other error is raised.
     """
     def vanished_is_fine(function, failed_path, excinfo):
-        if not isinstance(excinfo[1], FileNotFoundError):
-            raise excinfo[1]
+        error = excinfo[1]
+        if not (isinstance(error, OSError) and
+                vanished(error, failed_path)):
+            raise error
 
     try:
         if not stat.S_ISDIR(os.lstat(path).st_mode):
             os.unlink(path)
             return True
-    except FileNotFoundError:
-        return False
+    except OSError as e:
+        if vanished(e, path):
+            return False
+        raise
     shutil.rmtree(path, onerror=vanished_is_fine)
     return True
 
@@ -555,20 +580,35 @@ class KeptDiskStore:
         """Move the kept disk into the instance directory; True if we won.
 
         The rename is the claim: of several hosts racing for the same disk,
-        one rename succeeds and the others find the source gone.
+        one rename succeeds and the others find the source gone. It goes
+        through a name of this host's own first: on a network filesystem a
+        rename of a name that another client has just moved away can still
+        report success (GlusterFS does, now and then), so two hosts renaming
+        straight to the instance directory could both believe they won.
+        Only one staging name can hold the disk; whoever finds theirs empty
+        lost.
         """
         inst_dir = self.instance_dir(instance_uuid)
         source = self.kept_dir(instance_uuid, snapshot_id)
         if not is_real_dir(source):
             return False
+        staging = self._in_flight_path(STAGING, instance_uuid, snapshot_id)
+        try:
+            os.rename(source, staging)
+        except OSError as e:
+            if vanished(e, source):
+                return False
+            raise
+        faults.cut_point('claim.staged')
         try:
             # rename() replaces an empty directory but never a populated one,
             # so files left by an earlier attempt are never overwritten.
-            os.rename(source, inst_dir)
-        except FileNotFoundError:
-            return False
+            os.rename(staging, inst_dir)
         except OSError as e:
+            if vanished(e, staging):
+                return False
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                self._put_back(staging, source)
                 raise VerificationFailed(
                     'instance directory %s already exists and is not empty'
                     % inst_dir)
@@ -579,6 +619,18 @@ class KeptDiskStore:
         record = read_record(inst_dir)
         self._account(-(record.allocated_bytes if record else 0))
         return True
+
+    def _put_back(self, staging, kept_dir):
+        """Return a disk a claim could not use to where it was kept.
+
+        If even that fails, the staging directory stays: the recovery pass
+        publishes it, as it does an interrupted keep.
+        """
+        try:
+            os.rename(staging, kept_dir)
+        except OSError:
+            LOG.exception('Could not put the kept disk %s back as %s; the '
+                          'next recovery pass does.', staging, kept_dir)
 
     def check_claimed(self, record, instance_uuid, snapshot_id):
         """Verify the disk again where it now is, in the instance dir.
@@ -1008,7 +1060,13 @@ class KeptDiskStore:
         trash = self._in_flight_path(TRASH, instance_uuid, snapshot_id)
         try:
             os.rename(source, trash)
-        except FileNotFoundError:
+        except OSError as e:
+            if vanished(e, source):
+                return False
+            raise
+        if not os.path.lexists(trash):
+            # The rename reported success for a source another client had
+            # already moved (see ``claim``): that host won.
             return False
         self._account(-allocated_bytes)
         LOG.info('Reclaiming kept root disk %s of instance %s: %s',

@@ -12,7 +12,8 @@
 
 """Race processes for the same kept disk and print the outcome counts.
 
-    python tools/race_kept_disks.py [--rounds 1000] [--dir PATH]
+    python tools/race_kept_disks.py [--rounds 1000] [--dir PATH
+                                     [--other-client PATH ...]]
 
 Scenarios: eight claims of one disk; claim against reclaim; reclaim against
 reclaim; another host emptying the trash while a reclaim deletes; eight
@@ -21,7 +22,10 @@ end with exactly one winner (for the lease: the one whose lease file is
 the only one left), nothing raised, no data lost and nothing left in
 flight. ``--dir`` puts the storage on a filesystem of your
 choice (an NFS mount shared by nothing else, say); the default is a
-temporary directory. Exits non-zero if any round went wrong.
+temporary directory. ``--other-client`` names the mount point of another
+client of the filesystem that ``--dir`` is on (``tools/gluster.sh mount``
+makes one): the racing processes take turns among the clients, as hosts
+with a mount each would. Exits non-zero if any round went wrong.
 """
 
 import argparse
@@ -40,14 +44,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=1000)
     parser.add_argument('--dir', help='where to make the storage')
+    parser.add_argument('--other-client', action='append', default=[],
+                        metavar='PATH',
+                        help='the mount point of --dir through another '
+                             'client (repeatable; needs --dir)')
     args = parser.parse_args()
+    if args.other_client and not args.dir:
+        parser.error('--other-client needs --dir: the mount of the same '
+                     'filesystem through the first client')
     failed = False
     print('%-24s %7s %7s %7s %7s %7s %8s' % (
         'scenario', 'rounds', 'ok', 'raised', 'no-1', 'lost', 'seconds'))
     for name, operations in races.SCENARIOS.items():
         with tempfile.TemporaryDirectory(dir=args.dir) as path:
             start = time.monotonic()
-            counts, problem = races.race(path, operations, args.rounds)
+            # The same directory through every other client.
+            others = [os.path.join(mount, os.path.basename(path))
+                      for mount in args.other_client]
+            counts, problem = races.race(path, operations, args.rounds,
+                                         others)
             elapsed = time.monotonic() - start
         print('%-24s %7d %7d %7d %7d %7d %8.1f' % (
             name, args.rounds, counts['ok'], counts['raised'],

@@ -142,11 +142,16 @@ def _outcome(instances_path, instance, answers):
     return 'ok', None
 
 
-def race(instances_path, operations, rounds):
+def race(instances_path, operations, rounds, other_clients=()):
     """Run ``rounds`` rounds of ``operations`` (one process each).
+
+    ``other_clients`` are the same directory as ``instances_path`` seen
+    through other clients of a network filesystem: the workers take turns
+    among all of them, as hosts with a mount each would.
 
     Returns a Counter of outcomes and the first problem seen, if any.
     """
+    views = [instances_path] + list(other_clients)
     ctx = multiprocessing.get_context('fork')
     barrier = ctx.Barrier(len(operations))
     results = ctx.Queue()
@@ -154,7 +159,7 @@ def race(instances_path, operations, rounds):
     for index, operation in enumerate(operations):
         tasks = ctx.Queue()
         worker = ctx.Process(target=_worker, args=(
-            instances_path, 'host-%d' % index, operation, barrier, tasks,
+            views[index % len(views)], 'host-%d' % index, operation, barrier, tasks,
             results))
         worker.start()
         queues.append(tasks)

@@ -95,7 +95,7 @@ class TestCutPoints(testtools.TestCase):
                                             source):
                         self.assertIn(point, faults.POINTS, name)
 
-    def test_keep_and_release_pass_their_own_points(self):
+    def test_keep_claim_and_release_pass_their_own_points(self):
         reached = []
         path = self.useFixture(fixtures.TempDir()).path
         disks.make_qcow2_instance(path, INSTANCE)
@@ -106,6 +106,7 @@ class TestCutPoints(testtools.TestCase):
             store.release(INSTANCE, SNAPSHOT)
             store.reclaim(store.find(INSTANCE, SNAPSHOT), 'test')
         self.assertEqual(['keep.record_written', 'keep.staged',
-                          'keep.pruned', 'release.staged', 'release.pruned',
+                          'keep.pruned', 'claim.staged', 'release.staged',
+                          'release.pruned',
                           'reclaim.trashed'], reached)
         self.assertEqual([], os.listdir(store.path))

@@ -13,6 +13,7 @@
 """Kept disks on a real instance storage: real files, real qemu-img."""
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -560,6 +561,127 @@ class TestClaim(StoreTestCase):
         self.assertEqual(kept_before, disks.tree(self.kept_dir))
         self.assertEqual(['console.log'], os.listdir(self.inst_dir))
         self.assertIsNotNone(self.store.find(INSTANCE, SNAPSHOT))
+        # Put back from the claim's staging name: nothing left in flight.
+        self.assertEqual([], self.store.inventory()[2])
+
+    def test_a_claim_cut_between_its_renames_is_put_back_by_recovery(self):
+        record = self.keep_qcow2()
+
+        class Crash(BaseException):
+            pass
+
+        def crash_at(point):
+            if point == 'claim.staged':
+                raise Crash()
+
+        with mock.patch('nova_shelve_accel.faults.cut_point', crash_at):
+            self.assertRaises(Crash, self.store.claim, INSTANCE, SNAPSHOT)
+        self.assertIsNone(self.store.find(INSTANCE, SNAPSHOT))
+        self.assertFalse(os.path.exists(self.inst_dir))
+
+        # The host's recovery at start-up: its own staging is abandoned
+        # work, published back as an interrupted keep is.
+        [item] = self.store.inventory()[2]
+        self.assertEqual(storage.STAGING, item.kind)
+        self.assertEqual([item], self.store.abandoned([item], at_start=True))
+        self.assertTrue(self.store.finish_staging(item))
+        self.assertEqual(record, self.store.find(INSTANCE, SNAPSHOT))
+        self.assertTrue(self.store.claim(INSTANCE, SNAPSHOT))
+
+    def rename_reporting_success_for_a_moved_source(self, source):
+        """os.rename as a GlusterFS client may answer a stale name.
+
+        Another client moved ``source`` away an instant ago; this client's
+        rename of it reports success and moves nothing.
+        """
+        real_rename = os.rename
+
+        def rename(src, dst):
+            if src == source:
+                return None
+            return real_rename(src, dst)
+        return mock.patch('os.rename', side_effect=rename)
+
+    def test_a_claim_whose_rename_moved_nothing_loses(self):
+        self.keep_qcow2()
+        kept_before = disks.tree(self.kept_dir)
+        with self.rename_reporting_success_for_a_moved_source(self.kept_dir):
+            self.assertFalse(self.store.claim(INSTANCE, SNAPSHOT))
+        self.assertFalse(os.path.exists(self.inst_dir))
+        self.assertEqual(kept_before, disks.tree(self.kept_dir))
+        self.assertEqual([], self.store.inventory()[2])
+
+    def test_a_reclaim_whose_rename_moved_nothing_loses(self):
+        record = self.keep_qcow2()
+        with self.rename_reporting_success_for_a_moved_source(self.kept_dir):
+            self.assertFalse(self.store.reclaim(record, 'test'))
+        self.assertEqual(record, self.store.find(INSTANCE, SNAPSHOT))
+
+    def test_a_claim_whose_disk_another_host_put_back_loses(self):
+        # Our staging name vanished under us (the other client's view of
+        # the race): ESTALE, and lstat finds nothing there.
+        self.keep_qcow2()
+        real_rename = os.rename
+
+        def rename(src, dst):
+            if dst == self.inst_dir:
+                # Another host took the disk from our staging name first.
+                real_rename(src, self.kept_dir)
+                raise OSError(errno.ESTALE, 'Stale file handle', src)
+            return real_rename(src, dst)
+
+        with mock.patch('os.rename', side_effect=rename):
+            self.assertFalse(self.store.claim(INSTANCE, SNAPSHOT))
+        self.assertIsNotNone(self.store.find(INSTANCE, SNAPSHOT))
+        self.assertFalse(os.path.exists(self.inst_dir))
+
+
+class TestVanished(testtools.TestCase):
+    """Errors a network filesystem gives for a name another client moved."""
+
+    def setUp(self):
+        super().setUp()
+        self.path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                 'entry')
+
+    def test_enoent_is_gone(self):
+        self.assertTrue(storage.vanished(
+            OSError(errno.ENOENT, 'gone'), self.path))
+
+    def test_estale_and_eio_are_gone_once_lstat_agrees(self):
+        for code in (errno.ESTALE, errno.EIO):
+            self.assertTrue(storage.vanished(OSError(code, 'x'), self.path))
+
+    def test_estale_and_eio_of_a_name_still_there_are_errors(self):
+        os.mkdir(self.path)
+        for code in (errno.ESTALE, errno.EIO):
+            self.assertFalse(storage.vanished(OSError(code, 'x'), self.path))
+
+    def test_other_errors_are_errors(self):
+        self.assertFalse(storage.vanished(
+            OSError(errno.EACCES, 'denied'), self.path))
+
+    def test_remove_tree_tolerates_estale_for_entries_gone_meanwhile(self):
+        os.mkdir(self.path)
+        disks.add_files(self.path, 'disk', 'disk.info')
+        real_unlink = os.unlink
+
+        def unlink(path, *args, **kwargs):
+            real_unlink(path, *args, **kwargs)
+            raise OSError(errno.ESTALE, 'Stale file handle', path)
+
+        with mock.patch('os.unlink', side_effect=unlink):
+            self.assertTrue(storage.remove_tree(self.path))
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_remove_tree_raises_estale_for_entries_still_there(self):
+        os.mkdir(self.path)
+        disks.add_files(self.path, 'disk')
+
+        with mock.patch('os.unlink', side_effect=OSError(
+                errno.ESTALE, 'Stale file handle')):
+            self.assertRaises(OSError, storage.remove_tree, self.path)
+        self.assertTrue(os.path.exists(os.path.join(self.path, 'disk')))
 
 
 class TestRaces(testtools.TestCase):
