@@ -166,13 +166,3 @@ class StorageOfHost:
 # The one of the process: its host is CONF.host.
 this_host = StorageOfHost()
 
-
-def groups_of_host(context, host):
-    """Names of the storage groups of ``host``, sorted, from its aggregates.
-
-    The aggregates live in the API database: a compute reads them through
-    the conductor.
-    """
-    aggregates = objects.AggregateList.get_by_host(context, host,
-                                                   key=GROUP_KEY)
-    return sorted({g for g in map(group_name, aggregates) if g})

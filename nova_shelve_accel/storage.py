@@ -98,6 +98,10 @@ TRASH = 'reclaiming'
 # claim and no stock spawn may use it until its host has removed the guest.
 QUARANTINE = 'quarantine'
 _CLOCK_PROBE = '.clock-%s'
+# A file each host of the storage leaves, holding its name: which hosts
+# share this storage, as the hosts see it, not as the aggregates say.
+_HOST_PROBE = '.host-%s'
+_HOST_PROBE_NAME = re.compile(r'^\.host-(?P<tag>[0-9a-f]{8})$')
 _LEASE_NAME = re.compile(r'^%s(?:\.(?P<generation>[0-9]{1,9}))?$'
                          % re.escape(UPLOAD_LEASE))
 
@@ -341,6 +345,42 @@ class KeptDiskStore:
                               'stands there)' % self.path)
         if stat.S_IMODE(os.lstat(self.path).st_mode) != KEPT_DIR_MODE:
             os.chmod(self.path, KEPT_DIR_MODE)
+
+    # -- which hosts share the storage -------------------------------------
+
+    def leave_probe(self):
+        """Leave this host's name on the storage for the other hosts to see.
+
+        Replaced whole with one rename: a host reading it meanwhile sees
+        the old file or the new one, never half of one.
+        """
+        self.ensure_directory()
+        path = os.path.join(self.path, _HOST_PROBE % self.host_tag)
+        tmp = path + '.tmp'
+        remove_tree(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                     os.O_NOFOLLOW, RECORD_MODE)
+        with os.fdopen(fd, 'w') as f:
+            f.write(self.host + '\n')
+        os.rename(tmp, path)
+
+    def hosts_sharing(self):
+        """Names of the hosts whose probe is on this storage, sorted.
+
+        A probe counts only if the host it names has the tag in its file
+        name: a file planted or damaged by hand names nobody.
+        """
+        if not is_real_dir(self.path):
+            return []
+        with os.scandir(self.path) as entries:
+            probes = [(e.name, m.group('tag')) for e in entries
+                      for m in [_HOST_PROBE_NAME.match(e.name)] if m]
+        hosts = set()
+        for name, tag in probes:
+            host = _read_probe(os.path.join(self.path, name))
+            if host and host_tag(host) == tag:
+                hosts.add(host)
+        return sorted(hosts)
 
     # -- space -------------------------------------------------------------
 
@@ -874,7 +914,7 @@ class KeptDiskStore:
                            for e in entries)
         for name, is_dir in names:
             path = os.path.join(self.path, name)
-            if name.startswith(_CLOCK_PROBE % ''):
+            if name.startswith((_CLOCK_PROBE % '', _HOST_PROBE % '')):
                 continue
             kept_match = _KEPT_NAME.match(name)
             flight_match = _IN_FLIGHT_NAME.match(name)
@@ -1237,6 +1277,35 @@ def read_record(directory):
         LOG.warning('Kept disk record %s is unreadable: %s',
                     os.path.join(directory, RECORD_NAME), e)
         return None
+
+
+def _read_probe(path):
+    """The host name in the probe ``path``, or None if it holds none."""
+    try:
+        # As for a record: no link followed, no FIFO waited on, no giant.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, 'rb') as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        try:
+            return f.read(1024).decode('utf-8').strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+
+def sharing_problems(host, peers, sharing):
+    """(hosts of the group missing, hosts outside it) of a storage.
+
+    ``peers`` are the other hosts of ``host``'s storage groups, from the
+    aggregates; ``sharing`` the hosts whose probes are on its storage.
+    A peer missing there does not mount this storage at instances_path (or
+    never ran the plugin's driver); a host there but not in the group shares
+    the storage without the filter knowing.
+    """
+    sharing = set(sharing) - {host}
+    return sorted(set(peers) - sharing), sorted(sharing - set(peers))
 
 
 def _write_record(directory, record):

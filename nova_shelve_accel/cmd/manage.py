@@ -787,13 +787,20 @@ def storage_usage(args):
         raise CommandError('Cannot read the filesystem of %s: %s'
                            % (store.instances_path, e))
     try:
-        groups = shelved.groups_of_host(admin_context(), CONF.host)
+        sharing = store.hosts_sharing()
+    except OSError as e:
+        raise CommandError('Cannot read the probes of the hosts in %s: %s'
+                           % (store.path, e))
+    try:
+        groups, peers = shelved.storage_of_host(admin_context(), CONF.host)
+        missing, outside = storage.sharing_problems(CONF.host, peers,
+                                                    sharing)
     except Exception as e:
         LOG.debug('Reading the aggregates failed.', exc_info=True)
         print('Error: cannot read the storage groups of host %s from the '
               'aggregates in the API database: %s. %s'
               % (CONF.host, e, API_DATABASE_HINT), file=sys.stderr)
-        groups = None
+        groups = missing = outside = None
     size = fs.f_blocks * fs.f_frsize
     floor = CONF.shelve_accel.free_space_floor_percent
     pending = [r for r in kept if r.snapshot_pending]
@@ -802,6 +809,11 @@ def storage_usage(args):
         'instances_path': store.instances_path,
         'kept_disks_path': store.path,
         'storage_groups': groups,
+        # Which hosts leave their probe on this storage, against the
+        # aggregates: the group's hosts that do not, the others that do.
+        'hosts_sharing': sharing,
+        'group_hosts_not_sharing': missing,
+        'hosts_sharing_outside_group': outside,
         'filesystem_size_bytes': size,
         'filesystem_free_bytes': fs.f_bavail * fs.f_frsize,
         'filesystem_free_percent': round(free_percent, 1),
@@ -830,6 +842,11 @@ def print_usage(report):
         ('kept disks path', report['kept_disks_path']),
         ('storage group', 'unknown' if groups is None else
          ', '.join(groups) or 'none'),
+        ('hosts sharing', _names(report['hosts_sharing'])),
+        ('group hosts not sharing', _names(
+            report['group_hosts_not_sharing'])),
+        ('sharing, not in group', _names(
+            report['hosts_sharing_outside_group'])),
         ('filesystem size', human_size(report['filesystem_size_bytes'])),
         ('free', '%s (%.1f%%)' % (human_size(report['filesystem_free_bytes']),
                                   report['filesystem_free_percent'])),
@@ -842,6 +859,10 @@ def print_usage(report):
         ('pending upload', _count(report, 'pending')),
         ('damaged', _count(report, 'damaged')),
     ])
+
+
+def _names(hosts):
+    return 'unknown' if hosts is None else ', '.join(hosts) or 'none'
 
 
 def _count(report, kind):

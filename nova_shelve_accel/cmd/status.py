@@ -307,6 +307,72 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
                 'aggregate.' % CONF.host)))
         return _result([p for p in problems if p], groups.summary())
 
+    @_rejected_value_fails
+    def _check_storage_sharing(self):
+        """Whether the hosts of this host's group see the same storage.
+
+        Each plugin host leaves a probe with its name on its storage; the
+        hosts of a storage group must all find each other's there.
+        """
+        if not _runs_plugin_driver():
+            return upgradecheck.Result(SUCCESS, _compute_checks_skipped())
+        store = storage.KeptDiskStore(
+            CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
+            CONF.image_cache.subdirectory_name, CONF.host)
+        try:
+            sharing = store.hosts_sharing()
+        except OSError as e:
+            return upgradecheck.Result(FAILURE, (
+                'Cannot read the probes of the hosts in %s as uid %d: %s. '
+                'Run this command as the user nova-compute runs as.'
+                % (store.path, os.geteuid(), e)))
+        seen = ('Hosts whose probe is in %s: %s.'
+                % (store.path, _listed(sharing) if sharing else 'none'))
+        problems = []
+        if CONF.host not in sharing:
+            problems.append((WARNING, (
+                'This host, %s, has left no probe in %s: nova-compute has '
+                'not started here with the plugin\'s driver since it was '
+                'installed, or could not write there (see its log).'
+                % (CONF.host, store.path))))
+        if not CONF.api_database.connection:
+            # A compute host has no API database, as a rule: nova-compute
+            # compares through the conductor and logs what differs.
+            return _result(problems, (
+                '%s Not compared with the storage groups: [api_database] '
+                'connection is not set here (add a --config-file that sets '
+                'it). nova-compute compares them at each image cache pass '
+                'and logs a warning naming the hosts that differ.' % seen))
+        try:
+            groups = _StorageGroups(_storage_group_aggregates())
+        except Exception as e:
+            problems.append((WARNING, (
+                '%s Not compared with the storage groups: cannot read the '
+                'host aggregates from the API database: %s.'
+                % (seen, _without_credentials(str(e))))))
+            return _result(problems, seen)
+        missing, outside = storage.sharing_problems(
+            CONF.host, groups.peers_of(CONF.host), sharing)
+        if missing:
+            problems.append((FAILURE, (
+                'Hosts %s are in the storage group of this host but leave no '
+                'probe in %s: they do not mount this host\'s storage at '
+                'instances_path, or have not started with the plugin\'s '
+                'driver. Unshelves sent between them and this host find no '
+                'kept disk and download the snapshot. Mount the storage '
+                'there, or remove them from the aggregates of the group.'
+                % (_listed(missing), store.path))))
+        if outside:
+            problems.append((WARNING, (
+                'Hosts %s share the storage of this host (their probes are '
+                'in %s) but are in none of its storage groups: add them to '
+                'the aggregate of the group, or delete the probe of a host '
+                'that no longer runs (.host-<host tag>).'
+                % (_listed(outside), store.path))))
+        return _result(problems, (
+            '%s Every host of this host\'s storage groups is among them.'
+            % seen))
+
     # Run in this order; a Failure does not stop the checks after it.
     _upgrade_checks = (
         ('Compute driver', _check_compute_driver),
@@ -316,6 +382,7 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
         ('Kept disks', _check_kept_disks),
         ('Image cache pass', _check_image_cache_pass),
         ('Storage groups', _check_storage_groups),
+        ('Storage sharing', _check_storage_sharing),
     )
 
 
@@ -588,8 +655,8 @@ def _kept_dir_result(instances_path, kept_dir):
 def _kept_dir_missing(instances_path, kept_dir):
     if _writable(instances_path):
         return upgradecheck.Result(SUCCESS, (
-            '%s does not exist yet: nova-compute creates it when it keeps '
-            'the first disk (%s is writable by uid %d).'
+            '%s does not exist yet: nova-compute creates it when it starts '
+            'with the plugin\'s driver (%s is writable by uid %d).'
             % (kept_dir, instances_path, os.geteuid())))
     return upgradecheck.Result(FAILURE, (
         '%s does not exist, and %s is not writable by uid %d: nova-compute '

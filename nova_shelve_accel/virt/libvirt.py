@@ -134,6 +134,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         self._offloads = {}
         # Instances being spawned on a claimed kept disk.
         self._reusing = set()
+        # What the last look at the hosts sharing the storage found wrong.
+        self._sharing_reported = None
         # Instances being spawned here, on a kept disk or not.
         self._spawning = set()
         # Instances whose unshelve on a kept disk returned from spawn, until
@@ -146,6 +148,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         # Before Nova looks at this host's instances: an unshelve that a
         # crash interrupted is rolled back here rather than set to ERROR.
         self._recovery.run(nova_context.get_admin_context(), at_start=True)
+        self._leave_probe()
         # Uploads this host ran when it stopped, and any a dead host left.
         self._uploads.clean_scratch(at_start=True)
         self._uploads.scan(at_start=True)
@@ -737,11 +740,66 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                                             self._offloads))
         self._evictor.evict_old()
         self._uploads.clean_scratch(at_start=False)
+        if self._leave_probe():
+            self._check_sharing(context)
         # An offloaded instance has no host, so Nova counts it as using no
         # image: passing it in keeps the base of its image_ref alive, and
         # the pass above touched each kept disk's actual backing file.
         self._nova_image_cache_pass(context,
                                     list(all_instances) + still_kept)
+
+    def _leave_probe(self):
+        """Leave this host's probe on its storage; False if it cannot."""
+        try:
+            self._kept_disks.leave_probe()
+        except (OSError, storage.KeepRefused) as e:
+            LOG.warning('Could not leave the probe of this host in %s: %s. '
+                        'The other hosts of its storage group will report '
+                        'it as not sharing their storage; check the mount '
+                        'and its permissions.', self._kept_disks.path, e)
+            return False
+        return True
+
+    def _check_sharing(self, context):
+        """Warn when the storage group and the storage's hosts disagree.
+
+        Each is logged when it changes, not at every pass.
+        """
+        try:
+            _groups, peers = shelved.this_host.get(context, CONF.host)
+            sharing = self._kept_disks.hosts_sharing()
+        except Exception as e:
+            LOG.debug('Not comparing the storage group with the probes on '
+                      'the storage: %s', e)
+            return
+        found = storage.sharing_problems(CONF.host, peers, sharing)
+        if found == self._sharing_reported:
+            return
+        self._sharing_reported = found
+        missing, outside = found
+        if missing:
+            LOG.warning('Hosts %(hosts)s are in the storage group of this '
+                        'host but leave no probe in %(path)s: they do not '
+                        'mount this host\'s storage at instances_path, or '
+                        'have not started with the plugin\'s driver. '
+                        'Unshelves sent between them and this host find no '
+                        'kept disk and download the snapshot. Mount the '
+                        'storage there, or remove them from the aggregates '
+                        'of the group.',
+                        {'hosts': ', '.join(missing),
+                         'path': self._kept_disks.path})
+        if outside:
+            LOG.warning('Hosts %(hosts)s share the storage of this host '
+                        '(their probes are in %(path)s) but are in none of '
+                        'its storage groups: the filter does not send the '
+                        'unshelves of the disks they keep to this host, nor '
+                        'this host\'s to them. Add them to the aggregate of '
+                        'the group.',
+                        {'hosts': ', '.join(outside),
+                         'path': self._kept_disks.path})
+        if not (missing or outside):
+            LOG.info('Every host of the storage group of this host leaves '
+                     'its probe in %s.', self._kept_disks.path)
 
     def _nova_image_cache_pass(self, context, instances):
         """Nova's image cache pass, listed again if a disk moves meanwhile.

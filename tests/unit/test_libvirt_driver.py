@@ -1185,6 +1185,87 @@ class TestPeriodicPass(DriverTestCase):
         self.assertEqual([], self.saved)
 
 
+class TestStorageSharing(DriverTestCase):
+    """Probes on the storage against the storage group of the aggregates."""
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.manage_image_cache'))
+        self.useFixture(fixtures.MockPatchObject(
+            self.drvr._recovery, 'run', return_value=[]))
+        self.peers = ['compute-b']
+        self.stub_out('nova_shelve_accel.shelved.storage_of_host',
+                      lambda context, host: (['g1'], self.peers))
+        shelved.this_host.forget()
+        self.addCleanup(shelved.this_host.forget)
+
+    def other_host_on_the_storage(self, host):
+        storage.KeptDiskStore(self.instances_path, '_shelve_kept', '_base',
+                              host).leave_probe()
+
+    def passes(self, count=1):
+        for _ in range(count):
+            self.drvr.manage_image_cache(self.context, [])
+            shelved.this_host.forget()
+
+    def test_init_host_leaves_this_hosts_probe(self):
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.init_host'))
+        self.drvr.init_host(NODE)
+        self.assertEqual([CONF.host],
+                         self.drvr._kept_disks.hosts_sharing())
+
+    def test_a_group_that_shares_the_storage_is_not_reported(self):
+        self.other_host_on_the_storage('compute-b')
+        self.passes()
+        self.passes()
+        self.assertEqual(sorted([CONF.host, 'compute-b']),
+                         self.drvr._kept_disks.hosts_sharing())
+        self.assertNotIn('leave no probe', self.stdlog.logger.output)
+        # Said once, at the first pass.
+        self.assertEqual(1, self.stdlog.logger.output.count(
+            'Every host of the storage group of this host leaves its probe'))
+
+    def test_a_host_of_the_group_missing_is_reported_once(self):
+        self.passes(count=2)
+        output = self.stdlog.logger.output
+        self.assertEqual(1, output.count(
+            'Hosts compute-b are in the storage group of this host but '
+            'leave no probe in %s' % self.drvr._kept_disks.path))
+        # Once it shares the storage, that is said, once.
+        self.other_host_on_the_storage('compute-b')
+        self.passes(count=2)
+        self.assertEqual(1, self.stdlog.logger.output.count(
+            'Every host of the storage group of this host leaves its probe'))
+
+    def test_a_host_outside_the_group_on_the_storage_is_reported(self):
+        self.other_host_on_the_storage('compute-b')
+        self.other_host_on_the_storage('compute-x')
+        self.passes()
+        self.assertIn('Hosts compute-x share the storage of this host',
+                      self.stdlog.logger.output)
+        self.assertNotIn('compute-b', self.stdlog.logger.output)
+
+    def test_groups_that_cannot_be_read_are_not_compared(self):
+        self.stub_out('nova_shelve_accel.shelved.storage_of_host',
+                      mock.Mock(side_effect=ValueError('conductor away')))
+        self.passes()
+        self.assertNotIn('Hosts', self.stdlog.logger.output)
+        self.assertEqual([CONF.host], self.drvr._kept_disks.hosts_sharing())
+
+    def test_a_storage_refusing_the_probe_is_logged_and_the_pass_goes_on(
+            self):
+        with mock.patch.object(self.drvr._kept_disks, 'leave_probe',
+                               side_effect=PermissionError(
+                                   13, 'Permission denied')):
+            self.passes()
+        self.assertIn('Could not leave the probe of this host in %s'
+                      % self.drvr._kept_disks.path,
+                      self.stdlog.logger.output)
+        self.assertNotIn('are in the storage group', self.stdlog.logger.output)
+
+
 class TestUnshelveOnKeptDisk(DriverTestCase):
     """spawn() on a claimed disk: real files, the stock spawn stubbed."""
 

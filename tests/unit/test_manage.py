@@ -68,7 +68,8 @@ USAGE_KEYS = {'host', 'instances_path', 'kept_disks_path', 'storage_groups',
               'filesystem_free_percent', 'free_space_floor_percent',
               'free_space_floor_bytes', 'keeps_new_disks', 'kept_count',
               'kept_bytes', 'pending_count', 'pending_bytes',
-              'damaged_count', 'damaged_bytes'}
+              'damaged_count', 'damaged_bytes', 'hosts_sharing',
+              'group_hosts_not_sharing', 'hosts_sharing_outside_group'}
 
 
 class CommandProcess(fixtures.Fixture):
@@ -854,6 +855,24 @@ class TestStorageUsage(ManageTestCase):
         self.reset_output()
         self.assertEqual('none',
                          self.run_table('storage', 'usage')['storage group'])
+
+    def test_hosts_sharing_the_storage_against_the_group(self):
+        self.make_aggregate('storage-a', {shelved.GROUP_KEY: 'group-a'},
+                            [HOST, 'compute-b', 'compute-c'])
+        for host in (HOST, 'compute-b', 'compute-x'):
+            disks.make_store(self.instances_path, host=host).leave_probe()
+
+        report = self.run_json('storage', 'usage')
+
+        self.assertEqual(sorted([HOST, 'compute-b', 'compute-x']),
+                         report['hosts_sharing'])
+        self.assertEqual(['compute-c'], report['group_hosts_not_sharing'])
+        self.assertEqual(['compute-x'],
+                         report['hosts_sharing_outside_group'])
+        self.reset_output()
+        rows = self.run_table('storage', 'usage')
+        self.assertEqual('compute-c', rows['group hosts not sharing'])
+        self.assertEqual('compute-x', rows['sharing, not in group'])
 
     def test_kept_disks_count_in_the_table(self):
         kept = self.keep(self.make_instance(sysmeta=self.shelved_with(

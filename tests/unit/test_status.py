@@ -371,7 +371,7 @@ class TestKeptDisksDirectory(CheckTestMixin, test.NoDBTestCase):
 
     def test_directory_to_be_created_at_first_keep(self):
         self.assertResult(self.check(), SUCCESS, self.kept_dir,
-                          'creates it when it keeps the first disk')
+                          'creates it when it starts')
         self.assertFalse(os.path.lexists(self.kept_dir))
 
     def test_existing_directory(self):
@@ -650,6 +650,71 @@ class TestStorageGroups(CheckTestMixin, test.TestCase):
                 'mysql+pymysql://nova:s3cr:et@db/nova_api failed'))
 
 
+class TestStorageSharing(CheckTestMixin, test.TestCase):
+    """The hosts of this host's group, against the probes on its storage."""
+
+    def setUp(self):
+        super().setUp()
+        self.context = nova_context.get_admin_context()
+        self.instances_path = self.useFixture(fixtures.TempDir()).path
+        self.flags(instances_path=self.instances_path, host='c1')
+        self.use_plugin_driver()
+        self.kept_dir = os.path.join(self.instances_path, '_shelve_kept')
+
+    def on_the_storage(self, *hosts):
+        for host in hosts:
+            disks.make_store(self.instances_path, host=host).leave_probe()
+
+    def aggregate(self, name, group, *hosts):
+        aggregate = objects.Aggregate(
+            self.context, name=name,
+            metadata={status.shelved.GROUP_KEY: group})
+        aggregate.create()
+        for host in hosts:
+            aggregate.add_host(host)
+
+    def check(self):
+        return self.cmd._check_storage_sharing()
+
+    def test_a_group_whose_hosts_all_share_the_storage(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.on_the_storage('c1', 'c2')
+        self.assertResult(self.check(), SUCCESS, 'Hosts whose probe is in '
+                          '%s: c1, c2.' % self.kept_dir, 'Every host')
+
+    def test_a_host_of_the_group_not_sharing_the_storage_fails(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2', 'c3')
+        self.on_the_storage('c1', 'c2')
+        self.assertResult(self.check(), FAILURE, 'Hosts c3 are in the '
+                          'storage group of this host but leave no probe in '
+                          '%s' % self.kept_dir, 'Mount the storage there')
+
+    def test_a_host_sharing_the_storage_outside_the_group_warns(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.on_the_storage('c1', 'c2', 'c9')
+        self.assertResult(self.check(), WARNING, 'Hosts c9 share the storage '
+                          'of this host', '.host-<host tag>')
+
+    def test_this_hosts_own_probe_missing_warns(self):
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.on_the_storage('c2')
+        self.assertResult(self.check(), WARNING, 'This host, c1, has left no '
+                          'probe in %s' % self.kept_dir)
+
+    def test_without_the_api_database_the_probes_are_listed(self):
+        # A compute host has none, as a rule.
+        self.flags(connection=None, group='api_database')
+        self.on_the_storage('c1', 'c2')
+        self.assertResult(self.check(), SUCCESS, 'c1, c2', 'Not compared',
+                          'nova-compute compares them')
+
+    def test_a_stock_host_is_not_checked(self):
+        self.flags(compute_driver='libvirt.LibvirtDriver')
+        self.aggregate('g1', 'g1', 'c1', 'c2')
+        self.assertResult(self.check(), SUCCESS)
+        self.assertNotIn('probe', self.check().details)
+
+
 class TestMain(test.TestCase):
     """The command, from its arguments to its exit code."""
 
@@ -668,6 +733,9 @@ class TestMain(test.TestCase):
         group.create()
         group.add_host('c1')
         group.add_host('c2')
+        # Both hosts of the group mount the storage and ran the plugin.
+        for host in ('c1', 'c2'):
+            disks.make_store(self.instances_path, host=host).leave_probe()
 
     def main(self, nova_conf, *options):
         conf = self.useFixture(NovaConfFile(nova_conf))
@@ -692,7 +760,7 @@ class TestMain(test.TestCase):
         self.assertEqual(0, self.main(self.nova_conf()))
         table = self.output.getvalue()
         self.assertIn('nova-shelve-accel Upgrade Check Results', table)
-        self.assertEqual(7, table.count('Result: Success'))
+        self.assertEqual(8, table.count('Result: Success'))
 
     def test_a_warning_exits_1(self):
         conf = self.nova_conf(extra='[image_cache]\nmanager_interval = -1')
@@ -710,7 +778,7 @@ class TestMain(test.TestCase):
              '[shelve_accel] options': SUCCESS,
              'Kept-disks directory': SUCCESS, 'Kept disks': SUCCESS,
              'Image cache pass': SUCCESS,
-             'Storage groups': SUCCESS}, results)
+             'Storage groups': SUCCESS, 'Storage sharing': SUCCESS}, results)
 
     def test_the_worst_result_wins(self):
         conf = self.nova_conf(

@@ -636,6 +636,71 @@ class TestClaim(StoreTestCase):
         self.assertFalse(os.path.exists(self.inst_dir))
 
 
+class TestHostProbes(StoreTestCase):
+    """Which hosts share the storage, from the probes they leave on it."""
+
+    def other(self, host):
+        return storage.KeptDiskStore(self.instances_path, disks.KEPT_SUBDIR,
+                                     disks.BASE_SUBDIR, host)
+
+    def probe_path(self, host):
+        return os.path.join(self.store.path,
+                            '.host-%s' % storage.host_tag(host))
+
+    def test_hosts_see_each_others_probes(self):
+        self.assertEqual([], self.store.hosts_sharing())
+        self.store.leave_probe()
+        self.other('compute-b').leave_probe()
+        self.store.leave_probe()
+        self.assertEqual(sorted([self.store.host, 'compute-b']),
+                         self.other('compute-c').hosts_sharing())
+        self.assertEqual(sorted(['.host-%s' % self.store.host_tag,
+                                 '.host-%s' % storage.host_tag('compute-b')]),
+                         sorted(os.listdir(self.store.path)))
+
+    def test_probes_are_neither_kept_disks_nor_reported(self):
+        self.store.leave_probe()
+        self.assertEqual(([], [], []), self.store.inventory())
+        self.assertNotIn('Ignoring', self.log.output)
+
+    def test_a_probe_naming_another_host_than_its_tag_names_nobody(self):
+        os.makedirs(self.store.path)
+        with open(self.probe_path('compute-b'), 'w') as f:
+            f.write('compute-x\n')
+        self.assertEqual([], self.store.hosts_sharing())
+
+    def test_hostile_probes_name_nobody_and_do_not_hang(self):
+        os.makedirs(self.store.path)
+        outside = os.path.join(self.instances_path, 'outside')
+        with open(outside, 'w') as f:
+            f.write('compute-b\n')
+        os.symlink(outside, self.probe_path('compute-b'))
+        os.mkfifo(self.probe_path('compute-c'))
+        with open(self.probe_path('compute-d'), 'wb') as f:
+            f.write(b'\xff\xfe' * 10)
+        with open(self.probe_path('compute-e'), 'wb') as f:
+            f.write(b'x' * (1 << 20))
+        os.mkdir(self.probe_path('compute-f'))
+        self.assertEqual([], self.store.hosts_sharing())
+
+    def test_a_leftover_temporary_file_does_not_stop_the_next_probe(self):
+        os.makedirs(self.store.path)
+        with open(self.probe_path(self.store.host) + '.tmp', 'w') as f:
+            f.write('half')
+        self.store.leave_probe()
+        self.assertEqual([self.store.host], self.store.hosts_sharing())
+        self.assertFalse(os.path.exists(
+            self.probe_path(self.store.host) + '.tmp'))
+
+    def test_sharing_problems(self):
+        self.assertEqual(([], []), storage.sharing_problems(
+            'a', ['b'], ['a', 'b']))
+        self.assertEqual((['b', 'c'], []), storage.sharing_problems(
+            'a', ['c', 'b'], ['a']))
+        self.assertEqual(([], ['x']), storage.sharing_problems(
+            'a', [], ['x', 'a']))
+
+
 class TestVanished(testtools.TestCase):
     """Errors a network filesystem gives for a name another client moved."""
 
