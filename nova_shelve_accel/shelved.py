@@ -165,4 +165,3 @@ class StorageOfHost:
 
 # The one of the process: its host is CONF.host.
 this_host = StorageOfHost()
-

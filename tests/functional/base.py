@@ -572,7 +572,9 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
         kept = os.path.join(path, KEPT_SUBDIR)
         if not os.path.isdir(kept):
             return []
-        return sorted(os.listdir(kept))
+        # Every entry but the probes the hosts leave there at start.
+        return sorted(n for n in os.listdir(kept)
+                      if not n.startswith('.host-'))
 
     def kept_dir(self, path, server):
         [name] = [n for n in self.kept_disks(path)

@@ -159,8 +159,8 @@ def race(instances_path, operations, rounds, other_clients=()):
     for index, operation in enumerate(operations):
         tasks = ctx.Queue()
         worker = ctx.Process(target=_worker, args=(
-            views[index % len(views)], 'host-%d' % index, operation, barrier, tasks,
-            results))
+            views[index % len(views)], 'host-%d' % index, operation, barrier,
+            tasks, results))
         worker.start()
         queues.append(tasks)
         workers.append(worker)
