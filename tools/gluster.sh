@@ -34,8 +34,13 @@ die() { echo "gluster.sh: $*" >&2; exit 1; }
 install_if_missing() {
     if ! command -v glusterd > /dev/null || ! command -v glusterfs \
             > /dev/null; then
+        # Package lists may be missing or stale on a fresh machine.
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-            glusterfs-server glusterfs-client > /dev/null
+            glusterfs-server glusterfs-client > /dev/null || {
+            apt-get update -q > /dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                glusterfs-server glusterfs-client > /dev/null
+        }
     fi
 }
 
@@ -51,6 +56,10 @@ up() {
     if [ -f "$state/glusterd.pid" ] &&
             kill -0 "$(cat "$state/glusterd.pid")" 2> /dev/null; then
         echo "glusterd already runs (pid $(cat "$state/glusterd.pid"))"
+    elif pgrep -x glusterd > /dev/null; then
+        # One glusterd per machine: it owns port 24007 and the CLI socket.
+        die "another glusterd runs (pid $(pgrep -x glusterd | head -1)):" \
+            "stop it (gluster.sh down with its STATE) or use its STATE"
     else
         # Its own volfile: working directory in STATE, listening on
         # loopback only.
