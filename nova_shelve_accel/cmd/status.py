@@ -42,6 +42,7 @@ import sys
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
+from oslo_messaging import opts as messaging_opts
 from oslo_upgradecheck import upgradecheck
 from oslo_utils import importutils
 
@@ -864,6 +865,12 @@ class _StorageGroups:
 def main(argv=None):
     """Entry point of ``nova-shelve-accel-status``."""
     objects.register_all()
+    # Reading a host mapping formats its cell's transport_url with
+    # [DEFAULT] transport_url. Nova's services have it from oslo.messaging
+    # once they set up their transport, which this command never does.
+    for group, opts in messaging_opts.list_opts():
+        if group is None:
+            CONF.register_opts(opts)
     # The database layer reads [profiler], as in every Nova command.
     profiler = importutils.try_import('osprofiler.opts')
     if profiler:

@@ -34,13 +34,16 @@ class StorageSharingTest(testtools.TestCase):
         super().setUp()
         cloud.check_cloud_is_up()
 
-    def sharing_check(self, host):
+    def status_check(self, host, name):
         _code, out, err = cloud.host_command(
             host, 'nova-shelve-accel-status', 'upgrade', 'check', '--json')
         self.assertTrue(out, err)
         [check] = [c for c in json.loads(out)['checks']
-                   if c['check'] == 'Storage sharing']
+                   if c['check'] == name]
         return check
+
+    def sharing_check(self, host):
+        return self.status_check(host, 'Storage sharing')
 
     def usage(self, host):
         code, out, err = cloud.host_command(
@@ -58,6 +61,14 @@ class StorageSharingTest(testtools.TestCase):
             self.assertEqual(['c1', 'c2'], report['hosts_sharing'])
             self.assertEqual([], report['group_hosts_not_sharing'])
         self.assertEqual(['c3'], self.usage('c3')['hosts_sharing'])
+
+    def test_the_storage_groups_check_reads_the_cells_of_the_hosts(self):
+        # It reads the host mappings of the group's hosts, whose cell
+        # mapping needs [DEFAULT] transport_url to load.
+        for host in ('c1', 'c3'):
+            check = self.status_check(host, 'Storage groups')
+            self.assertEqual(SUCCESS, check['result'], check['details'])
+            self.assertIn('Storage groups: g1 (2 hosts).', check['details'])
 
     def test_a_host_of_the_aggregate_without_the_storage_fails(self):
         cloud.openstack('aggregate', 'add', 'host', 'g1', 'c3', parse=False)

@@ -31,11 +31,13 @@ from oslo_db.sqlalchemy import enginefacade
 from oslo_db.sqlalchemy import test_fixtures as db_fixtures
 from oslo_upgradecheck import upgradecheck
 from oslo_utils.fixture import uuidsentinel as uuids
+import sqlalchemy
 import testtools
 
 import nova.conf
 from nova import context as nova_context
 from nova.db.api import api as api_db_api
+from nova.db.api import models as api_models
 from nova import objects
 from nova import test
 
@@ -851,3 +853,44 @@ class TestConsoleScriptReachesTheDatabase(testtools.TestCase):
         self.assertEqual(WARNING, result)
         self.assertIn('no such table', details)
         self.assertNotIn('no such option', details)
+
+    def test_the_storage_group_check_reads_the_cells_of_the_hosts(self):
+        # Reading a host mapping formats its cell's transport_url with
+        # [DEFAULT] transport_url: the command must know that option, as
+        # Nova's services do, or the check cannot read the mappings.
+        tmp = self.useFixture(fixtures.TempDir()).path
+        api_db = os.path.join(tmp, 'api.sqlite')
+        engine = sqlalchemy.create_engine('sqlite:///%s' % api_db)
+        api_models.BASE.metadata.create_all(engine)
+        with engine.begin() as db:
+            db.execute(sqlalchemy.insert(api_models.CellMapping).values(
+                id=1, uuid=uuids.cell1, name='cell1',
+                transport_url='rabbit://guest:guest@127.0.0.1:5672/',
+                database_connection='sqlite://'))
+            db.execute(sqlalchemy.insert(api_models.Aggregate).values(
+                id=1, uuid=uuids.g1, name='g1'))
+            db.execute(sqlalchemy.insert(api_models.AggregateMetadata).values(
+                aggregate_id=1, key=status.shelved.GROUP_KEY, value='g1'))
+            for host in ('c1', 'c2'):
+                db.execute(sqlalchemy.insert(api_models.AggregateHost).values(
+                    aggregate_id=1, host=host))
+                db.execute(sqlalchemy.insert(api_models.HostMapping).values(
+                    cell_id=1, host=host))
+        engine.dispose()
+        conf = self.useFixture(NovaConfFile("""
+            [DEFAULT]
+            host = c1
+            [api_database]
+            connection = sqlite:///%s
+            """ % api_db))
+        script = os.path.join(os.path.dirname(sys.executable),
+                              'nova-shelve-accel-status')
+        process = subprocess.run(
+            [script] + conf.args + ['upgrade', 'check', '--json'],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True)
+        results = {c['check']: (c['result'], c['details'])
+                   for c in json.loads(process.stdout)['checks']}
+        result, details = results['Storage groups']
+        self.assertEqual(SUCCESS, result, details)
+        self.assertIn('g1 (2 hosts)', details)
