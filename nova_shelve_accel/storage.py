@@ -23,8 +23,10 @@ between hosts of a shared filesystem: a kept disk appears whole or not at all,
 and of two hosts claiming the same disk exactly one rename succeeds. Work in
 flight lives under names that say which host does it
 (``.staging-<host tag>-<token>-<kept name>``, ``.reclaiming-…``), so a
-host that restarts knows what it left behind, and ages are read from the
-storage's own clock, so hosts whose clocks differ agree on them.
+host that restarts knows what it left behind. Whether another host's work
+is abandoned is judged by how long it has gone untouched as this host watched
+it (see ``untouched``), never by comparing timestamps: those may come from
+another host's clock.
 
 Anyone who can write the shared storage could plant links or odd files in
 it: nothing here follows a symbolic link, every entry is checked with
@@ -49,6 +51,7 @@ from oslo_utils import timeutils
 from oslo_utils import units
 
 from nova_shelve_accel import faults
+from nova_shelve_accel import untouched
 
 LOG = logging.getLogger(__name__)
 
@@ -61,8 +64,8 @@ UNSHELVED_MARK = 'kept.json.unshelved'
 # The lease files are upload.lease.<generation>; taking a lease over creates
 # the next generation.
 UPLOAD_LEASE = 'upload.lease'
-# The holder touches its lease every UPLOAD_LEASE_SECONDS / 4; a lease
-# untouched for longer (by the storage's clock) belongs to a dead host.
+# The holder touches its lease every UPLOAD_LEASE_SECONDS / 4; a lease seen
+# untouched for longer belongs to a dead host.
 UPLOAD_LEASE_SECONDS = 300
 RECORD_VERSION = 1
 ROOT_DISK = 'disk'
@@ -77,8 +80,12 @@ RECORD_MODE = 0o600
 # What Nova gives an instance directory, restored when a disk is claimed.
 INSTANCE_DIR_MODE = 0o755
 # A keep, release or reclaim moves a disk through staging or trash in well
-# under a minute; work in flight older than this was interrupted.
+# under a minute; work in flight seen untouched for longer was interrupted.
 STALE_SECONDS = 3600
+# Longer than any pause between two looks at a name a host judges (the
+# image cache pass runs every 40 minutes by default): a name not looked at
+# for this long is gone, and forgotten.
+FORGET_UNSEEN_SECONDS = 86400
 # The limits Nova puts on qemu-img for images it does not trust, and a
 # wall-clock bound for a storage that hangs.
 QEMU_IMG_LIMITS = processutils.ProcessLimits(cpu_time=30,
@@ -97,6 +104,7 @@ TRASH = 'reclaiming'
 # A claimed disk whose guest could not be removed after a failed spawn: no
 # claim and no stock spawn may use it until its host has removed the guest.
 QUARANTINE = 'quarantine'
+# Left by releases that read ages off the storage's clock; skipped.
 _CLOCK_PROBE = '.clock-%s'
 # A file each host of the storage leaves, holding its name: which hosts
 # share this storage, as the hosts see it, not as the aggregates say.
@@ -319,6 +327,7 @@ class KeptDiskStore:
         self._used_bytes = None
         # Paths already reported as foreign or damaged: reported once.
         self._reported = set()
+        self._watch = untouched.Watch(FORGET_UNSEEN_SECONDS)
 
     def instance_dir(self, instance_uuid):
         return os.path.join(self.instances_path, instance_uuid)
@@ -818,8 +827,8 @@ class KeptDiskStore:
     def take_upload_lease(self, directory, at_start=False):
         """A token for the lease on uploading the disk in ``directory``.
 
-        None while another host holds a live lease. A lease nobody touched
-        for UPLOAD_LEASE_SECONDS (by the storage's clock), or this host's
+        None while another host holds a live lease. A lease this host saw
+        untouched for UPLOAD_LEASE_SECONDS, or this host's
         own at start-up, is taken over by creating the lease file of the
         next generation: of the hosts taking over the same lease exactly
         one creates it (O_EXCL), and a holder that finds a newer generation
@@ -856,7 +865,7 @@ class KeptDiskStore:
     def _lease_abandoned(self, path, at_start):
         try:
             holder = _read_small(path)
-            age = self.storage_now() - os.lstat(path).st_mtime
+            age = self.untouched_for(path)
         except (OSError, ValueError):
             # Gone, or not a file we wrote (a planted link): take it over.
             return True
@@ -1117,26 +1126,29 @@ class KeptDiskStore:
 
     # -- interrupted work --------------------------------------------------
 
-    def storage_now(self):
-        """The storage's own clock (see ``storage_clock``)."""
-        self.ensure_directory()
-        return storage_clock(self.path, self.host_tag)
+    def untouched_for(self, path, tree=False):
+        """Seconds this host has seen ``path`` unchanged (see ``untouched``).
+
+        With ``tree``, the entries right inside it count too.
+        """
+        sig = (untouched.tree_signature(path) if tree
+               else untouched.signature(os.lstat(path)))
+        return self._watch.age(path, sig)
 
     def abandoned(self, in_flight, at_start):
         """Work in flight that nobody will finish, of all ``in_flight``.
 
-        Ours at start-up (this host runs nothing yet), and anyone's older
-        than STALE_SECONDS by the storage's clock. Quarantined disks are all
+        Ours at start-up (this host runs nothing yet), and anyone's this
+        host saw untouched for STALE_SECONDS. Quarantined disks are all
         returned: no work of a host is under way in them, and who may
         resolve one depends on its instance and on the host that made it.
         """
         if not in_flight:
             return []
-        now = self.storage_now()
         found = []
         for item in in_flight:
             try:
-                age = now - os.lstat(item.path).st_ctime
+                age = self.untouched_for(item.path)
             except FileNotFoundError:
                 continue
             mine = item.host_tag == self.host_tag
@@ -1155,37 +1167,6 @@ class KeptDiskStore:
         self._publish(item.path, record)
         self._account(record.allocated_bytes)
         return True
-
-
-def storage_clock(directory, host_tag):
-    """The clock of the filesystem holding ``directory``, as it stamps files.
-
-    Read from a probe file this host touches there: an NFS server stamps a
-    touched file with its time, not the client's, and comparing that with
-    the times the server gave other entries tells their age even when this
-    host's clock is off.
-    """
-    probe = os.path.join(directory, _CLOCK_PROBE % host_tag)
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
-                 RECORD_MODE)
-    try:
-        os.utime(fd, None)
-        return os.fstat(fd).st_mtime
-    finally:
-        os.close(fd)
-
-
-def newest_mtime(path):
-    """The latest mtime of ``path`` and the entries right inside it."""
-    newest = os.lstat(path).st_mtime
-    with os.scandir(path) as entries:
-        for entry in entries:
-            try:
-                newest = max(newest, entry.stat(follow_symlinks=False)
-                             .st_mtime)
-            except FileNotFoundError:
-                continue
-    return newest
 
 
 def recorded_format(directory, disk_path, domain_format=None):

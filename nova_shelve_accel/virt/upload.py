@@ -203,46 +203,39 @@ class SnapshotUploader:
                           self._store.path)
             return
         now = time.monotonic()
-        storage_now = self._storage_now() if pending else None
         for record, where in pending:
             key = (record.instance_uuid, record.snapshot_id)
             next_try = self._retries.get(key, (0, 0))[0]
-            if next_try <= now and not self._in_upload_delay(
-                    where, storage_now):
+            if next_try <= now and not self._in_upload_delay(where):
                 self.schedule(service_context(), *key,
                               at_start=at_start)
 
-    def _storage_now(self):
-        """The storage's clock once per scan, or None if unreadable.
-
-        Only needed to honour snapshot_upload_delay; reading it touches a
-        file on the shared storage.
-        """
-        if not CONF.shelve_accel.snapshot_upload_delay:
-            return None
-        try:
-            return self._store.storage_now()
-        except OSError:
-            return None
-
-    def _in_upload_delay(self, where, storage_now):
+    def _in_upload_delay(self, where):
         """Whether the disk in ``where`` was kept < snapshot_upload_delay ago.
 
         The host that kept it waits that long before uploading, so that an
         unshelve meanwhile makes the upload needless; the other hosts of
-        the storage wait as long, by the storage's clock (the record was
-        written when the disk was kept), or they would upload it at their
-        next scan.
+        the storage wait at least as long, counted from when they first see
+        its record (its timestamps come from the keeping host's clock), or
+        they would upload it at their next scan.
         """
         delay = CONF.shelve_accel.snapshot_upload_delay
-        if not delay or storage_now is None:
-            return False
         try:
-            kept_at = os.lstat(os.path.join(
-                where, storage.RECORD_NAME)).st_mtime
+            return bool(delay) and not self._untouched(
+                os.path.join(where, storage.RECORD_NAME), delay)
         except OSError:
-            return False
-        return storage_now - kept_at < delay
+            return False        # the upload finds out what is wrong
+
+    def _untouched(self, path, seconds, tree=False):
+        """Whether this host has seen ``path`` unchanged for ``seconds``.
+
+        A name gone meanwhile counts as untouched: there is nothing left
+        to wait for.
+        """
+        try:
+            return self._store.untouched_for(path, tree=tree) >= seconds
+        except FileNotFoundError:
+            return True
 
     def stop(self):
         """Stop every upload at its next check (the service is stopping)."""
@@ -489,8 +482,8 @@ class SnapshotUploader:
         """Remove the copies that crashed conversions left behind.
 
         This host's own at start-up or when no upload here uses them; other
-        hosts' once untouched for storage.STALE_SECONDS by the storage's
-        clock (their uploader touches them while it runs). A copy is never
+        hosts' once this host saw them untouched for storage.STALE_SECONDS
+        (their conversion writes into them while it runs). A copy is never
         the only one: the kept disk it came from is still there.
         """
         directory = CONF.libvirt.snapshots_directory
@@ -500,9 +493,6 @@ class SnapshotUploader:
                          for e in entries if e.is_dir(follow_symlinks=False)]
             found = [(path, match.group('host')) for path, match in found
                      if match]
-            now = storage.storage_clock(directory, self._store.host_tag) if (
-                any(host != self._store.host_tag for _p, host in found)) \
-                else None
         except FileNotFoundError:
             return          # no snapshot was ever taken here
         except OSError as e:
@@ -513,8 +503,15 @@ class SnapshotUploader:
             if host == self._store.host_tag:
                 if not at_start and path in self._scratch:
                     continue
-            elif now - storage.newest_mtime(path) <= storage.STALE_SECONDS:
-                continue
+            else:
+                try:
+                    if not self._untouched(path, storage.STALE_SECONDS,
+                                           tree=True):
+                        continue
+                except OSError as e:
+                    LOG.warning('Cannot tell whether %s is in use: %s',
+                                path, e)
+                    continue
             LOG.info('Removing %s, left by a snapshot upload that was '
                      'interrupted.', path)
             try:

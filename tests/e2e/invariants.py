@@ -26,7 +26,7 @@ from tests.e2e import cloud
 # Prefixes of in-flight work on a storage (see nova_shelve_accel.storage):
 # none may outlive the operation that made it.
 IN_FLIGHT_PREFIXES = ('.staging-', '.reclaiming-', '.quarantine-')
-# The storage clock probes hosts touch (see storage_clock): not work.
+# The clock probes earlier releases touched (storage._CLOCK_PROBE).
 CLOCK_PROBE_PREFIX = '.clock-'
 # The scratch directories of uploads (see nova_shelve_accel.virt.upload).
 SCRATCH_PREFIX = '.shelve-accel-upload-'

@@ -30,7 +30,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 from unittest import mock
 
 import fixtures
@@ -41,6 +40,7 @@ from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 from nova_shelve_accel.virt import upload
 from tests.functional import base
+from tests.unit import disks
 
 # How long a gate holds an upload before giving up on the test: a failing
 # test then fails its waits instead of leaving a thread blocked.
@@ -411,6 +411,7 @@ class TestFastShelve(base.ShelveAccelTestBase):
 
     # 5
     def test_lost_host_upload_taken_over_by_group_host(self):
+        clock = self.useFixture(disks.WatchClock())
         gate = self._gate_before_glance({'A'})
         server = self._boot_with_marker('A')
         server, snapshot_id, kept = self._shelve_pending(server)
@@ -430,10 +431,9 @@ class TestFastShelve(base.ShelveAccelTestBase):
         self.assertTrue(self._lease_holder(kept).startswith(
             storage.host_tag('A') + '-'))
 
-        # Nobody touches the lease any more: by the storage's clock it ages
-        # past UPLOAD_LEASE_SECONDS, and B takes the upload over.
-        aged = time.time() - storage.UPLOAD_LEASE_SECONDS - 60
-        os.utime(self._lease(kept), (aged, aged))
+        # Nobody touches the lease any more: B sees it untouched for longer
+        # than UPLOAD_LEASE_SECONDS, and takes the upload over.
+        clock.advance(storage.UPLOAD_LEASE_SECONDS + 60)
         self._scan_for_uploads('B')
         self._wait_for(lambda: self._status(snapshot_id) == 'active')
         self._wait_for_uploads('B')

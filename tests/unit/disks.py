@@ -22,7 +22,10 @@ import os
 import subprocess
 import time
 
+import fixtures
+
 from nova_shelve_accel import storage
+from nova_shelve_accel import untouched
 
 KEPT_SUBDIR = '_shelve_kept'
 BASE_SUBDIR = '_base'
@@ -30,6 +33,24 @@ DISK_SIZE = 1024 * 1024
 # Disks are made an hour old, so that anything writing to them later moves
 # their mtime whatever the timestamp granularity of the filesystem.
 AGE_SECONDS = 3600
+
+
+class WatchClock(fixtures.Fixture):
+    """The clock hosts watch the storage by, moved on by ``advance``.
+
+    It runs as the real one does, plus what the test advanced it by: hours
+    pass in an instant, for every host of the test.
+    """
+
+    def _setUp(self):
+        self.offset = 0
+        real = untouched.clock
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_shelve_accel.untouched.clock',
+            lambda: real() + self.offset))
+
+    def advance(self, seconds):
+        self.offset += seconds
 
 
 def make_store(instances_path, host='compute-a'):

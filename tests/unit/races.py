@@ -28,6 +28,7 @@ import traceback
 import uuid
 
 from nova_shelve_accel import storage
+from nova_shelve_accel import untouched
 
 SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
 SUBDIR = '_shelve_kept'
@@ -52,15 +53,27 @@ def lay_out_kept_disk(instances_path):
     return instance
 
 
-def lay_out_stale_lease(instances_path, instance):
-    """A lease of a dead host on the kept disk, long untouched."""
-    where = os.path.join(instances_path, SUBDIR,
-                         storage.kept_name(instance, SNAPSHOT))
-    lease = os.path.join(where, storage.UPLOAD_LEASE + '.1')
-    with open(lease, 'w') as f:
+def _lease(instances_path, instance):
+    return os.path.join(instances_path, SUBDIR,
+                        storage.kept_name(instance, SNAPSHOT),
+                        storage.UPLOAD_LEASE + '.1')
+
+
+def lay_out_dead_lease(instances_path, instance):
+    """A lease of a dead host on the kept disk: nobody touches it."""
+    with open(_lease(instances_path, instance), 'w') as f:
         f.write('deadbeef-00000000')
-    then = os.lstat(lease).st_mtime - 10 * storage.UPLOAD_LEASE_SECONDS
-    os.utime(lease, (then, then))
+
+
+class _WatchedForLong:
+    """This process's watch clock: each round, hours pass before the race."""
+
+    def __init__(self):
+        self.offset = 0
+        self._real = untouched.clock
+
+    def __call__(self):
+        return self._real() + self.offset
 
 
 def _take_lease(store, instance):
@@ -92,10 +105,15 @@ OPERATIONS = {'claim': _claim, 'reclaim': _reclaim,
 def _worker(instances_path, host, operation, barrier, tasks, results):
     store = storage.KeptDiskStore(instances_path, SUBDIR, '_base', host)
     function = OPERATIONS[operation]
+    clock = untouched.clock = _WatchedForLong()
     while True:
         instance = tasks.get()
         if instance is None:
             return
+        if operation == 'take-lease':
+            # Every racer has watched the dead lease go untouched for long.
+            store.untouched_for(_lease(instances_path, instance))
+            clock.offset += 2 * storage.UPLOAD_LEASE_SECONDS
         barrier.wait()
         try:
             results.put((host, operation, function(store, instance), None))
@@ -170,7 +188,7 @@ def race(instances_path, operations, rounds, other_clients=()):
         for _ in range(rounds):
             instance = lay_out_kept_disk(instances_path)
             if 'take-lease' in operations:
-                lay_out_stale_lease(instances_path, instance)
+                lay_out_dead_lease(instances_path, instance)
             for tasks in queues:
                 tasks.put(instance)
             answers = [results.get(timeout=60) for _ in operations]

@@ -41,6 +41,7 @@ class StoreTestCase(testtools.TestCase):
         super().setUp()
         self.instances_path = self.useFixture(fixtures.TempDir()).path
         self.store = disks.make_store(self.instances_path)
+        self.clock = self.useFixture(disks.WatchClock())
         self.inst_dir = os.path.join(self.instances_path, INSTANCE)
         self.kept_dir = os.path.join(self.instances_path, disks.KEPT_SUBDIR,
                                      '%s.%s' % (INSTANCE, SNAPSHOT))
@@ -905,11 +906,12 @@ class TestReclaim(StoreTestCase):
         return path
 
     def abandoned(self, at_start, age=0):
+        """What this host finds abandoned, having watched it for ``age``."""
         _kept, _damaged, in_flight = self.store.inventory()
-        with mock.patch.object(self.store, 'storage_now',
-                               return_value=time.time() + age):
-            return [i.path for i in self.store.abandoned(in_flight,
-                                                         at_start)]
+        if age:
+            self.store.abandoned(in_flight, at_start)
+            self.clock.advance(age)
+        return [i.path for i in self.store.abandoned(in_flight, at_start)]
 
     def test_own_work_in_flight_is_abandoned_at_start(self):
         trash = self.make_leftover(storage.TRASH)
@@ -932,13 +934,44 @@ class TestReclaim(StoreTestCase):
         self.assertEqual([staging], self.abandoned(
             at_start=False, age=storage.STALE_SECONDS + 60))
 
-    def test_age_is_read_from_the_storage_clock(self):
-        # This host's clock is a day ahead; the storage's is not: the
-        # other host's fresh staging directory is not stale.
-        self.make_leftover(storage.STAGING, host='compute-b')
+    def test_work_touched_meanwhile_is_not_abandoned(self):
+        # The other host moved one more file in: its work goes on.
+        staging = self.make_leftover(storage.STAGING, host='compute-b')
+        self.abandoned(at_start=False)
+        self.clock.advance(storage.STALE_SECONDS - 60)
+        disks.add_files(staging, 'disk.info')
+        self.clock.advance(120)
+        self.assertEqual([], self.abandoned(at_start=False))
+        self.assertEqual([staging], self.abandoned(
+            at_start=False, age=storage.STALE_SECONDS + 60))
+
+    def test_timestamps_from_a_skewed_clock_age_nothing(self):
+        # A network filesystem may stamp files with the writing host's
+        # clock (GlusterFS does): the other host's is two hours behind, or
+        # this host's a day ahead. Its fresh work is not stale.
+        staging = self.make_leftover(storage.STAGING, host='compute-b')
+        disks.age(staging, 7200)
         with mock.patch('time.time', return_value=time.time() + 86400):
-            _kept, _damaged, in_flight = self.store.inventory()
-            self.assertEqual([], self.store.abandoned(in_flight, False))
+            self.assertEqual([], self.abandoned(at_start=False))
+            self.clock.advance(storage.STALE_SECONDS - 60)
+            self.assertEqual([], self.abandoned(at_start=False))
+
+    def test_timestamps_from_the_future_delay_nothing(self):
+        # Stamped two hours ahead by the other host's clock: once it stays
+        # untouched for STALE_SECONDS, it is abandoned all the same.
+        staging = self.make_leftover(storage.STAGING, host='compute-b')
+        disks.age(staging, -7200)
+        self.assertEqual([staging], self.abandoned(
+            at_start=False, age=storage.STALE_SECONDS + 60))
+
+    def test_a_restarted_host_watches_other_hosts_work_anew(self):
+        staging = self.make_leftover(storage.STAGING, host='compute-b')
+        self.abandoned(at_start=False)
+        self.clock.advance(storage.STALE_SECONDS + 60)
+        self.store = disks.make_store(self.instances_path)
+        self.assertEqual([], self.abandoned(at_start=True))
+        self.assertEqual([staging], self.abandoned(
+            at_start=False, age=storage.STALE_SECONDS + 60))
 
     def test_every_quarantine_is_returned_to_every_host(self):
         # Who may resolve one depends on its instance and on its host: the
@@ -1178,8 +1211,11 @@ class TestUploadLease(StoreTestCase):
         with open(self.newest()) as f:
             return f.read()
 
-    def make_stale(self):
-        disks.age(self.newest(), storage.UPLOAD_LEASE_SECONDS + 60)
+    def make_stale(self, *watchers):
+        """The lease untouched while ``watchers`` watched it, long enough."""
+        for store in watchers:
+            store.untouched_for(self.newest())
+        self.clock.advance(storage.UPLOAD_LEASE_SECONDS + 60)
 
     def test_take_gives_a_token_written_in_the_lease(self):
         token = self.take()
@@ -1197,7 +1233,7 @@ class TestUploadLease(StoreTestCase):
 
     def test_a_stale_lease_is_taken_over_and_its_holder_loses_it(self):
         token = self.take()
-        self.make_stale()
+        self.make_stale(self.other)
         taken = self.take(self.other)
         self.assertEqual('2/', taken[:2])
         self.assertEqual(taken[2:], self.holder())
@@ -1210,8 +1246,8 @@ class TestUploadLease(StoreTestCase):
         # Both judged the lease abandoned. The second used to rename away
         # the fresh lease the first had just created, and both uploaded.
         self.take()
-        self.make_stale()
         third = disks.make_store(self.instances_path, 'compute-c')
+        self.make_stale(self.other, third)
         judged = []
         real_abandoned = storage.KeptDiskStore._lease_abandoned
 
@@ -1231,7 +1267,7 @@ class TestUploadLease(StoreTestCase):
 
     def test_a_holder_that_finds_a_newer_generation_has_lost(self):
         token = self.take()
-        self.make_stale()
+        self.make_stale(self.other)
         self.take(self.other)
         # However its own file came back (a slow storage, say).
         with open(os.path.join(self.kept_dir,
@@ -1247,19 +1283,42 @@ class TestUploadLease(StoreTestCase):
                   'w') as f:
             f.write('%s-12345678' % self.other.host_tag)
         self.assertIsNone(self.take())
-        self.make_stale()
+        self.make_stale(self.store)
         self.assertEqual('1/', self.take()[:2])
         self.assertEqual([storage.UPLOAD_LEASE + '.1'], self.leases())
 
     def test_a_lease_younger_than_its_lifetime_is_live(self):
         self.take()
-        disks.age(self.newest(), storage.UPLOAD_LEASE_SECONDS - 60)
+        self.assertIsNone(self.take(self.other))
+        self.clock.advance(storage.UPLOAD_LEASE_SECONDS - 60)
         self.assertIsNone(self.take(self.other))
 
-    def test_age_is_read_from_the_storage_clock(self):
-        # This host's clock is a day ahead; the storage's is not.
+    def test_a_lease_first_seen_is_live_however_old_its_timestamp(self):
+        # Its holder's clock is two hours behind (GlusterFS stamps files
+        # with the writing client's clock), or this host's a day ahead.
         self.take()
+        disks.age(self.newest(), 7200)
         with mock.patch('time.time', return_value=time.time() + 86400):
+            self.assertIsNone(self.take(self.other))
+            self.clock.advance(storage.UPLOAD_LEASE_SECONDS - 60)
+            self.assertIsNone(self.take(self.other))
+
+    def test_a_lease_stamped_in_the_future_is_taken_over_once_stale(self):
+        # Its dead holder's clock was two hours ahead.
+        self.take()
+        disks.age(self.newest(), -7200)
+        self.make_stale(self.other)
+        self.assertEqual('2/', self.take(self.other)[:2])
+
+    def test_a_renewed_lease_stays_live_whatever_its_holders_clock(self):
+        # Each renewal stamps the lease with the holder's clock, two hours
+        # behind: a change all the same.
+        token = self.take()
+        self.assertIsNone(self.take(self.other))
+        for _ in range(3):
+            self.clock.advance(storage.UPLOAD_LEASE_SECONDS // 2)
+            self.store.renew_upload_lease(self.kept_dir, token)
+            disks.age(self.newest(), 7200 - self.clock.offset)
             self.assertIsNone(self.take(self.other))
 
     def test_own_lease_is_taken_over_at_start_only(self):
@@ -1273,7 +1332,7 @@ class TestUploadLease(StoreTestCase):
 
     def test_renew_touches_the_lease(self):
         token = self.take()
-        self.make_stale()
+        self.make_stale(self.other)
         self.store.renew_upload_lease(self.kept_dir, token)
         self.assertIsNone(self.take(self.other))
 
@@ -1301,7 +1360,7 @@ class TestUploadLease(StoreTestCase):
 
     def test_drop_after_a_takeover_leaves_the_new_lease(self):
         token = self.take()
-        self.make_stale()
+        self.make_stale(self.other)
         taken = self.take(self.other)
         self.store.drop_upload_lease(self.kept_dir, token)
         self.assertEqual(taken[2:], self.holder())

@@ -59,6 +59,7 @@ class UploadTestCase(driver_tests.DriverTestCase):
         self.glance.add(SNAPSHOT)
         self.store = self.drvr._kept_disks
         self.uploader = self.drvr._uploads
+        self.clock = self.useFixture(disks.WatchClock())
         cells = self.useFixture(driver_tests.CellDatabase())
         self.db, self.saved = cells.instances, cells.saved
 
@@ -517,15 +518,11 @@ class TestScratch(UploadTestCase):
         os.makedirs(self.snapshots)
         self.other = disks.make_store(self.instances_path, 'compute-b')
 
-    def scratch(self, store, age=0):
+    def scratch(self, store):
         path = os.path.join(self.snapshots, '%s%s-%s' % (
             upload.SCRATCH_PREFIX, store.host_tag, '0badc0de'))
         os.makedirs(path)
-        copy = os.path.join(path, SNAPSHOT)
         disks.add_files(path, SNAPSHOT)
-        if age:
-            disks.age(copy, age)
-            disks.age(path, age)
         return path
 
     def test_the_copy_is_made_in_a_scratch_directory_named_for_the_host(
@@ -567,9 +564,30 @@ class TestScratch(UploadTestCase):
         self.assertTrue(os.path.exists(path))
 
     def test_another_hosts_scratch_untouched_for_long_is_removed(self):
-        path = self.scratch(self.other, age=storage.STALE_SECONDS + 60)
+        path = self.scratch(self.other)
+        self.uploader.clean_scratch(at_start=False)
+        self.clock.advance(storage.STALE_SECONDS + 60)
         self.uploader.clean_scratch(at_start=False)
         self.assertFalse(os.path.exists(path))
+
+    def test_another_hosts_scratch_written_meanwhile_is_left(self):
+        # Its conversion writes into the copy, not into the directory.
+        path = self.scratch(self.other)
+        self.uploader.clean_scratch(at_start=False)
+        self.clock.advance(storage.STALE_SECONDS - 60)
+        with open(os.path.join(path, SNAPSHOT), 'ab') as f:
+            f.write(b'more')
+        self.clock.advance(120)
+        self.uploader.clean_scratch(at_start=False)
+        self.assertTrue(os.path.exists(path))
+
+    def test_another_hosts_scratch_stamped_long_ago_is_left(self):
+        # Its host's clock is two hours behind: its fresh copy is in use.
+        path = self.scratch(self.other)
+        disks.age(os.path.join(path, SNAPSHOT), 7200)
+        disks.age(path, 7200)
+        self.uploader.clean_scratch(at_start=False)
+        self.assertTrue(os.path.exists(path))
 
     def test_other_entries_are_left_alone(self):
         disks.add_files(self.snapshots, 'tmpabcdef')
@@ -845,6 +863,29 @@ class TestScheduling(UploadTestCase):
         self.uploader.scan_if_due()
         self.assertEqual([KEY, KEY], self.keys())
 
+    def test_scan_waits_the_upload_delay_from_first_sight(self):
+        # Another host kept the disk: this one waits the delay before it
+        # uploads, counted from when its scan first saw the record.
+        self.flags(snapshot_upload_delay=600, group='shelve_accel')
+        self.keep_pending()
+        self.uploader.scan(at_start=False)
+        self.clock.advance(540)
+        self.uploader.scan(at_start=False)
+        self.assertEqual([], self.started)
+        self.clock.advance(120)
+        self.uploader.scan(at_start=False)
+        self.assertEqual([KEY], self.keys())
+
+    def test_a_record_stamped_long_ago_still_waits_the_delay(self):
+        # The keeping host's clock is two hours behind: its record looks
+        # old, the disk was kept a moment ago.
+        self.flags(snapshot_upload_delay=600, group='shelve_accel')
+        self.keep_pending()
+        disks.age(os.path.join(self.store.kept_dir(*KEY),
+                               storage.RECORD_NAME), 7200)
+        self.uploader.scan(at_start=False)
+        self.assertEqual([], self.started)
+
     def test_a_storage_that_cannot_be_read_starts_nothing(self):
         with mock.patch.object(self.store, 'inventory',
                                side_effect=PermissionError(13, 'denied')):
@@ -914,8 +955,9 @@ class TestHeartbeat(UploadTestCase):
         self.keep_pending()
         kept_dir = self.store.kept_dir(*KEY)
         token = self.store.take_upload_lease(kept_dir)
-        disks.age(self.lease_path(), storage.UPLOAD_LEASE_SECONDS + 60)
         other = disks.make_store(self.instances_path, 'compute-b')
+        self.assertIsNone(other.take_upload_lease(kept_dir))
+        self.clock.advance(storage.UPLOAD_LEASE_SECONDS + 60)
         self.assertIsNotNone(other.take_upload_lease(kept_dir))
         beat = upload._Heartbeat(self.store, kept_dir, token)
         beat._done = self.Ticks(3)
