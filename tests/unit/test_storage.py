@@ -27,6 +27,7 @@ import testtools
 from nova_shelve_accel import storage
 from tests.unit import disks
 from tests.unit import races
+from tests.unit import skew
 
 INSTANCE = '6f0f9c2a-0d0c-4c55-9a0e-0a4c7d3b2e11'
 OTHER_INSTANCE = '0b7c5d43-8d3e-4f8b-a1f7-3c5b7e9d2a10'
@@ -748,6 +749,45 @@ class TestVanished(testtools.TestCase):
                 errno.ESTALE, 'Stale file handle')):
             self.assertRaises(OSError, storage.remove_tree, self.path)
         self.assertTrue(os.path.exists(os.path.join(self.path, 'disk')))
+
+
+class TestClockSkew(testtools.TestCase):
+    """Hosts whose clocks are hours apart, in processes of their own.
+
+    One runs under libfaketime, which shifts its clock and the times it
+    stamps files with, as a host with a wrong clock does on a filesystem
+    that takes the client's time. ``tools/skew_kept_disks.py`` runs every
+    skew, kind and side, on GlusterFS too.
+    """
+
+    def setUp(self):
+        super().setUp()
+        if not skew.libfaketime():
+            self.fail('libfaketime is missing: as root, apt-get install '
+                      'faketime')
+
+    def assert_ok(self, kind, skewed, offset):
+        path = self.useFixture(fixtures.TempDir()).path
+        verdict, details = skew.run(kind, skewed, offset, path)
+        self.assertEqual('ok', verdict, details)
+
+    def test_a_live_lease_of_a_host_behind_is_not_taken_over(self):
+        self.assert_ok('lease', 'holder', '-2h')
+
+    def test_the_dead_lease_of_a_host_ahead_is_taken_over(self):
+        self.assert_ok('lease', 'holder', '+2h')
+
+    def test_a_host_ahead_takes_no_live_lease_over(self):
+        self.assert_ok('lease', 'watcher', '+2h')
+
+    def test_a_host_behind_takes_a_dead_lease_over(self):
+        self.assert_ok('lease', 'watcher', '-2h')
+
+    def test_a_host_ahead_leaves_live_staging_alone(self):
+        self.assert_ok('staging', 'watcher', '+2h')
+
+    def test_a_host_behind_resolves_abandoned_staging(self):
+        self.assert_ok('staging', 'watcher', '-2h')
 
 
 class TestRaces(testtools.TestCase):
