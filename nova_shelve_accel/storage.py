@@ -287,6 +287,36 @@ def vanished(error, path):
     return False
 
 
+# GlusterFS, rarely, answers EEXIST to an exclusive create or a mkdir and
+# creates nothing, when another client looks the name up at that moment.
+_PHANTOM_EXIST_RETRIES = 3
+# A directory removed under rmtree by another client is looked at again.
+_STALE_RETRIES = 3
+
+
+def create_new(path, make):
+    """``make(path)``, an exclusive create, trusting EEXIST only if it is so.
+
+    FileExistsError is raised only when the name really stands; an EEXIST
+    for a name that is not there is retried a few times.
+    """
+    for attempt in range(_PHANTOM_EXIST_RETRIES + 1):
+        try:
+            return make(path)
+        except FileExistsError:
+            if os.path.lexists(path) or attempt == _PHANTOM_EXIST_RETRIES:
+                raise
+            LOG.info('The storage said %s exists, but it does not: trying '
+                     'again', path)
+
+
+def open_new(path):
+    """A descriptor of ``path``, a new file, not following a link."""
+    return create_new(path, lambda p: os.open(
+        p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+        RECORD_MODE))
+
+
 def remove_tree(path):
     """Delete ``path`` without following links; False if it was gone.
 
@@ -308,8 +338,19 @@ def remove_tree(path):
         if vanished(e, path):
             return False
         raise
-    shutil.rmtree(path, onerror=vanished_is_fine)
-    return True
+    for attempt in range(_STALE_RETRIES + 1):
+        try:
+            shutil.rmtree(path, onerror=vanished_is_fine)
+            return True
+        except OSError as e:
+            # rmtree checks each directory it opens with fstat, outside
+            # onerror: another client may have just moved or deleted it
+            # (ESTALE on GlusterFS). What is left is looked at again.
+            if vanished(e, path):
+                return False
+            if (e.errno not in (errno.ESTALE, errno.EIO) or
+                    attempt == _STALE_RETRIES):
+                raise
 
 
 class KeptDiskStore:
@@ -348,7 +389,12 @@ class KeptDiskStore:
     def ensure_directory(self):
         """Create the kept-disks directory, the service user's alone."""
         if not os.path.lexists(self.path):
-            os.makedirs(self.path, mode=KEPT_DIR_MODE, exist_ok=True)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            try:
+                create_new(self.path,
+                           lambda p: os.mkdir(p, KEPT_DIR_MODE))
+            except FileExistsError:
+                pass            # another host made it meanwhile
         if not is_real_dir(self.path):
             raise KeepRefused('%s is not a directory (a link or a file '
                               'stands there)' % self.path)
@@ -367,9 +413,7 @@ class KeptDiskStore:
         path = os.path.join(self.path, _HOST_PROBE % self.host_tag)
         tmp = path + '.tmp'
         remove_tree(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                     os.O_NOFOLLOW, RECORD_MODE)
-        with os.fdopen(fd, 'w') as f:
+        with os.fdopen(open_new(tmp), 'w') as f:
             f.write(self.host + '\n')
         os.rename(tmp, path)
 
@@ -847,9 +891,7 @@ class KeptDiskStore:
             generation = newest + 1
         holder = '%s-%s' % (self.host_tag, uuid.uuid4().hex[:8])
         try:
-            fd = os.open(_lease_file(directory, generation),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                         os.O_NOFOLLOW, RECORD_MODE)
+            fd = open_new(_lease_file(directory, generation))
         except FileExistsError:
             return None         # another host took it over first
         except (FileNotFoundError, NotADirectoryError):
@@ -1294,9 +1336,7 @@ def _write_record(directory, record):
     tmp = path + '.tmp'
     if os.path.lexists(tmp):
         os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                 RECORD_MODE)
-    with os.fdopen(fd, 'w') as f:
+    with os.fdopen(open_new(tmp), 'w') as f:
         f.write(record.to_json())
         f.flush()
         os.fsync(f.fileno())

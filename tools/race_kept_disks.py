@@ -20,7 +20,8 @@ reclaim; another host emptying the trash while a reclaim deletes; eight
 hosts taking over the abandoned upload lease of one disk. Each round must
 end with exactly one winner (for the lease: the one whose lease file is
 the only one left), nothing raised, no data lost and nothing left in
-flight. ``--dir`` puts the storage on a filesystem of your
+flight; the columns count the rounds that did not, and the first problem
+of each kind is printed. ``--dir`` puts the storage on a filesystem of your
 choice (an NFS mount shared by nothing else, say); the default is a
 temporary directory. ``--other-client`` names the mount point of another
 client of the filesystem that ``--dir`` is on (``tools/gluster.sh mount``
@@ -53,24 +54,27 @@ def main():
         parser.error('--other-client needs --dir: the mount of the same '
                      'filesystem through the first client')
     failed = False
-    print('%-24s %7s %7s %7s %7s %7s %8s' % (
-        'scenario', 'rounds', 'ok', 'raised', 'no-1', 'lost', 'seconds'))
+    print('%-24s %7s %7s %7s %7s %7s %7s %8s' % (
+        'scenario', 'rounds', 'ok', 'raised', 'no-1', 'lost', 'left',
+        'seconds'))
     for name, operations in races.SCENARIOS.items():
         with tempfile.TemporaryDirectory(dir=args.dir) as path:
             start = time.monotonic()
             # The same directory through every other client.
             others = [os.path.join(mount, os.path.basename(path))
                       for mount in args.other_client]
-            counts, problem = races.race(path, operations, args.rounds,
-                                         others)
+            problems = {}
+            counts, _first = races.race(path, operations, args.rounds,
+                                        others, problems)
             elapsed = time.monotonic() - start
-        print('%-24s %7d %7d %7d %7d %7d %8.1f' % (
+        print('%-24s %7d %7d %7d %7d %7d %7d %8.1f' % (
             name, args.rounds, counts['ok'], counts['raised'],
-            counts['not one winner'],
-            counts['data lost'] + counts['left behind'], elapsed))
-        if problem:
+            counts['not one winner'], counts['data lost'],
+            counts['left behind'], elapsed))
+        for outcome, problem in sorted(problems.items()):
             failed = True
-            print('  first problem: %s' % problem.strip().splitlines()[-1])
+            print('  first %s: %s' % (
+                outcome, problem.strip().splitlines()[-1]))
     return 1 if failed else 0
 
 

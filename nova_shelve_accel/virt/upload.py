@@ -470,7 +470,7 @@ class SnapshotUploader:
         os.makedirs(directory, exist_ok=True)
         scratch = os.path.join(directory, '%s%s-%s' % (
             SCRATCH_PREFIX, self._store.host_tag, uuid.uuid4().hex[:8]))
-        os.mkdir(scratch, 0o700)
+        storage.create_new(scratch, lambda p: os.mkdir(p, 0o700))
         self._scratch.add(scratch)
         try:
             yield scratch

@@ -160,14 +160,16 @@ def _outcome(instances_path, instance, answers):
     return 'ok', None
 
 
-def race(instances_path, operations, rounds, other_clients=()):
+def race(instances_path, operations, rounds, other_clients=(),
+         problems=None):
     """Run ``rounds`` rounds of ``operations`` (one process each).
 
     ``other_clients`` are the same directory as ``instances_path`` seen
     through other clients of a network filesystem: the workers take turns
     among all of them, as hosts with a mount each would.
 
-    Returns a Counter of outcomes and the first problem seen, if any.
+    Returns a Counter of outcomes and the first problem seen, if any;
+    ``problems``, a dict, gets the first problem of each outcome.
     """
     views = [instances_path] + list(other_clients)
     ctx = multiprocessing.get_context('fork')
@@ -196,6 +198,8 @@ def race(instances_path, operations, rounds, other_clients=()):
             counts[outcome] += 1
             if problem and first_problem is None:
                 first_problem = problem
+            if problem and problems is not None:
+                problems.setdefault(outcome, problem)
             storage.remove_tree(os.path.join(instances_path, instance))
             storage.remove_tree(os.path.join(
                 instances_path, SUBDIR, storage.kept_name(instance,

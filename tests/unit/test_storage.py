@@ -750,6 +750,121 @@ class TestVanished(testtools.TestCase):
             self.assertRaises(OSError, storage.remove_tree, self.path)
         self.assertTrue(os.path.exists(os.path.join(self.path, 'disk')))
 
+    def test_remove_tree_of_a_directory_moved_away_meanwhile(self):
+        # GlusterFS: rmtree opens the directory, another client renames it
+        # (a claim) and the fstat of the open directory answers ESTALE.
+        os.mkdir(self.path)
+        disks.add_files(self.path, 'disk')
+        moved = self.path + '.claimed'
+        real_fstat = os.fstat
+
+        def fstat(fd):
+            if os.path.exists(self.path):
+                os.rename(self.path, moved)
+                raise OSError(errno.ESTALE, 'Stale file handle')
+            return real_fstat(fd)
+
+        with mock.patch('os.fstat', side_effect=fstat):
+            self.assertFalse(storage.remove_tree(self.path))
+        self.assertTrue(os.path.exists(os.path.join(moved, 'disk')))
+
+    def test_remove_tree_retries_a_subdirectory_gone_meanwhile(self):
+        os.mkdir(self.path)
+        os.mkdir(os.path.join(self.path, 'sub'))
+        disks.add_files(self.path, 'disk')
+        real_fstat = os.fstat
+        stale = [1]
+
+        def fstat(fd):
+            if stale and os.path.exists(os.path.join(self.path, 'sub')):
+                stale.pop()
+                os.rmdir(os.path.join(self.path, 'sub'))
+                raise OSError(errno.ESTALE, 'Stale file handle')
+            return real_fstat(fd)
+
+        with mock.patch('os.fstat', side_effect=fstat):
+            self.assertTrue(storage.remove_tree(self.path))
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_remove_tree_raises_estale_that_does_not_go_away(self):
+        os.mkdir(self.path)
+        disks.add_files(self.path, 'disk')
+
+        with mock.patch('os.fstat', side_effect=OSError(
+                errno.ESTALE, 'Stale file handle')):
+            self.assertRaises(OSError, storage.remove_tree, self.path)
+        self.assertTrue(os.path.exists(os.path.join(self.path, 'disk')))
+
+
+class TestPhantomExist(StoreTestCase):
+    """EEXIST for a name nobody created (GlusterFS, under lookups)."""
+
+    def phantom_once(self, function, name):
+        """os.``function`` answers EEXIST once for ``name``, making nothing.
+
+        Returns the paths named ``name`` that os.``function`` was called on.
+        """
+        real = getattr(os, function)
+        calls = []
+
+        def once(path, *args, **kwargs):
+            if os.path.basename(path) == name:
+                calls.append(path)
+                if len(calls) == 1:
+                    raise FileExistsError(errno.EEXIST, 'File exists', path)
+            return real(path, *args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch('os.%s' % function, once))
+        return calls
+
+    def test_open_new_tries_again_when_nothing_stands(self):
+        path = os.path.join(self.instances_path, 'new')
+        calls = self.phantom_once('open', 'new')
+        os.close(storage.open_new(path))
+        self.assertEqual([path, path], calls)
+        self.assertTrue(os.path.isfile(path))
+        self.assertIn('said %s exists, but it does not' % path,
+                      self.log.output)
+
+    def test_open_new_keeps_a_file_that_stands(self):
+        path = os.path.join(self.instances_path, 'taken')
+        disks.add_files(self.instances_path, 'taken')
+        with open(path) as f:
+            before = f.read()
+        self.assertRaises(FileExistsError, storage.open_new, path)
+        with open(path) as f:
+            self.assertEqual(before, f.read())
+
+    def test_open_new_gives_up_on_a_storage_that_always_says_exists(self):
+        path = os.path.join(self.instances_path, 'never')
+        with mock.patch('os.open', side_effect=FileExistsError(
+                errno.EEXIST, 'File exists')) as always:
+            self.assertRaises(FileExistsError, storage.open_new, path)
+        self.assertEqual(storage._PHANTOM_EXIST_RETRIES + 1,
+                         always.call_count)
+
+    def test_the_record_is_written_despite_a_phantom_exist(self):
+        record = self.keep_qcow2()
+        calls = self.phantom_once('open', storage.RECORD_NAME + '.tmp')
+        storage._write_record(self.kept_dir, dataclasses.replace(
+            record, snapshot_pending=True))
+        self.assertEqual(2, len(calls))
+        self.assertTrue(self.read_record_file(self.kept_dir).snapshot_pending)
+
+    def test_the_upload_lease_is_taken_despite_a_phantom_exist(self):
+        self.keep_qcow2()
+        calls = self.phantom_once('open', os.path.basename(
+            storage._lease_file(self.kept_dir, 1)))
+        self.assertIsNotNone(self.store.take_upload_lease(self.kept_dir))
+        self.assertEqual(2, len(calls))
+
+    def test_the_kept_disks_directory_is_made_despite_a_phantom_exist(self):
+        shutil.rmtree(self.store.path, ignore_errors=True)
+        calls = self.phantom_once('mkdir', disks.KEPT_SUBDIR)
+        self.store.ensure_directory()
+        self.assertEqual(2, len(calls))
+        self.assertTrue(storage.is_real_dir(self.store.path))
+
 
 class TestClockSkew(testtools.TestCase):
     """Hosts whose clocks are hours apart, in processes of their own.
