@@ -5,9 +5,14 @@
 #   gluster.sh up STATE        install GlusterFS if missing, start glusterd
 #                              (its working directory, brick and logs in
 #                              STATE) and the volume "shelve"
-#   gluster.sh mount STATE DIR mount the volume on DIR with a client of its
+#   gluster.sh mount STATE DIR [NAME]
+#                              mount the volume on DIR with a client of its
 #                              own (one glusterfs process per mount, as each
-#                              host of a storage group has its own)
+#                              host of a storage group has its own); with
+#                              NAME, the client's log is STATE/log/client-
+#                              NAME.log and its pid is in STATE/client-
+#                              NAME.pid (for mounts at the same DIR in
+#                              different mount namespaces)
 #   gluster.sh umount DIR      unmount a client
 #   gluster.sh down STATE      unmount every client of the volume, stop the
 #                              volume and glusterd, delete STATE
@@ -100,15 +105,16 @@ EOF
 }
 
 do_mount() {
-    local state=$1 dir=$2
+    local state=$1 dir=$2 name=${3:-}
     mkdir -p "$dir"
     if mountpoint -q "$dir"; then
         die "$dir is already a mount point"
     fi
+    [ -n "$name" ] || name=$(echo "$dir" | tr / -)
     glusterfs --volfile-server="$BRICK_HOST" --volfile-id="$VOLUME" \
         --entry-timeout=0 --attribute-timeout=0 --negative-timeout=0 \
-        --fopen-keep-cache=off \
-        --log-file="$state/log/client-$(echo "$dir" | tr / -).log" "$dir"
+        --fopen-keep-cache=off --pid-file="$state/client-$name.pid" \
+        --log-file="$state/log/client-$name.log" "$dir"
     local i
     for i in $(seq 60); do
         mountpoint -q "$dir" && return 0
@@ -147,8 +153,9 @@ down() {
 
 case "${1:-}" in
     up) [ $# -eq 2 ] || die "usage: gluster.sh up STATE"; up "$2" ;;
-    mount) [ $# -eq 3 ] || die "usage: gluster.sh mount STATE DIR"
-        do_mount "$2" "$3" ;;
+    mount) [ $# -eq 3 ] || [ $# -eq 4 ] ||
+            die "usage: gluster.sh mount STATE DIR [NAME]"
+        do_mount "$2" "$3" "${4:-}" ;;
     umount) [ $# -eq 2 ] || die "usage: gluster.sh umount DIR"
         do_umount "$2" ;;
     down) [ $# -eq 2 ] || die "usage: gluster.sh down STATE"; down "$2" ;;

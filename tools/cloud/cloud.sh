@@ -3,7 +3,10 @@
 # and benchmark: Placement, Glance, Neutron API, Nova API/conductor/scheduler
 # and three nova-compute services on real libvirt/QEMU (TCG), no Keystone.
 #
-#   cloud.sh up              install what is missing, start everything
+#   cloud.sh up [--storage local|gluster]
+#                            install what is missing, start everything;
+#                            --storage says what g1's shared instances_path
+#                            is (default: SHELVE_ACCEL_STORAGE, else local)
 #   cloud.sh down            stop everything and remove all state
 #   cloud.sh mode plugin     computes run PartialOffloadLibvirtDriver and the
 #                            scheduler runs HostAggregateGroupFilter (default)
@@ -32,7 +35,12 @@
 #                            exit 0 if nova-compute on HOST runs, 1 if not
 #
 # Compute hosts c1 and c2 share one instances_path and form aggregate g1
-# (shelve_storage_group=g1); c3 has its own. Each compute host gets its own
+# (shelve_storage_group=g1); c3 has its own. With --storage local the
+# shared instances_path is one local directory; with --storage gluster it
+# is a GlusterFS volume (tools/gluster.sh) that c1 and c2 each mount with a
+# client of their own, inside their own mount namespaces, where their
+# nova-compute and guests run; root's namespace has a third client at the
+# same path, for the tests to look through. Each compute host gets its own
 # libvirtd, started in private UTS and mount namespaces: libvirt reports the
 # namespace's hostname (c1, c2, c3) as the hypervisor name, and each libvirtd
 # keeps its domains, sockets and state in the host's own directory, so every
@@ -70,6 +78,8 @@ CLOUD_NAME=shelve-accel
 CLOUDS_YAML=/etc/openstack/clouds.yaml
 COMPUTES=(c1 c2 c3)
 SHARED_INSTANCES=$STATE/storage/g1
+GLUSTER=$TOOLS/../gluster.sh
+GLUSTER_STATE=$STATE/gluster
 FLAVOR=m1.shelve
 BURST_FLAVOR=m1.burst
 DATABASES=(nova_api nova_cell0 nova placement glance neutron)
@@ -506,12 +516,50 @@ group = "root"
 security_driver = "none"
 EOF
     fi
+    local storage_args=()
+    if on_gluster "$host"; then
+        storage_args=("$GLUSTER_STATE" "$SHARED_INSTANCES")
+    fi
     start "libvirtd-$host" unshare --uts --mount --propagation private \
-        bash "$TOOLS/libvirt-host.sh" "$host" "$dir"
+        bash "$TOOLS/libvirt-host.sh" "$host" "$dir" "${storage_args[@]}"
     eval "_check_libvirt_$host() { [ -S $dir/run/libvirt-sock ] &&
         virsh_host $host hostname >/dev/null 2>&1; }"
     wait_for "libvirtd for $host" "$LOGS/libvirtd-$host.log" \
         "_check_libvirt_$host" 60 "libvirtd-$host"
+}
+
+# ---------------------------------------------------------------- storage
+
+# What g1's instances_path is: local or gluster (see cloud.sh up).
+storage_kind() {
+    cat "$STATE/storage" 2>/dev/null || echo local
+}
+
+# on_gluster HOST: HOST sees g1's storage through a GlusterFS client of its
+# own, in the mount namespace of its libvirtd.
+on_gluster() {
+    [ "$(storage_kind)" = gluster ] && [ "$1" != c3 ]
+}
+
+# The mount namespace of HOST's libvirtd, its client's mount in it.
+host_namespace() {
+    echo "/proc/$(cat "$RUN/libvirtd-$1.pid")/ns/mnt"
+}
+
+gluster_down() {
+    local host pidfile
+    for host in "${COMPUTES[@]}" observer; do
+        pidfile=$GLUSTER_STATE/client-$host.pid
+        [ -f "$pidfile" ] || continue
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    if mountpoint -q "$SHARED_INSTANCES"; then
+        umount "$SHARED_INSTANCES" 2>/dev/null ||
+            umount -l "$SHARED_INSTANCES"
+    fi
+    if [ -d "$GLUSTER_STATE" ]; then
+        bash "$GLUSTER" down "$GLUSTER_STATE"
+    fi
 }
 
 # The URI of host's own libvirtd (see libvirt_up).
@@ -552,9 +600,13 @@ start_scheduler() {
 }
 
 start_compute() {
-    local host=$1
+    local host=$1 enter=()
+    if on_gluster "$host"; then
+        # Where the host's own client has the shared storage mounted.
+        enter=(nsenter "--mount=$(host_namespace "$host")" --)
+    fi
     # shellcheck disable=SC2046
-    start "nova-compute-$host" "$VENV/bin/nova-compute" \
+    start "nova-compute-$host" "${enter[@]}" "$VENV/bin/nova-compute" \
         $(compute_conf_args "$host")
 }
 
@@ -648,6 +700,18 @@ EOF
 # --------------------------------------------------------------- commands
 
 cmd_up() {
+    local storage=${SHELVE_ACCEL_STORAGE:-local}
+    while [ $# -gt 0 ]; do
+        case $1 in
+        --storage) storage=${2:-}; shift 2 || shift;;
+        --storage=*) storage=${1#--storage=}; shift;;
+        *) die "unknown argument '$1' of up: use --storage local|gluster";;
+        esac
+    done
+    case $storage in
+    local|gluster) ;;
+    *) die "unknown storage '$storage': use 'local' or 'gluster'";;
+    esac
     [ "$(id -u)" = 0 ] || die "run as root"
     if [ -f "$STATE/mode" ]; then
         die "a cloud is already set up in $STATE; run '$0 down' first"
@@ -657,6 +721,11 @@ cmd_up() {
     ensure_mariadb
     ensure_rabbitmq
     mkdir -p "$ETC" "$LOGS" "$RUN"
+    echo "$storage" > "$STATE/storage"
+    if [ "$storage" = gluster ]; then
+        say "GlusterFS volume for g1's storage (state in $GLUSTER_STATE)"
+        bash "$GLUSTER" up "$GLUSTER_STATE"
+    fi
     create_databases
     create_vhost
 
@@ -701,13 +770,17 @@ cmd_up() {
     start_scheduler
     write_clouds_yaml
 
-    say "libvirt and nova-compute on c1, c2 (shared storage) and c3"
+    say "libvirt and nova-compute on c1, c2 (shared $storage storage) and c3"
     local host
     for host in "${COMPUTES[@]}"; do
         write_compute_conf "$host"
         libvirt_up "$host"
         start_compute "$host"
     done
+    if [ "$storage" = gluster ]; then
+        # Made after every host's namespace, so that none of them has it.
+        bash "$GLUSTER" mount "$GLUSTER_STATE" "$SHARED_INSTANCES" observer
+    fi
     wait_for_computes
     nova_manage cell_v2 discover_hosts
 
@@ -756,6 +829,9 @@ cmd_down() {
     # Guests whose libvirtd was already gone.
     pkill -KILL -f "qemu-system.*$STATE" 2>/dev/null || true
     pkill -KILL -f "privsep-helper.*$ETC" 2>/dev/null || true
+    # Before the state goes: the volume's brick is in it, and removing the
+    # state through a client would empty the volume first.
+    gluster_down
     if mariadb_up; then
         for name in "${DATABASES[@]}"; do
             sql "DROP DATABASE IF EXISTS $DB_PREFIX$name;" || true
@@ -772,7 +848,8 @@ cmd_down() {
 cmd_status() {
     [ -d "$RUN" ] || { say "no cloud in $STATE"; return 0; }
     local pidfile name
-    say "mode: $(cat "$STATE/mode" 2>/dev/null || echo unknown)"
+    say "mode: $(cat "$STATE/mode" 2>/dev/null || echo unknown)," \
+        "storage: $(storage_kind)"
     for pidfile in "$RUN"/*.pid; do
         name=$(basename "$pidfile" .pid)
         if running "$name"; then
@@ -839,13 +916,13 @@ cmd_compute_alive() {
 }
 
 case ${1:-} in
-up) cmd_up;;
+up) cmd_up "${@:2}";;
 down) cmd_down;;
 mode) cmd_mode "${2:-}";;
 status) cmd_status;;
 compute-restart) cmd_compute_restart "${2:-}";;
 compute-alive) cmd_compute_alive "${2:-}";;
-*) printf 'usage: %s up|down|mode plugin|fast-shelve|stock|status\n%s\n' \
-        "$0" \
+*) printf 'usage: %s up [--storage local|gluster]|down|status\n%s\n%s\n' \
+        "$0" "       $0 mode plugin|fast-shelve|stock" \
         "       $0 compute-restart HOST|compute-alive HOST" >&2; exit 2;;
 esac
