@@ -160,6 +160,15 @@ def _outcome(instances_path, instance, answers):
     return 'ok', None
 
 
+def _clear(instances_path, instance):
+    """Remove what the round left, so that the next round starts clean."""
+    storage.remove_tree(os.path.join(instances_path, instance))
+    subdir = os.path.join(instances_path, SUBDIR)
+    for name in os.listdir(subdir):
+        if instance in name:
+            storage.remove_tree(os.path.join(subdir, name))
+
+
 def race(instances_path, operations, rounds, other_clients=(),
          problems=None):
     """Run ``rounds`` rounds of ``operations`` (one process each).
@@ -200,10 +209,7 @@ def race(instances_path, operations, rounds, other_clients=(),
                 first_problem = problem
             if problem and problems is not None:
                 problems.setdefault(outcome, problem)
-            storage.remove_tree(os.path.join(instances_path, instance))
-            storage.remove_tree(os.path.join(
-                instances_path, SUBDIR, storage.kept_name(instance,
-                                                          SNAPSHOT)))
+            _clear(instances_path, instance)
     finally:
         for tasks in queues:
             tasks.put(None)
