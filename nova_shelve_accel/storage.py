@@ -1193,6 +1193,16 @@ class KeptDiskStore:
                 age = self.untouched_for(item.path)
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                # Listed but not reachable: GlusterFS 10 leaves a directory
+                # so (ESTALE) after two hosts raced to rename it. One such
+                # entry must not stop the pass for every other one.
+                self._report_once(
+                    item.path, 'Cannot look at %s (%s); it is left alone. '
+                    'On GlusterFS before 11 a directory can stay unreachable '
+                    'from every client after a racing rename: see the '
+                    'install guide ("Shared storage").', item.path, e)
+                continue
             mine = item.host_tag == self.host_tag
             if item.kind == QUARANTINE or (at_start and mine) or (
                     age > STALE_SECONDS):

@@ -1089,6 +1089,26 @@ class TestReclaim(StoreTestCase):
         self.assertEqual([staging], self.abandoned(
             at_start=False, age=storage.STALE_SECONDS + 60))
 
+    def test_an_unreachable_entry_does_not_stop_the_others(self):
+        # GlusterFS 10: after racing renames a listed directory answers
+        # ESTALE to every lookup, for good.
+        ghost = self.make_leftover(storage.TRASH, host='compute-b')
+        staging = self.make_leftover(storage.STAGING, host='compute-b')
+        real_lstat = os.lstat
+
+        def lstat(path, *args, **kwargs):
+            if path == ghost:
+                raise OSError(errno.ESTALE, 'Stale file handle', path)
+            return real_lstat(path, *args, **kwargs)
+
+        with mock.patch('os.lstat', side_effect=lstat):
+            self.assertEqual([staging], self.abandoned(
+                at_start=True, age=storage.STALE_SECONDS + 60))
+            self.abandoned(at_start=True)
+        self.assertEqual(1, self.log.output.count(
+            'Cannot look at %s' % ghost))
+        self.assertTrue(os.path.isdir(ghost))
+
     def test_work_touched_meanwhile_is_not_abandoned(self):
         # The other host moved one more file in: its work goes on.
         staging = self.make_leftover(storage.STAGING, host='compute-b')
