@@ -1155,8 +1155,10 @@ class KeptDiskStore:
             if vanished(e, source):
                 return False
             raise
-        # The rename won: whatever becomes of the trash now (another host's
-        # pass may delete it first) changes nothing to that.
+        if not os.path.lexists(trash):
+            # The rename reported success for a source another client had
+            # already moved (see ``claim``): that host won.
+            return False
         self._account(-allocated_bytes)
         LOG.info('Reclaiming kept root disk %s of instance %s: %s',
                  source, instance_uuid, reason)

@@ -613,20 +613,11 @@ class TestClaim(StoreTestCase):
         self.assertEqual(kept_before, disks.tree(self.kept_dir))
         self.assertEqual([], self.store.inventory()[2])
 
-    def test_a_reclaim_whose_trash_another_host_emptied_still_won(self):
-        # Another host's pass deleted the trash between our rename and our
-        # deletion: the reclaim was ours all the same.
+    def test_a_reclaim_whose_rename_moved_nothing_loses(self):
         record = self.keep_qcow2()
-        real_rename = os.rename
-
-        def rename(src, dst):
-            real_rename(src, dst)
-            if os.path.basename(dst).startswith('.' + storage.TRASH):
-                shutil.rmtree(dst)
-
-        with mock.patch('os.rename', side_effect=rename):
-            self.assertTrue(self.store.reclaim(record, 'test'))
-        self.assertEqual([], self.kept_names())
+        with self.rename_reporting_success_for_a_moved_source(self.kept_dir):
+            self.assertFalse(self.store.reclaim(record, 'test'))
+        self.assertEqual(record, self.store.find(INSTANCE, SNAPSHOT))
 
     def test_a_claim_whose_disk_another_host_put_back_loses(self):
         # Our staging name vanished under us (the other client's view of
