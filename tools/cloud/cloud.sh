@@ -532,7 +532,7 @@ EOF
 
 # What g1's instances_path is: local or gluster (see cloud.sh up).
 storage_kind() {
-    cat "$STATE/storage" 2>/dev/null || echo local
+    cat "$STATE/storage-kind" 2>/dev/null || echo local
 }
 
 # on_gluster HOST: HOST sees g1's storage through a GlusterFS client of its
@@ -721,7 +721,7 @@ cmd_up() {
     ensure_mariadb
     ensure_rabbitmq
     mkdir -p "$ETC" "$LOGS" "$RUN"
-    echo "$storage" > "$STATE/storage"
+    echo "$storage" > "$STATE/storage-kind"
     if [ "$storage" = gluster ]; then
         say "GlusterFS volume for g1's storage (state in $GLUSTER_STATE)"
         bash "$GLUSTER" up "$GLUSTER_STATE"
