@@ -1199,9 +1199,10 @@ class KeptDiskStore:
                 # entry must not stop the pass for every other one.
                 self._report_once(
                     item.path, 'Cannot look at %s (%s); it is left alone. '
-                    'On GlusterFS before 11 a directory can stay unreachable '
-                    'from every client after a racing rename: see the '
-                    'install guide ("Shared storage").', item.path, e)
+                    'On a GlusterFS release without the fix of its issue '
+                    '2752 a directory can stay unreachable from every '
+                    'client after a racing rename: see the install guide '
+                    '("Shared storage").', item.path, e)
                 continue
             mine = item.host_tag == self.host_tag
             if item.kind == QUARANTINE or (at_start and mine) or (
