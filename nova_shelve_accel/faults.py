@@ -15,7 +15,10 @@
 The fault matrix (``tools/fault_matrix.py``) starts one nova-compute with
 ``NOVA_SHELVE_ACCEL_CRASH_AT=<point>`` to make it kill itself with SIGKILL
 at that point, exactly as ``kill -9`` from outside would at that instant,
-or with ``NOVA_SHELVE_ACCEL_FAIL_AT=<point>`` to make the step raise. The
+with ``NOVA_SHELVE_ACCEL_FAIL_AT=<point>`` to make the step raise, or with
+``NOVA_SHELVE_ACCEL_STOP_AT=<point>`` to make it stop itself (SIGSTOP)
+there until someone sends SIGCONT: the matrix breaks the host's storage
+client meanwhile, so that the step goes on against a dead mount. The
 variables are read once, when this module is imported; without them every
 cut point is a comparison with None and nothing else. Nothing in
 ``nova.conf`` can turn them on.
@@ -26,6 +29,7 @@ import signal
 
 CRASH_ENV = 'NOVA_SHELVE_ACCEL_CRASH_AT'
 FAIL_ENV = 'NOVA_SHELVE_ACCEL_FAIL_AT'
+STOP_ENV = 'NOVA_SHELVE_ACCEL_STOP_AT'
 
 # Every cut point, in the order a disk passes them. The fault matrix checks
 # its rows against this list, so a renamed point fails it loudly.
@@ -62,6 +66,7 @@ POINTS = (
 
 _CRASH_AT = os.environ.get(CRASH_ENV)
 _FAIL_AT = os.environ.get(FAIL_ENV)
+_STOP_AT = os.environ.get(STOP_ENV)
 
 
 class InjectedFault(Exception):
@@ -69,8 +74,11 @@ class InjectedFault(Exception):
 
 
 def cut_point(name):
-    """Crash or fail here if the fault matrix asked for it, else nothing."""
+    """Crash, fail or stop here if the fault matrix asked, else nothing."""
     if name == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
+    if name == _STOP_AT:
+        # Every thread of the process stops until SIGCONT.
+        os.kill(os.getpid(), signal.SIGSTOP)
     if name == _FAIL_AT:
         raise InjectedFault('fault injected at %s (%s)' % (name, FAIL_ENV))

@@ -20,7 +20,9 @@ Needs the loopback cloud of ``tools/cloud/cloud.sh up`` in plugin mode, and
 root (it restarts nova-compute on c1 and c2 through ``cloud.sh
 compute-restart`` and reads the instance disks). One row per cut point of
 ``nova_shelve_accel.faults.POINTS``, each with its own server; what a row
-does is described in ``tests/e2e/matrix.py``. The ``upload`` rows need
+does is described in ``tests/e2e/matrix.py``. On a cloud started with
+``--storage gluster`` three more rows kill c1's GlusterFS client during a
+keep, a claim and an upload (``client_lost.*``). The ``upload`` rows need
 ``snapshot_upload = after_offload``: the matrix switches the cloud to mode
 fast-shelve for them (``cloud.sh mode``, a minute) and back to plugin at the
 end. Prints one line per row and exits non-zero when any row fails. A row
@@ -35,6 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
+from tests.e2e import cloud  # noqa: E402
 from tests.e2e import invariants  # noqa: E402
 from tests.e2e import matrix  # noqa: E402
 
@@ -59,7 +62,8 @@ def main():
         for point in matrix.ROWS:
             print('%-40s %s' % (point, matrix.scenario(point) or '(none)'))
         return 0
-    points = args.rows.split(',') if args.rows else list(matrix.ROWS)
+    points = (args.rows.split(',') if args.rows
+              else list(matrix.rows(cloud.storage_kind())))
     unknown = [p for p in points if p not in matrix.ROWS]
     if unknown:
         parser.error('neither cut points of nova_shelve_accel.faults nor '

@@ -183,22 +183,58 @@ def kept_record(kept_dir):
 
 # -- compute services -----------------------------------------------------
 
-def restart_compute(host, crash_at=None, fail_at=None):
+def restart_compute(host, crash_at=None, fail_at=None, stop_at=None):
     """Restart nova-compute on host, with fault injection when given.
 
     Returns (came back, cloud.sh's output): a cut point may kill the
     service while it starts.
     """
-    env = {k: v for k, v in os.environ.items()
-           if k not in ('NOVA_SHELVE_ACCEL_CRASH_AT',
-                        'NOVA_SHELVE_ACCEL_FAIL_AT')}
-    if crash_at:
-        env['NOVA_SHELVE_ACCEL_CRASH_AT'] = crash_at
-    if fail_at:
-        env['NOVA_SHELVE_ACCEL_FAIL_AT'] = fail_at
+    wanted = {'NOVA_SHELVE_ACCEL_CRASH_AT': crash_at,
+              'NOVA_SHELVE_ACCEL_FAIL_AT': fail_at,
+              'NOVA_SHELVE_ACCEL_STOP_AT': stop_at}
+    env = {k: v for k, v in os.environ.items() if k not in wanted}
+    env.update((k, v) for k, v in wanted.items() if v)
     proc = subprocess.run(['bash', CLOUD_SH, 'compute-restart', host],
                           env=env, capture_output=True, text=True)
     return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def compute_stopped(host):
+    """Whether host's nova-compute is stopped (SIGSTOP, state T)."""
+    try:
+        with open('/proc/%d/stat' % compute_pid(host)) as f:
+            stat = f.read()
+    except (TypeError, OSError):
+        return False
+    # pid (comm) state ...: comm may hold spaces and parentheses.
+    return stat[stat.rindex(')') + 2] == 'T'
+
+
+def storage_kind():
+    """What g1's shared storage is: 'local' or 'gluster' (cloud.sh up)."""
+    try:
+        with open(os.path.join(STATE, 'storage-kind')) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return 'local'
+
+
+def kill_storage_client(host):
+    """Kill host's GlusterFS client (cloud.sh storage-client-kill)."""
+    _cloud_sh('storage-client-kill', host)
+
+
+def remount_storage(host):
+    """Give host a new GlusterFS client (cloud.sh storage-remount)."""
+    _cloud_sh('storage-remount', host)
+
+
+def _cloud_sh(*args):
+    proc = subprocess.run(['bash', CLOUD_SH] + list(args),
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise CloudError('cloud.sh %s failed: %s' % (
+            ' '.join(args), (proc.stdout + proc.stderr).strip()))
 
 
 def compute_pid(host):

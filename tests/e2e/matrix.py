@@ -31,6 +31,11 @@ Glance sends from that snapshot. A crash while shelve skips the snapshot
 comes before the offload: the row reports the state Nova leaves and brings
 the server back to ACTIVE from it.
 
+On a cloud whose g1 storage is GlusterFS, the ``client_lost`` rows kill
+c1's storage client in the middle of a keep, a claim and an upload's
+conversion: the step meets a dead mount, c1 gets a new client and is
+restarted, and the row checks the same invariants.
+
 ``tools/fault_matrix.py`` runs every row; the end-to-end tests run a few.
 """
 
@@ -65,6 +70,7 @@ SCENARIOS = {
     'recover': 'recover',
     'upload': 'upload',
     'during_upload': 'unshelve_during_conversion',
+    'client_lost': 'client_lost',
 }
 # Rows that cut nothing: a window two operations share, driven from
 # outside (named family.what as the cut points are).
@@ -74,12 +80,31 @@ SCENARIO_ROWS = (
     # started on the claimed disk failed with "Failed to get write lock".
     'during_upload.unshelve_while_converting',
 )
-ROWS = faults.POINTS + SCENARIO_ROWS
+# Rows that only a network filesystem has: c1's storage client (its
+# glusterfs process) killed in the middle of a keep, of a claim, and of a
+# conversion for the upload, and remounted once the step has met the dead
+# mount. Keep and claim stop c1 at a cut point (NOVA_SHELVE_ACCEL_STOP_AT)
+# while its client is killed; the upload's conversion is stopped from
+# outside.
+CLIENT_ROWS = (
+    'client_lost.keep',
+    'client_lost.claim',
+    'client_lost.upload',
+)
+# Where keep and claim stop: their disk is in c1's staging directory.
+CLIENT_STOPS = {
+    'client_lost.keep': 'keep.staged',
+    'client_lost.claim': 'claim.staged',
+}
+ROWS = faults.POINTS + SCENARIO_ROWS + CLIENT_ROWS
 # The cloud's mode each scenario needs (cloud.sh mode); 'plugin' otherwise.
 MODES = {
     'upload': 'fast-shelve',
     'unshelve_during_conversion': 'fast-shelve',
 }
+ROW_MODES = {'client_lost.upload': 'fast-shelve'}
+# How long the step gets to meet the dead mount before the remount.
+CLIENT_LOST_WAIT = 60
 # Data written into the server's disk for the unshelve during the
 # conversion: enough for the row to see the conversion and hold it.
 CONVERSION_DATA = 1024 ** 3
@@ -118,9 +143,10 @@ class Row:
 
     def __init__(self, point):
         self.point = point
+        uploads = (scenario(point) == 'upload' and point != SNAPSHOT_SKIPPED
+                   or point == 'client_lost.upload')
         self.required = CHECKS + (
-            UPLOAD_CHECKS if scenario(point) == 'upload' and
-            point != SNAPSHOT_SKIPPED else ()) + EXTRA_CHECKS.get(point, ())
+            UPLOAD_CHECKS if uploads else ()) + EXTRA_CHECKS.get(point, ())
         self.crashed = None
         self.after_restart = '-'
         self.at_end = '-'
@@ -184,6 +210,17 @@ def scenario(point):
     return SCENARIOS.get(point.split('.')[0])
 
 
+def rows(storage):
+    """Every row the cloud's storage ('local' or 'gluster') can run."""
+    return tuple(row for row in ROWS
+                 if storage == 'gluster' or row not in CLIENT_ROWS)
+
+
+def mode_of(point):
+    """The cloud mode a row runs in unless the matrix is given one."""
+    return ROW_MODES.get(point, MODES.get(scenario(point), 'plugin'))
+
+
 def describe(srv):
     """STATUS[/task_state][@host] of a server."""
     text = srv['status']
@@ -202,8 +239,8 @@ def faults_of(host):
     except (FileNotFoundError, ProcessLookupError):
         return []
     return [v.decode() for v in environ
-            if v.startswith((faults.CRASH_ENV.encode() + b'=',
-                             faults.FAIL_ENV.encode() + b'='))]
+            if v.startswith(tuple(name.encode() + b'=' for name in (
+                faults.CRASH_ENV, faults.FAIL_ENV, faults.STOP_ENV)))]
 
 
 class Matrix:
@@ -293,7 +330,7 @@ class Matrix:
             drive = getattr(self, '_drive_%s' % scenario(point), None)
             if drive is None:
                 raise RowError('no scenario for the cut point %s' % point)
-            self.use_mode(self.mode or MODES.get(scenario(point), 'plugin'))
+            self.use_mode(self.mode or mode_of(point))
             # The mode switch restarts every compute.
             self._pids = {host: cloud.compute_pid(host)
                           for host in cloud.COMPUTES}
@@ -473,6 +510,80 @@ class Matrix:
                   '%d uploads stored, snapshots left: %s'
                   % (len(stored), images or 'none'))
         return ['c1'], time.time()
+
+    def _drive_client_lost(self, row, server):
+        """Kill c1's storage client in the middle of a step, then remount.
+
+        The step goes on against the dead mount (every call on the shared
+        storage fails with ENOTCONN) until it gives up; then c1 gets a new
+        client and, as after any outage, its nova-compute is restarted.
+        Nothing may be lost and nothing left.
+        """
+        if cloud.storage_kind() != 'gluster':
+            raise RowError('%s needs the cloud on GlusterFS (cloud.sh up '
+                           '--storage gluster); this one has %s storage'
+                           % (row.point, cloud.storage_kind()))
+        what = row.point.split('.')[1]
+        if what == 'claim':
+            self._shelve(row, server)
+            self._set_enabled('c2', False)
+        if what == 'upload':
+            cloud.write_data(cloud.disk_path('c1', server['id']),
+                             CONVERSION_DATA, self.workdir)
+            self._glance = cloud.GlanceDataCounter()
+            cloud.openstack('server', 'shelve', server['id'], parse=False)
+            pid = self._await_conversion(server['id'])
+            self._kill_client_under(row, pid, 'its conversion')
+            self._await_exit(pid, CLIENT_LOST_WAIT)
+        else:
+            self._restart('c1', stop_at=CLIENT_STOPS[row.point])
+            cloud.openstack('server', what == 'keep' and 'shelve' or
+                            'unshelve', server['id'], parse=False)
+            self._kill_client_under(row, self._await_stop('c1'), 'c1')
+            srv = self._wait_done(server['id'], CLIENT_LOST_WAIT)
+            row.notes.append('with the dead mount the %s ended %s'
+                             % (what, describe(srv)))
+        self.log('%s: remounting c1\'s storage' % row.point)
+        cloud.remount_storage('c1')
+        self._restart('c1')
+        if what == 'claim':
+            self._set_enabled('c2', True)
+        return ['c1'], time.time()
+
+    def _kill_client_under(self, row, pid, whose):
+        """Kill c1's storage client while pid is stopped, then resume it."""
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            cloud.kill_storage_client('c1')
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        row.check('crashed', True, 'client of c1 killed under %s' % whose)
+        self.log('%s: client of c1 killed under %s (pid %d)'
+                 % (row.point, whose, pid))
+
+    def _await_stop(self, host):
+        """The pid of host's nova-compute once it stopped at its point."""
+        deadline = time.monotonic() + TIMEOUT
+        while not cloud.compute_stopped(host):
+            if not cloud.compute_alive(host):
+                raise RowError('nova-compute on %s died instead of stopping '
+                               'at its cut point' % host)
+            if time.monotonic() > deadline:
+                raise RowError('nova-compute on %s did not stop at its cut '
+                               'point within %ds' % (host, TIMEOUT))
+            time.sleep(0.1)
+        return cloud.compute_pid(host)
+
+    @staticmethod
+    def _await_exit(pid, timeout):
+        deadline = time.monotonic() + timeout
+        while (os.path.exists('/proc/%d' % pid) and
+               time.monotonic() < deadline):
+            time.sleep(0.5)
+
+    def _after_client_lost(self, row, server):
+        if row.point == 'client_lost.upload':
+            self._after_upload(row, server)
 
     def _await_conversion(self, server_id):
         """The pid of the qemu-img converting the server's kept disk."""
@@ -750,12 +861,14 @@ class Matrix:
 
     # -- the cloud ------------------------------------------------------------
 
-    def _restart(self, host, crash_at=None, fail_at=None, must_start=True):
+    def _restart(self, host, crash_at=None, fail_at=None, must_start=True,
+                 stop_at=None):
         what = ' '.join(v for v in (crash_at and 'CRASH_AT=' + crash_at,
-                                    fail_at and 'FAIL_AT=' + fail_at) if v)
+                                    fail_at and 'FAIL_AT=' + fail_at,
+                                    stop_at and 'STOP_AT=' + stop_at) if v)
         self.log('restarting nova-compute on %s %s' % (host,
                                                        what or 'normally'))
-        ok, output = cloud.restart_compute(host, crash_at, fail_at)
+        ok, output = cloud.restart_compute(host, crash_at, fail_at, stop_at)
         self._pids[host] = cloud.compute_pid(host)
         if not ok and must_start:
             last = (output.strip().splitlines() or [''])[-1]
@@ -787,9 +900,9 @@ class Matrix:
         else:
             self._disabled.add(host)
 
-    def _wait_done(self, server_id):
+    def _wait_done(self, server_id, timeout=TIMEOUT):
         """The server once no task runs on it (or in ERROR)."""
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             srv = cloud.server(server_id)
             if (srv['status'] == 'ERROR' or
@@ -798,7 +911,7 @@ class Matrix:
                 return srv
             if time.monotonic() > deadline:
                 raise RowError('server is still %s after %ds'
-                               % (describe(srv), TIMEOUT))
+                               % (describe(srv), timeout))
             time.sleep(cloud.POLL_SECONDS)
 
     def _await_cut(self, server_id, hosts):

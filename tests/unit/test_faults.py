@@ -34,7 +34,7 @@ class TestCutPoints(testtools.TestCase):
         # Cleanups run last first: the module is reloaded once the
         # variables are back as they were, so no later test sees them.
         self.addCleanup(importlib.reload, faults)
-        for name in (faults.CRASH_ENV, faults.FAIL_ENV):
+        for name in (faults.CRASH_ENV, faults.FAIL_ENV, faults.STOP_ENV):
             self.useFixture(fixtures.EnvironmentVariable(
                 name, environ.get(name)))
         return importlib.reload(faults)
@@ -59,6 +59,14 @@ class TestCutPoints(testtools.TestCase):
             kill.assert_not_called()
             reloaded.cut_point('claim.renamed')
         kill.assert_called_once_with(os.getpid(), signal.SIGKILL)
+
+    def test_stop_stops_this_process_at_the_named_point_only(self):
+        reloaded = self.reload_with(**{faults.STOP_ENV: 'keep.staged'})
+        with mock.patch('os.kill') as kill:
+            reloaded.cut_point('keep.record_written')
+            kill.assert_not_called()
+            reloaded.cut_point('keep.staged')
+        kill.assert_called_once_with(os.getpid(), signal.SIGSTOP)
 
     def test_fail_raises_at_the_named_point(self):
         reloaded = self.reload_with(**{faults.FAIL_ENV: 'spawn.finished'})

@@ -6,7 +6,8 @@
 #   cloud.sh up [--storage local|gluster]
 #                            install what is missing, start everything;
 #                            --storage says what g1's shared instances_path
-#                            is (default: SHELVE_ACCEL_STORAGE, else local)
+#                            is (default: SHELVE_ACCEL_STORAGE, else
+#                            gluster; local is quicker to set up)
 #   cloud.sh down            stop everything and remove all state
 #   cloud.sh mode plugin     computes run PartialOffloadLibvirtDriver and the
 #                            scheduler runs HostAggregateGroupFilter (default)
@@ -24,8 +25,9 @@
 #                            'down' does (SIGTERM, then SIGKILL), start it
 #                            again and wait until its service is up and its
 #                            RPC queue has a consumer.
-#                            NOVA_SHELVE_ACCEL_CRASH_AT and
-#                            NOVA_SHELVE_ACCEL_FAIL_AT, when set in the
+#                            NOVA_SHELVE_ACCEL_CRASH_AT,
+#                            NOVA_SHELVE_ACCEL_FAIL_AT and
+#                            NOVA_SHELVE_ACCEL_STOP_AT, when set in the
 #                            caller's environment, go to this one
 #                            nova-compute (see nova_shelve_accel/faults.py)
 #                            and to no other process. Fails, naming the
@@ -33,6 +35,17 @@
 #                            cut point may have killed it in start-up).
 #   cloud.sh compute-alive HOST
 #                            exit 0 if nova-compute on HOST runs, 1 if not
+#   cloud.sh storage-client-kill HOST
+#                            (--storage gluster, c1 or c2) kill HOST's
+#                            GlusterFS client with SIGKILL, as a crash of
+#                            it would: HOST's processes get "Transport
+#                            endpoint is not connected" on the shared
+#                            storage until storage-remount
+#   cloud.sh storage-remount HOST
+#                            unmount HOST's client (lazily: a dead one
+#                            cannot be unmounted otherwise) and mount the
+#                            volume again with a new client, in HOST's
+#                            namespace
 #
 # Compute hosts c1 and c2 share one instances_path and form aggregate g1
 # (shelve_storage_group=g1); c3 has its own. With --storage local the
@@ -53,7 +66,8 @@ set -euo pipefail
 
 # Fault injection is for the one nova-compute that compute-restart starts:
 # take it out of the environment that every other process inherits.
-FAULT_VARS=(NOVA_SHELVE_ACCEL_CRASH_AT NOVA_SHELVE_ACCEL_FAIL_AT)
+FAULT_VARS=(NOVA_SHELVE_ACCEL_CRASH_AT NOVA_SHELVE_ACCEL_FAIL_AT
+            NOVA_SHELVE_ACCEL_STOP_AT)
 FAULT_ENV=()
 for _var in "${FAULT_VARS[@]}"; do
     if [ -n "${!_var+set}" ]; then
@@ -700,7 +714,7 @@ EOF
 # --------------------------------------------------------------- commands
 
 cmd_up() {
-    local storage=${SHELVE_ACCEL_STORAGE:-local}
+    local storage=${SHELVE_ACCEL_STORAGE:-gluster}
     while [ $# -gt 0 ]; do
         case $1 in
         --storage) storage=${2:-}; shift 2 || shift;;
@@ -910,6 +924,35 @@ cmd_compute_restart() {
     say "nova-compute on $host restarted"
 }
 
+# gluster_host_arg HOST: HOST must see g1's storage through a client of its
+# own.
+gluster_host_arg() {
+    compute_host_arg "${1:-}"
+    [ -f "$STATE/mode" ] || die "no cloud in $STATE; run '$0 up' first"
+    on_gluster "$1" || die "$1 has no GlusterFS client: only c1 and c2 of" \
+        "a cloud started with 'up --storage gluster' have one"
+}
+
+cmd_storage_client_kill() {
+    gluster_host_arg "${1:-}"
+    local pidfile=$GLUSTER_STATE/client-$1.pid
+    [ -f "$pidfile" ] || die "no pid file $pidfile: is $1's client mounted?"
+    kill -KILL "$(cat "$pidfile")"
+    say "GlusterFS client of $1 killed (pid $(cat "$pidfile"))"
+}
+
+cmd_storage_remount() {
+    gluster_host_arg "${1:-}"
+    local enter=(nsenter "--mount=$(host_namespace "$1")" --)
+    # A dead client's mount point answers ENOTCONN to everything, even to
+    # the "is it a mount point" test: lazily unmount whatever is there.
+    "${enter[@]}" umount -l "$SHARED_INSTANCES" 2>/dev/null || true
+    "${enter[@]}" bash "$GLUSTER" mount "$GLUSTER_STATE" \
+        "$SHARED_INSTANCES" "$1"
+    say "g1's storage mounted again on $1 (pid" \
+        "$(cat "$GLUSTER_STATE/client-$1.pid"))"
+}
+
 cmd_compute_alive() {
     compute_host_arg "${1:-}"
     running "nova-compute-$1"
@@ -922,7 +965,11 @@ mode) cmd_mode "${2:-}";;
 status) cmd_status;;
 compute-restart) cmd_compute_restart "${2:-}";;
 compute-alive) cmd_compute_alive "${2:-}";;
-*) printf 'usage: %s up [--storage local|gluster]|down|status\n%s\n%s\n' \
+storage-client-kill) cmd_storage_client_kill "${2:-}";;
+storage-remount) cmd_storage_remount "${2:-}";;
+*) printf 'usage: %s up [--storage local|gluster]|down|status\n%s\n%s\n%s\n' \
         "$0" "       $0 mode plugin|fast-shelve|stock" \
-        "       $0 compute-restart HOST|compute-alive HOST" >&2; exit 2;;
+        "       $0 compute-restart HOST|compute-alive HOST" \
+        "       $0 storage-client-kill HOST|storage-remount HOST" >&2
+    exit 2;;
 esac
