@@ -18,15 +18,17 @@
 Scenarios: eight claims of one disk; claim against reclaim; reclaim against
 reclaim; another host emptying the trash while a reclaim deletes; eight
 hosts taking over the abandoned upload lease of one disk. Each round must
-end with exactly one winner (for the lease: the one whose lease file is
-the only one left), nothing raised, no data lost and nothing left in
-flight; the columns count the rounds that did not, and the first problem
-of each kind is printed. ``--dir`` puts the storage on a filesystem of your
-choice (an NFS mount shared by nothing else, say); the default is a
-temporary directory. ``--other-client`` names the mount point of another
-client of the filesystem that ``--dir`` is on (``tools/gluster.sh mount``
-makes one): the racing processes take turns among the clients, as hosts
-with a mount each would. Exits non-zero if any round went wrong.
+end with exactly one winner (for the lease: the one whose lease file is the
+only one left), nothing raised, no data lost and nothing left in flight;
+the columns count the rounds that did not (``stuck``: rounds whose entries
+could not be removed afterwards, which the next rounds work beside), and
+the first problem of each kind is printed. ``--dir`` puts the storage on a
+filesystem of your choice (an NFS mount shared by nothing else, say); the
+default is a temporary directory. ``--other-client`` names the mount point
+of another client of the filesystem that ``--dir`` is on
+(``tools/gluster.sh mount`` makes one): the racing processes take turns
+among the clients, as hosts with a mount each would. Exits non-zero if any
+round went wrong.
 """
 
 import argparse
@@ -54,9 +56,9 @@ def main():
         parser.error('--other-client needs --dir: the mount of the same '
                      'filesystem through the first client')
     failed = False
-    print('%-24s %7s %7s %7s %7s %7s %7s %8s' % (
+    print('%-24s %7s %7s %7s %7s %7s %7s %7s %8s' % (
         'scenario', 'rounds', 'ok', 'raised', 'no-1', 'lost', 'left',
-        'seconds'))
+        'stuck', 'seconds'))
     for name, operations in races.SCENARIOS.items():
         with tempfile.TemporaryDirectory(dir=args.dir) as path:
             start = time.monotonic()
@@ -64,13 +66,13 @@ def main():
             others = [os.path.join(mount, os.path.basename(path))
                       for mount in args.other_client]
             problems = {}
-            counts, _first = races.race(path, operations, args.rounds,
-                                        others, problems)
+            counts = races.race(path, operations, args.rounds, others,
+                                problems)
             elapsed = time.monotonic() - start
-        print('%-24s %7d %7d %7d %7d %7d %7d %8.1f' % (
+        print('%-24s %7d %7d %7d %7d %7d %7d %7d %8.1f' % (
             name, args.rounds, counts['ok'], counts['raised'],
             counts['not one winner'], counts['data lost'],
-            counts['left behind'], elapsed))
+            counts['left behind'], counts['not cleared'], elapsed))
         for outcome, problem in sorted(problems.items()):
             failed = True
             print('  first %s: %s' % (

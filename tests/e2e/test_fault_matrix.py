@@ -10,19 +10,21 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Five rows of the fault matrix on the real loopback cloud.
+"""Six rows of the fault matrix on the real loopback cloud.
 
 nova-compute kills itself at a cut point (``kill -9`` at that instant) in
 the places a kept disk lives through: while it is kept at shelve-offload,
-while an unshelve runs on it (and once Nova deleted the snapshot after
-it), while the image cache pass reclaims it, and
-(with ``snapshot_upload = after_offload``) while it is uploaded into the
-snapshot after the offload. Each time, once the computes are back, the
-server must end ACTIVE with its data, with one guest and one allocation,
-and leave nothing behind. ``tools/fault_matrix.py`` runs every cut point
-the same way. Needs the cloud of ``tools/cloud/cloud.sh up`` (root); each
-test restarts nova-compute on c1 (and c2) and takes a few minutes, the
-upload row a few more (it switches the cloud to mode fast-shelve and back).
+while an unshelve runs on it (and once Nova deleted the snapshot after it),
+while the image cache pass reclaims it, and (with ``snapshot_upload =
+after_offload``) while it is uploaded into the snapshot after the offload.
+Each time, once the computes are back, the server must end ACTIVE with its
+data, with one guest and one allocation, and leave nothing behind. On
+GlusterFS (the cloud's default storage) one more row kills c1's storage
+client while it claims a kept disk, and remounts it.
+``tools/fault_matrix.py`` runs every cut point the same way. Needs the
+cloud of ``tools/cloud/cloud.sh up`` (root); each test restarts
+nova-compute on c1 (and c2) and takes a few minutes, the upload row a few
+more (it switches the cloud to mode fast-shelve and back).
 """
 
 import fixtures
@@ -73,3 +75,14 @@ class FaultMatrixTest(testtools.TestCase):
         # bookkeeping, and an unshelve outside the group must get the data
         # from the snapshot.
         self._assert_row('upload.finished')
+
+    def test_storage_client_killed_while_claiming_the_kept_disk(self):
+        # c1 stops with the kept disk in its staging directory, loses its
+        # GlusterFS client, goes on against the dead mount (the unshelve
+        # fails as stock Nova's would), gets a new client and restarts:
+        # the disk must be back and reused, nothing left.
+        if cloud.storage_kind() != 'gluster':
+            self.skipTest('needs the cloud on GlusterFS (cloud.sh up, or '
+                          'up --storage gluster); this one has %s storage'
+                          % cloud.storage_kind())
+        self._assert_row('client_lost.claim')

@@ -157,20 +157,31 @@ def _outcome(instances_path, instance, answers):
         if len(leases) != 1 or leased[0] != '2/' + holder:
             return 'not one winner', 'leases %s, the newest held by %s, ' \
                 'the winner %s' % (leases, holder, leased[0])
+    # This round's entries only: one left by an earlier round (a name
+    # GlusterFS lost the handle of, say) was counted in that round.
     leftovers = [n for n in os.listdir(os.path.join(instances_path, SUBDIR))
-                 if n.startswith('.') and not n.startswith('.clock-')]
+                 if n.startswith('.') and instance in n]
     if leftovers:
         return 'left behind', 'in flight after the round: %s' % leftovers
     return 'ok', None
 
 
 def _clear(instances_path, instance):
-    """Remove what the round left, so that the next round starts clean."""
-    storage.remove_tree(os.path.join(instances_path, instance))
+    """Remove what the round left; what cannot be removed, and why.
+
+    An entry whose handle the filesystem lost answers ESTALE to every
+    call: it stays, and the next rounds go on beside it.
+    """
+    stuck = []
     subdir = os.path.join(instances_path, SUBDIR)
-    for name in os.listdir(subdir):
-        if instance in name:
-            storage.remove_tree(os.path.join(subdir, name))
+    for path in [os.path.join(instances_path, instance)] + [
+            os.path.join(subdir, name) for name in os.listdir(subdir)
+            if instance in name]:
+        try:
+            storage.remove_tree(path)
+        except OSError as e:
+            stuck.append('%s: %s' % (os.path.basename(path), e))
+    return stuck
 
 
 def race(instances_path, operations, rounds, other_clients=(),
@@ -181,8 +192,9 @@ def race(instances_path, operations, rounds, other_clients=(),
     through other clients of a network filesystem: the workers take turns
     among all of them, as hosts with a mount each would.
 
-    Returns a Counter of outcomes and the first problem seen, if any;
-    ``problems``, a dict, gets the first problem of each outcome.
+    Returns a Counter of outcomes (and of rounds whose entries could not
+    be removed afterwards, as 'not cleared'); ``problems``, a dict, gets
+    the first problem of each.
     """
     views = [instances_path] + list(other_clients)
     ctx = multiprocessing.get_context('fork')
@@ -198,7 +210,7 @@ def race(instances_path, operations, rounds, other_clients=(),
         queues.append(tasks)
         workers.append(worker)
     counts = collections.Counter()
-    first_problem = None
+    problems = {} if problems is None else problems
     try:
         for _ in range(rounds):
             instance = lay_out_kept_disk(instances_path)
@@ -209,17 +221,18 @@ def race(instances_path, operations, rounds, other_clients=(),
             answers = [results.get(timeout=60) for _ in operations]
             outcome, problem = _outcome(instances_path, instance, answers)
             counts[outcome] += 1
-            if problem and first_problem is None:
-                first_problem = problem
-            if problem and problems is not None:
+            if problem:
                 problems.setdefault(outcome, problem)
-            _clear(instances_path, instance)
+            stuck = _clear(instances_path, instance)
+            if stuck:
+                counts['not cleared'] += 1
+                problems.setdefault('not cleared', '; '.join(stuck))
     finally:
         for tasks in queues:
             tasks.put(None)
         for worker in workers:
             worker.join(timeout=60)
-    return counts, first_problem
+    return counts
 
 
 SCENARIOS = {
