@@ -26,7 +26,9 @@ resolved from the instance's state in the database:
   started on the disk it is rolled forward instead, as Nova would have
   finished it: Nova may have deleted the snapshot already;
 * a shelve-offload that a restart interrupted after the plugin moved the
-  disk is sent again to this host, which finishes it on the kept disk;
+  disk is sent again to this host, which finishes it on the kept disk; so
+  is one that failed after the disk was kept (Nova left the instance
+  shelved on this host, without a disk to start from);
 * a record left in the directory of an instance that runs is removed;
 * a disk quarantined after a failed spawn is kept again once its guest is
   gone, by the host that quarantined it; any host deletes it once no
@@ -48,6 +50,8 @@ fails: the directory stays, and is reported once.
 Each decision is logged at INFO with the instance. An error on one item is
 logged for that item and the pass goes on with the next.
 """
+
+import os
 
 from oslo_log import log as logging
 from oslo_utils import timeutils
@@ -255,6 +259,17 @@ class Recovery:
         elif at_start and instance.vm_state == vm_states.SHELVED and (
                 instance.task_state == task_states.SHELVING_OFFLOADING):
             self._offload_again(context, instance)
+        elif (instance.vm_state == vm_states.SHELVED and
+                instance.task_state is None and
+                self._offload_failed_after_keep(instance)):
+            # Nova reverted the task of an offload that failed once the disk
+            # had left the instance directory (its storage client died, say):
+            # started again, the shelved instance would find no disk.
+            LOG.info('The shelve-offload failed after the root disk was '
+                     'kept; offloading again.', instance=instance)
+            instance.task_state = task_states.SHELVING_OFFLOADING
+            instance.save(expected_task_state=[None])
+            self._offload_again(context, instance)
         elif not offloaded and (
                 self._store.claimed_record(instance.uuid) or
                 self._store.unshelved(instance.uuid)):
@@ -262,6 +277,14 @@ class Recovery:
                      'what its claim left in its directory.',
                      instance=instance)
             self._store.finish_claim(instance.uuid)
+
+    def _offload_failed_after_keep(self, instance):
+        """Whether the shelved instance's disk is kept, not in its dir."""
+        snapshot_id = instance.system_metadata.get('shelved_image_id')
+        return bool(snapshot_id) and not storage.is_regular_file(
+            os.path.join(self._store.instance_dir(instance.uuid),
+                         storage.ROOT_DISK)) and (
+            self._store.find(instance.uuid, snapshot_id) is not None)
 
     def _roll_back_unshelve(self, context, instance):
         """Undo an unshelve on a kept disk that a restart cut short.

@@ -1096,6 +1096,46 @@ class TestPeriodicPass(DriverTestCase):
             self.context, self.db[uuids.instance], clean_shutdown=False,
             accel_uuids=[uuids.arq])
 
+    def test_an_offload_that_failed_after_the_keep_is_run_again(self):
+        # Its storage client died after the disk left the instance dir:
+        # Nova reverted the task and left the instance shelved on this host,
+        # the recovery published the disk. Started again, the instance
+        # would find no disk; offloaded again, it is unshelved on it.
+        self.keep(uuids.instance)
+        instance = self.in_db(uuids.instance, SNAPSHOT, marked=False,
+                              host=CONF.host, vm_state=vm_states.SHELVED)
+        rpc = self.useFixture(fixtures.MockPatch(
+            'nova.compute.rpcapi.ComputeAPI')).mock.return_value
+        self.reclaim()
+        self.assertEqual(task_states.SHELVING_OFFLOADING, instance.task_state)
+        self.assertIn((uuids.instance, [None]), self.saved)
+        rpc.shelve_offload_instance.assert_called_once_with(
+            self.context, instance, clean_shutdown=False, accel_uuids=[])
+        self.assertIn('The shelve-offload failed after the root disk was '
+                      'kept; offloading again.', self.stdlog.logger.output)
+
+    def test_a_shelved_instance_with_its_disk_in_place_is_left_alone(self):
+        # Shelved, not offloaded, its disk where it runs from: a kept disk
+        # of the same snapshot does not make it offload.
+        self.keep(uuids.instance)
+        disks.make_qcow2_instance(self.instances_path, uuids.instance)
+        instance = self.in_db(uuids.instance, SNAPSHOT, marked=False,
+                              host=CONF.host, vm_state=vm_states.SHELVED)
+        rpc = self.useFixture(fixtures.MockPatch(
+            'nova.compute.rpcapi.ComputeAPI')).mock.return_value
+        self.reclaim()
+        self.assertIsNone(instance.task_state)
+        rpc.shelve_offload_instance.assert_not_called()
+
+    def test_a_shelved_instance_without_a_kept_disk_is_left_alone(self):
+        instance = self.in_db(uuids.instance, SNAPSHOT, marked=False,
+                              host=CONF.host, vm_state=vm_states.SHELVED)
+        rpc = self.useFixture(fixtures.MockPatch(
+            'nova.compute.rpcapi.ComputeAPI')).mock.return_value
+        self.reclaim()
+        self.assertIsNone(instance.task_state)
+        rpc.shelve_offload_instance.assert_not_called()
+
     # -- claims left in instance directories -------------------------------
 
     def left_behind(self, fenced_by=None, pending=False):
