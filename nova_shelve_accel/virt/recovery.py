@@ -265,11 +265,10 @@ class Recovery:
             # Nova reverted the task of an offload that failed once the disk
             # had left the instance directory (its storage client died, say):
             # started again, the shelved instance would find no disk.
-            LOG.info('The shelve-offload failed after the root disk was '
-                     'kept; offloading again.', instance=instance)
             instance.task_state = task_states.SHELVING_OFFLOADING
             instance.save(expected_task_state=[None])
-            self._offload_again(context, instance)
+            self._offload_again(context, instance, 'The shelve-offload '
+                                'failed after the root disk was kept')
         elif not offloaded and (
                 self._store.claimed_record(instance.uuid) or
                 self._store.unshelved(instance.uuid)):
@@ -392,14 +391,15 @@ class Recovery:
             LOG.info('Snapshot %s of the unshelved instance: %s',
                      snapshot_id, e.format_message(), instance=instance)
 
-    def _offload_again(self, context, instance):
+    def _offload_again(self, context, instance,
+                       why='A restart interrupted the shelve-offload after '
+                           'the root disk was kept'):
         snapshot_id = instance.system_metadata.get('shelved_image_id')
         if not snapshot_id or not (
                 self._store.find(instance.uuid, snapshot_id) or
                 self._store.claimed_record(instance.uuid)):
             return          # the plugin had not touched the disk yet
-        LOG.info('A restart interrupted the shelve-offload after the root '
-                 'disk was kept; offloading again.', instance=instance)
+        LOG.info('%s; offloading again.', why, instance=instance)
         # As the API does: the accelerators the offload must free.
         accel_uuids = []
         if instance.flavor.extra_specs.get('accel:device_profile'):

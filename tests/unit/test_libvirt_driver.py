@@ -1113,6 +1113,7 @@ class TestPeriodicPass(DriverTestCase):
             self.context, instance, clean_shutdown=False, accel_uuids=[])
         self.assertIn('The shelve-offload failed after the root disk was '
                       'kept; offloading again.', self.stdlog.logger.output)
+        self.assertNotIn('A restart interrupted', self.stdlog.logger.output)
 
     def test_a_shelved_instance_with_its_disk_in_place_is_left_alone(self):
         # Shelved, not offloaded, its disk where it runs from: a kept disk
