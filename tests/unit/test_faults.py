@@ -52,21 +52,24 @@ class TestCutPoints(testtools.TestCase):
                 reloaded.cut_point(point)
         kill.assert_not_called()
 
-    def test_crash_kills_this_process_at_the_named_point_only(self):
-        reloaded = self.reload_with(**{faults.CRASH_ENV: 'claim.renamed'})
+    def assert_signals_at_the_named_point_only(self, env, before, point,
+                                               signum):
+        reloaded = self.reload_with(**{env: point})
         with mock.patch('os.kill') as kill:
-            reloaded.cut_point('claim.verified')
+            reloaded.cut_point(before)
             kill.assert_not_called()
-            reloaded.cut_point('claim.renamed')
-        kill.assert_called_once_with(os.getpid(), signal.SIGKILL)
+            reloaded.cut_point(point)
+        kill.assert_called_once_with(os.getpid(), signum)
+
+    def test_crash_kills_this_process_at_the_named_point_only(self):
+        self.assert_signals_at_the_named_point_only(
+            faults.CRASH_ENV, 'claim.verified', 'claim.renamed',
+            signal.SIGKILL)
 
     def test_stop_stops_this_process_at_the_named_point_only(self):
-        reloaded = self.reload_with(**{faults.STOP_ENV: 'keep.staged'})
-        with mock.patch('os.kill') as kill:
-            reloaded.cut_point('keep.record_written')
-            kill.assert_not_called()
-            reloaded.cut_point('keep.staged')
-        kill.assert_called_once_with(os.getpid(), signal.SIGSTOP)
+        self.assert_signals_at_the_named_point_only(
+            faults.STOP_ENV, 'keep.record_written', 'keep.staged',
+            signal.SIGSTOP)
 
     def test_fail_raises_at_the_named_point(self):
         reloaded = self.reload_with(**{faults.FAIL_ENV: 'spawn.finished'})

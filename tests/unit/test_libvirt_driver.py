@@ -1102,11 +1102,7 @@ class TestPeriodicPass(DriverTestCase):
         # the recovery published the disk. Started again, the instance
         # would find no disk; offloaded again, it is unshelved on it.
         self.keep(uuids.instance)
-        instance = self.in_db(uuids.instance, SNAPSHOT, marked=False,
-                              host=CONF.host, vm_state=vm_states.SHELVED)
-        rpc = self.useFixture(fixtures.MockPatch(
-            'nova.compute.rpcapi.ComputeAPI')).mock.return_value
-        self.reclaim()
+        instance, rpc = self.pass_over_shelved_instance()
         self.assertEqual(task_states.SHELVING_OFFLOADING, instance.task_state)
         self.assertIn((uuids.instance, [None]), self.saved)
         rpc.shelve_offload_instance.assert_called_once_with(
@@ -1120,20 +1116,21 @@ class TestPeriodicPass(DriverTestCase):
         # of the same snapshot does not make it offload.
         self.keep(uuids.instance)
         disks.make_qcow2_instance(self.instances_path, uuids.instance)
-        instance = self.in_db(uuids.instance, SNAPSHOT, marked=False,
-                              host=CONF.host, vm_state=vm_states.SHELVED)
-        rpc = self.useFixture(fixtures.MockPatch(
-            'nova.compute.rpcapi.ComputeAPI')).mock.return_value
-        self.reclaim()
-        self.assertIsNone(instance.task_state)
-        rpc.shelve_offload_instance.assert_not_called()
+        self.assert_left_alone(*self.pass_over_shelved_instance())
 
     def test_a_shelved_instance_without_a_kept_disk_is_left_alone(self):
+        self.assert_left_alone(*self.pass_over_shelved_instance())
+
+    def pass_over_shelved_instance(self):
+        """(instance, compute RPC) after a pass over a SHELVED instance."""
         instance = self.in_db(uuids.instance, SNAPSHOT, marked=False,
                               host=CONF.host, vm_state=vm_states.SHELVED)
         rpc = self.useFixture(fixtures.MockPatch(
             'nova.compute.rpcapi.ComputeAPI')).mock.return_value
         self.reclaim()
+        return instance, rpc
+
+    def assert_left_alone(self, instance, rpc):
         self.assertIsNone(instance.task_state)
         rpc.shelve_offload_instance.assert_not_called()
 
