@@ -22,7 +22,10 @@ compute-restart`` and reads the instance disks). One row per cut point of
 ``nova_shelve_accel.faults.POINTS``, each with its own server; what a row
 does is described in ``tests/e2e/matrix.py``. On a cloud started with
 ``--storage gluster`` three more rows kill c1's GlusterFS client during a
-keep, a claim and an upload (``client_lost.*``). The ``upload`` rows need
+keep, a claim and an upload (``client_lost.*``). ``takeover.upload`` kills
+c1 in an upload and keeps it down until c2 took the upload over (at least
+the five minutes of a lease; the row to run with ``cloud.sh up --skew
+c2=+2h``). The ``upload`` rows need
 ``snapshot_upload = after_offload``: the matrix switches the cloud to mode
 fast-shelve for them (``cloud.sh mode``, a minute) and back to plugin at the
 end. Prints one line per row and exits non-zero when any row fails. A row

@@ -12,10 +12,17 @@
 #                              NAME, the client's log is STATE/log/client-
 #                              NAME.log and its pid is in STATE/client-
 #                              NAME.pid (for mounts at the same DIR in
-#                              different mount namespaces)
+#                              different mount namespaces); with
+#                              CLIENT_SKEW=OFFSET in the environment (a
+#                              libfaketime offset: +10m, -2h), the client
+#                              runs with its clock off by OFFSET, as the
+#                              client of a host whose clock is off would:
+#                              GlusterFS stamps files with the client's time
 #   gluster.sh umount DIR      unmount a client
 #   gluster.sh down STATE      unmount every client of the volume, stop the
 #                              volume and glusterd, delete STATE
+#   gluster.sh libfaketime     print the path of libfaketime (LD_PRELOAD);
+#                              fail saying how to install it
 #
 # The volume and its clients are set up for coherence between clients: by
 # default a GlusterFS client keeps seeing a name that another client renamed
@@ -50,6 +57,14 @@ install_if_missing() {
 }
 
 gluster_cli() { gluster --mode=script "$@"; }
+
+libfaketime() {
+    local lib
+    lib=$(ls /usr/lib/*/faketime/libfaketime.so.1 2> /dev/null | head -1)
+    [ -n "$lib" ] || die "libfaketime is missing (as root: apt-get install" \
+        "faketime)"
+    echo "$lib"
+}
 
 up() {
     local state=$1
@@ -111,7 +126,12 @@ do_mount() {
         die "$dir is already a mount point"
     fi
     [ -n "$name" ] || name=$(echo "$dir" | tr / -)
-    glusterfs --volfile-server="$BRICK_HOST" --volfile-id="$VOLUME" \
+    local clock=()
+    if [ -n "${CLIENT_SKEW:-}" ]; then
+        clock=(env "LD_PRELOAD=$(libfaketime)" "FAKETIME=$CLIENT_SKEW")
+    fi
+    "${clock[@]}" glusterfs --volfile-server="$BRICK_HOST" \
+        --volfile-id="$VOLUME" \
         --entry-timeout=0 --attribute-timeout=0 --negative-timeout=0 \
         --fopen-keep-cache=off --pid-file="$state/client-$name.pid" \
         --log-file="$state/log/client-$name.log" "$dir"
@@ -159,5 +179,6 @@ case "${1:-}" in
     umount) [ $# -eq 2 ] || die "usage: gluster.sh umount DIR"
         do_umount "$2" ;;
     down) [ $# -eq 2 ] || die "usage: gluster.sh down STATE"; down "$2" ;;
-    *) die "usage: gluster.sh up|mount|umount|down ..." ;;
+    libfaketime) libfaketime ;;
+    *) die "usage: gluster.sh up|mount|umount|down|libfaketime ..." ;;
 esac

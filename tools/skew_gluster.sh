@@ -13,12 +13,7 @@ set -uo pipefail
 
 state=$1
 here=$(cd "$(dirname "$0")" && pwd)
-libfaketime=$(ls /usr/lib/*/faketime/libfaketime.so.1 2> /dev/null | head -1)
-if [ -z "$libfaketime" ]; then
-    echo "skew_gluster.sh: libfaketime is missing (as root: apt-get" \
-         "install faketime)" >&2
-    exit 2
-fi
+bash "$here/gluster.sh" libfaketime > /dev/null || exit 2
 bash "$here/gluster.sh" up "$state" || exit 2
 trap 'bash "$here/gluster.sh" down "$state"' EXIT
 mounts=$(mktemp -d /tmp/skew-gluster.XXXXXX)
@@ -26,9 +21,8 @@ bash "$here/gluster.sh" mount "$state" "$mounts/right" || exit 2
 rc=0
 for skew in +10m -10m +2h -2h; do
     skewed="$mounts/skewed$skew"
-    LD_PRELOAD=$libfaketime FAKETIME=$skew \
-        bash "$here/gluster.sh" mount "$state" "$skewed" < /dev/null ||
-        exit 2
+    CLIENT_SKEW=$skew bash "$here/gluster.sh" mount "$state" "$skewed" \
+        < /dev/null || exit 2
     python "$here/skew_kept_disks.py" --dir "$mounts/right" \
         --skewed-client "$skewed" --skew="$skew" || rc=1
     bash "$here/gluster.sh" umount "$skewed"

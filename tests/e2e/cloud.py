@@ -237,6 +237,13 @@ def _cloud_sh(*args):
             ' '.join(args), (proc.stdout + proc.stderr).strip()))
 
 
+def compute_log_has(host, text):
+    """Whether the log of host's nova-compute has a line with text."""
+    with open(os.path.join(STATE, 'logs', 'nova-compute-%s.log' % host),
+              errors='replace') as f:
+        return any(text in line for line in f)
+
+
 def compute_pid(host):
     """The pid cloud.sh recorded for host's nova-compute, or None."""
     pidfile = os.path.join(STATE, 'run', 'nova-compute-%s.pid' % host)

@@ -36,6 +36,13 @@ c1's storage client in the middle of a keep, a claim and an upload's
 conversion: the step meets a dead mount, c1 gets a new client and is
 restarted, and the row checks the same invariants.
 
+The ``takeover`` row lets another host finish what a dead one left: c1
+dies in the upload and stays down until c2 has taken the upload over,
+which c2 may do only once it has itself seen c1's lease untouched for
+``UPLOAD_LEASE_SECONDS``. On a cloud whose c2 runs with its clock off
+(``cloud.sh up --skew c2=+2h``) the row shows that the skew neither takes a
+live lease early nor keeps a dead one.
+
 ``tools/fault_matrix.py`` runs every row; the end-to-end tests run a few.
 """
 
@@ -46,6 +53,7 @@ import time
 import uuid
 
 from nova_shelve_accel import faults
+from nova_shelve_accel import storage
 from tests.e2e import cloud
 from tests.e2e import invariants
 
@@ -71,6 +79,7 @@ SCENARIOS = {
     'upload': 'upload',
     'during_upload': 'unshelve_during_conversion',
     'client_lost': 'client_lost',
+    'takeover': 'takeover',
 }
 # Rows that cut nothing: a window two operations share, driven from
 # outside (named family.what as the cut points are).
@@ -96,11 +105,19 @@ CLIENT_STOPS = {
     'client_lost.keep': 'keep.staged',
     'client_lost.claim': 'claim.staged',
 }
-ROWS = faults.POINTS + SCENARIO_ROWS + CLIENT_ROWS
+# c1 killed in its upload and kept down: c2 takes the upload over.
+TAKEOVER_ROWS = ('takeover.upload',)
+TAKEOVER_CUT = 'upload.started'
+# c2 takes over a lease it saw untouched for UPLOAD_LEASE_SECONDS: it looks
+# at its scan, every upload.SCAN_SECONDS, and c1 touched the lease up to a
+# quarter of that before it died; then it converts and uploads.
+TAKEOVER_WAIT = storage.UPLOAD_LEASE_SECONDS * 5 // 4 + 120 + 300
+ROWS = faults.POINTS + SCENARIO_ROWS + CLIENT_ROWS + TAKEOVER_ROWS
 # The cloud's mode each scenario needs (cloud.sh mode); 'plugin' otherwise.
 MODES = {
     'upload': 'fast-shelve',
     'unshelve_during_conversion': 'fast-shelve',
+    'takeover': 'fast-shelve',
 }
 ROW_MODES = {'client_lost.upload': 'fast-shelve'}
 # How long the step gets to meet the dead mount before the remount.
@@ -127,6 +144,7 @@ EXTRA_CHECKS = {
     SNAPSHOT_DELETED: ('finished',),
     SCRATCH_LEFT: ('scratch',),
     SCENARIO_ROWS[0]: ('window', 'reused', 'upload stopped'),
+    TAKEOVER_ROWS[0]: ('taken over',),
 }
 # Checked as well by the upload rows whose crash comes after the offload:
 # the snapshot became active, and the unshelve outside the storage group
@@ -144,7 +162,7 @@ class Row:
     def __init__(self, point):
         self.point = point
         uploads = (scenario(point) == 'upload' and point != SNAPSHOT_SKIPPED
-                   or point == 'client_lost.upload')
+                   or point in ('client_lost.upload',) + TAKEOVER_ROWS)
         self.required = CHECKS + (
             UPLOAD_CHECKS if uploads else ()) + EXTRA_CHECKS.get(point, ())
         self.crashed = None
@@ -549,6 +567,41 @@ class Matrix:
         if what == 'claim':
             self._set_enabled('c2', True)
         return ['c1'], time.time()
+
+    def _drive_takeover(self, row, server):
+        """c1 dies in its upload and stays down until c2 finished it."""
+        self._restart('c1', crash_at=TAKEOVER_CUT)
+        self._glance = cloud.GlanceDataCounter()
+        cloud.openstack('server', 'shelve', server['id'], parse=False)
+        dead = self._await_death(['c1'], UPLOAD_CRASH_WAIT)
+        self._record_crash(row, dead)
+        if dead:
+            died = time.monotonic()
+            images = invariants.shelved_snapshots(server['name'])
+            if len(images) != 1:
+                raise RowError('shelve left snapshots %s' % images)
+            self.log('%s: c1 died in the upload; waiting up to %d s for c2 '
+                     'to take it over' % (row.point, TAKEOVER_WAIT))
+            try:
+                cloud.wait_for_image_status(images[0], 'active',
+                                            TAKEOVER_WAIT)
+                active = True
+            except cloud.CloudError:
+                active = False
+            after = time.monotonic() - died
+            by_c2 = cloud.compute_log_has(
+                'c2', 'Uploaded the root disk into snapshot %s' % images[0])
+            row.check('taken over',
+                      active and by_c2 and
+                      after >= storage.UPLOAD_LEASE_SECONDS,
+                      '%s %.0f s after c1 died (lease: %d s)' % (
+                          'by c2' if by_c2 else 'NOT by c2', after,
+                          storage.UPLOAD_LEASE_SECONDS))
+        self._restart('c1')
+        return ['c1'], time.time()
+
+    def _after_takeover(self, row, server):
+        self._after_upload(row, server)
 
     def _kill_client_under(self, row, pid, whose):
         """Kill c1's storage client while pid is stopped, then resume it."""

@@ -3,11 +3,19 @@
 # and benchmark: Placement, Glance, Neutron API, Nova API/conductor/scheduler
 # and three nova-compute services on real libvirt/QEMU (TCG), no Keystone.
 #
-#   cloud.sh up [--storage local|gluster]
+#   cloud.sh up [--storage local|gluster] [--skew HOST=OFFSET]...
 #                            install what is missing, start everything;
 #                            --storage says what g1's shared instances_path
 #                            is (default: SHELVE_ACCEL_STORAGE, else
-#                            gluster; local is quicker to set up)
+#                            gluster; local is quicker to set up);
+#                            --skew runs HOST (c1, c2 or c3) with its clock
+#                            off by OFFSET, a libfaketime offset such as
+#                            +10m or -2h (default: SHELVE_ACCEL_SKEW, a
+#                            space-separated list of HOST=OFFSET): HOST's
+#                            nova-compute, what it runs, and its GlusterFS
+#                            client, which stamps the times of the files
+#                            HOST writes; its libvirtd and guests keep the
+#                            machine's clock
 #   cloud.sh down            stop everything and remove all state
 #   cloud.sh mode plugin     computes run PartialOffloadLibvirtDriver and the
 #                            scheduler runs HostAggregateGroupFilter (default)
@@ -106,7 +114,8 @@ NOVA_URL=http://127.0.0.1:8774
 APT_PACKAGES=(libvirt-daemon-system libvirt-daemon-driver-qemu
               libvirt-clients qemu-system-x86
               qemu-utils libvirt-dev pkg-config python3-venv python3-dev
-              gcc mariadb-server mariadb-client rabbitmq-server curl)
+              gcc mariadb-server mariadb-client rabbitmq-server curl
+              faketime)
 PIP_PACKAGES=(nova==34.0.0 openstack-placement glance neutron
               python-openstackclient osc-placement gunicorn PyMySQL
               pyroute2 libvirt-python)
@@ -534,7 +543,9 @@ EOF
     if on_gluster "$host"; then
         storage_args=("$GLUSTER_STATE" "$SHARED_INSTANCES")
     fi
-    start "libvirtd-$host" unshare --uts --mount --propagation private \
+    # The host's GlusterFS client runs on the host's clock (gluster.sh).
+    start "libvirtd-$host" env "CLIENT_SKEW=$(skew_of "$host")" \
+        unshare --uts --mount --propagation private \
         bash "$TOOLS/libvirt-host.sh" "$host" "$dir" "${storage_args[@]}"
     eval "_check_libvirt_$host() { [ -S $dir/run/libvirt-sock ] &&
         virsh_host $host hostname >/dev/null 2>&1; }"
@@ -553,6 +564,21 @@ storage_kind() {
 # own, in the mount namespace of its libvirtd.
 on_gluster() {
     [ "$(storage_kind)" = gluster ] && [ "$1" != c3 ]
+}
+
+# skew_of HOST: the offset of HOST's clock (cloud.sh up --skew), or nothing.
+skew_of() {
+    cat "$STATE/skew-$1" 2>/dev/null || true
+}
+
+# host_clock HOST: the words that run a command on HOST's clock, one per
+# line (none for a host on the machine's clock).
+host_clock() {
+    local skew
+    skew=$(skew_of "$1")
+    [ -n "$skew" ] || return 0
+    printf '%s\n' env "LD_PRELOAD=$(bash "$GLUSTER" libfaketime)" \
+        "FAKETIME=$skew"
 }
 
 # The mount namespace of HOST's libvirtd, its client's mount in it.
@@ -614,14 +640,15 @@ start_scheduler() {
 }
 
 start_compute() {
-    local host=$1 enter=()
+    local host=$1 enter=() clock
     if on_gluster "$host"; then
         # Where the host's own client has the shared storage mounted.
         enter=(nsenter "--mount=$(host_namespace "$host")" --)
     fi
+    mapfile -t clock < <(host_clock "$host")
     # shellcheck disable=SC2046
-    start "nova-compute-$host" "${enter[@]}" "$VENV/bin/nova-compute" \
-        $(compute_conf_args "$host")
+    start "nova-compute-$host" "${enter[@]}" "${clock[@]}" \
+        "$VENV/bin/nova-compute" $(compute_conf_args "$host")
 }
 
 openstack_cli() {
@@ -713,19 +740,35 @@ EOF
 
 # --------------------------------------------------------------- commands
 
+# skew_arg HOST=OFFSET: fail unless HOST is a compute host and OFFSET a
+# relative libfaketime offset.
+skew_arg() {
+    compute_host_arg "${1%%=*}"
+    [[ $1 =~ ^c[0-9]+=[+-][0-9]+[smhd]?$ ]] ||
+        die "bad skew '$1': use HOST=OFFSET, such as c2=+10m or c2=-2h"
+}
+
 cmd_up() {
-    local storage=${SHELVE_ACCEL_STORAGE:-gluster}
+    local storage=${SHELVE_ACCEL_STORAGE:-gluster} skew
+    # shellcheck disable=SC2206
+    local skews=(${SHELVE_ACCEL_SKEW:-})
     while [ $# -gt 0 ]; do
         case $1 in
         --storage) storage=${2:-}; shift 2 || shift;;
         --storage=*) storage=${1#--storage=}; shift;;
-        *) die "unknown argument '$1' of up: use --storage local|gluster";;
+        --skew) skews+=("${2:-}"); shift 2 || shift;;
+        --skew=*) skews+=("${1#--skew=}"); shift;;
+        *) die "unknown argument '$1' of up: use --storage local|gluster" \
+            "and --skew HOST=OFFSET";;
         esac
     done
     case $storage in
     local|gluster) ;;
     *) die "unknown storage '$storage': use 'local' or 'gluster'";;
     esac
+    for skew in "${skews[@]}"; do
+        skew_arg "$skew"
+    done
     [ "$(id -u)" = 0 ] || die "run as root"
     if [ -f "$STATE/mode" ]; then
         die "a cloud is already set up in $STATE; run '$0 down' first"
@@ -736,6 +779,10 @@ cmd_up() {
     ensure_rabbitmq
     mkdir -p "$ETC" "$LOGS" "$RUN"
     echo "$storage" > "$STATE/storage-kind"
+    for skew in "${skews[@]}"; do
+        echo "${skew#*=}" > "$STATE/skew-${skew%%=*}"
+        say "clock of ${skew%%=*}: off by ${skew#*=} (libfaketime)"
+    done
     if [ "$storage" = gluster ]; then
         say "GlusterFS volume for g1's storage (state in $GLUSTER_STATE)"
         bash "$GLUSTER" up "$GLUSTER_STATE"
@@ -861,9 +908,13 @@ cmd_down() {
 
 cmd_status() {
     [ -d "$RUN" ] || { say "no cloud in $STATE"; return 0; }
-    local pidfile name
+    local pidfile name host skew
     say "mode: $(cat "$STATE/mode" 2>/dev/null || echo unknown)," \
         "storage: $(storage_kind)"
+    for host in "${COMPUTES[@]}"; do
+        skew=$(skew_of "$host")
+        [ -z "$skew" ] || say "clock of $host: off by $skew"
+    done
     for pidfile in "$RUN"/*.pid; do
         name=$(basename "$pidfile" .pid)
         if running "$name"; then
@@ -947,8 +998,8 @@ cmd_storage_remount() {
     # A dead client's mount point answers ENOTCONN to everything, even to
     # the "is it a mount point" test: lazily unmount whatever is there.
     "${enter[@]}" umount -l "$SHARED_INSTANCES" 2>/dev/null || true
-    "${enter[@]}" bash "$GLUSTER" mount "$GLUSTER_STATE" \
-        "$SHARED_INSTANCES" "$1"
+    CLIENT_SKEW=$(skew_of "$1") "${enter[@]}" bash "$GLUSTER" mount \
+        "$GLUSTER_STATE" "$SHARED_INSTANCES" "$1"
     say "g1's storage mounted again on $1 (pid" \
         "$(cat "$GLUSTER_STATE/client-$1.pid"))"
 }
@@ -958,18 +1009,26 @@ cmd_compute_alive() {
     running "nova-compute-$1"
 }
 
-case ${1:-} in
-up) cmd_up "${@:2}";;
-down) cmd_down;;
-mode) cmd_mode "${2:-}";;
-status) cmd_status;;
-compute-restart) cmd_compute_restart "${2:-}";;
-compute-alive) cmd_compute_alive "${2:-}";;
-storage-client-kill) cmd_storage_client_kill "${2:-}";;
-storage-remount) cmd_storage_remount "${2:-}";;
-*) printf 'usage: %s up [--storage local|gluster]|down|status\n%s\n%s\n%s\n' \
-        "$0" "       $0 mode plugin|fast-shelve|stock" \
-        "       $0 compute-restart HOST|compute-alive HOST" \
-        "       $0 storage-client-kill HOST|storage-remount HOST" >&2
-    exit 2;;
-esac
+# Read to its end before anything runs: editing this file while a command
+# of it runs must not change what that command does.
+main() {
+    case ${1:-} in
+    up) cmd_up "${@:2}";;
+    down) cmd_down;;
+    mode) cmd_mode "${2:-}";;
+    status) cmd_status;;
+    compute-restart) cmd_compute_restart "${2:-}";;
+    compute-alive) cmd_compute_alive "${2:-}";;
+    storage-client-kill) cmd_storage_client_kill "${2:-}";;
+    storage-remount) cmd_storage_remount "${2:-}";;
+    *) printf 'usage: %s up [--storage local|gluster] %s\n' "$0" \
+            "[--skew HOST=OFFSET]..." >&2
+        printf '       %s %s\n' "$0" "down|status" \
+            "$0" "mode plugin|fast-shelve|stock" \
+            "$0" "compute-restart HOST|compute-alive HOST" \
+            "$0" "storage-client-kill HOST|storage-remount HOST" >&2
+        exit 2;;
+    esac
+}
+
+main "$@"; exit

@@ -8,7 +8,9 @@
 # With GLUSTER_STATE, the host's own GlusterFS client mounts the volume on
 # INSTANCES in this namespace first (tools/gluster.sh): the host's
 # nova-compute, which cloud.sh starts in this namespace too, and its guests
-# see the shared storage through that client only.
+# see the shared storage through that client only. CLIENT_SKEW, if set,
+# is the offset of the host's clock, for its client (gluster.sh); libvirtd
+# does not get it.
 set -euo pipefail
 host=$1
 dir=$2
@@ -22,4 +24,5 @@ mount --bind "$dir/cache" /var/cache/libvirt
 mount --bind "$dir/log" /var/log/libvirt
 mount --bind "$dir/etc" /etc/libvirt
 virtlogd -d --pid-file "$dir/virtlogd.pid"
+unset CLIENT_SKEW
 exec libvirtd --pid-file "$dir/libvirtd.pid"
