@@ -30,13 +30,14 @@ does:
 It reads ``nova.conf`` as ``nova-manage`` does and needs the
 ``[api_database]`` connection. Exit codes: 0 success, 1 nothing found or
 invalid input, 2 error (a database or the storage could not be read, or a
-reclaim failed; the answer printed is incomplete).
+reclaim failed; the answer printed is incomplete), 255 a configuration file
+is missing or does not parse.
 """
 
 # Native threads, as Nova's own services default to; before anything else
 # is imported, and on one line so that the imports below still count as the
 # top of the module.
-from nova import monkey_patch; monkey_patch.patch(backend='threading')  # noqa
+from nova_shelve_accel import cmd; cmd.monkey_patch('threading')  # noqa
 
 import collections
 import dataclasses
@@ -68,7 +69,7 @@ accel_conf.register_opts(CONF)
 LOG = logging.getLogger(__name__)
 
 SUCCESS = 0
-NOT_FOUND = 1   # also invalid input: arguments or configuration
+NOT_FOUND = 1   # also invalid input: arguments, options' values
 ERROR = 2
 
 # What the system metadata says about a kept disk, shown by ``kept show``.
@@ -936,6 +937,10 @@ command_opt = cfg.SubCommandOpt('command', title='Commands',
 def parse_config(argv):
     """Read the command line and nova.conf as nova-manage does."""
     CONF.register_cli_opt(command_opt)
+    # Nova's parse_args would answer --version with Nova's version.
+    if '--version' in argv[1:]:
+        print(cmd.version())
+        raise SystemExit(0)
     # With the transport, as nova-manage: the cell mappings' transport URLs
     # are read against [DEFAULT] transport_url, and a reclaim is notified
     # on Nova's bus like one of the periodic pass.
@@ -961,8 +966,7 @@ def main(argv=None):
         # command reports as invalid input.
         return SUCCESS if not e.code else NOT_FOUND
     except cfg.Error as e:
-        print('Error: %s' % e, file=sys.stderr)
-        return NOT_FOUND
+        return cmd.config_error(e)
     setup_logging()
     objects.register_all()
     try:

@@ -28,7 +28,7 @@ says what each result means and what to do.
 
 # Done first, as in Nova's own commands (nova-status, nova-manage).
 # autopep8: off
-from nova import monkey_patch; monkey_patch.patch()  # noqa
+from nova_shelve_accel import cmd; cmd.monkey_patch('eventlet')  # noqa
 # autopep8: on
 
 import collections
@@ -55,6 +55,7 @@ from nova.scheduler import filters as nova_filters
 
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel.scheduler import filters as accel_filters
+from nova_shelve_accel.scheduler import weights as accel_weights
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 from nova_shelve_accel.virt import libvirt as accel_libvirt
@@ -75,6 +76,11 @@ DRIVER_SHIM = 'nova.virt.nova_shelve_accel'
 FILTER = accel_filters.HostAggregateGroupFilter
 FILTER_PATH = '%s.%s' % (FILTER.__module__, FILTER.__name__)
 NOVA_FILTERS = 'nova.scheduler.filters.all_filters'
+WEIGHER = accel_weights.ShelvedHeadroomWeigher
+WEIGHER_PATH = '%s.%s' % (WEIGHER.__module__, WEIGHER.__name__)
+NOVA_WEIGHERS = 'nova.scheduler.weights.all_weighers'
+# Options of the weigher only.
+WEIGHER_OPTIONS = ('headroom_weight_multiplier', 'headroom_refresh_interval')
 # The [shelve_accel] options nova-scheduler reads; nova-compute the others.
 SCHEDULER_OPTIONS = frozenset(['free_space_floor_percent',
                                'headroom_weight_multiplier',
@@ -186,6 +192,38 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
         return upgradecheck.Result(SUCCESS, (
             '%s is available and last in [filter_scheduler] '
             'enabled_filters.' % name))
+
+    @_rejected_value_fails
+    def _check_scheduler_weigher(self):
+        """Whether weight_classes keeps Nova's weighers beside ours."""
+        classes = CONF.filter_scheduler.weight_classes
+        if WEIGHER_PATH not in classes:
+            unused = [name for name in WEIGHER_OPTIONS
+                      if _set_by_operator(name, 'shelve_accel')]
+            if unused:
+                return upgradecheck.Result(WARNING, (
+                    'nova.conf sets [shelve_accel] %s, but %s is not in '
+                    '[filter_scheduler] weight_classes: the options have no '
+                    'effect. Add it to weight_classes, on the same line '
+                    'as %s, or remove the options.'
+                    % (', '.join(unused), WEIGHER.__name__, NOVA_WEIGHERS)))
+            return upgradecheck.Result(SUCCESS, (
+                '%s is not in [filter_scheduler] weight_classes (it is '
+                'optional).' % WEIGHER.__name__))
+        novas = [name for name in classes
+                 if name.startswith('nova.scheduler.weights.')]
+        if not novas:
+            return upgradecheck.Result(WARNING, (
+                '[filter_scheduler] weight_classes = %s has none of '
+                'Nova\'s weighers: nova-scheduler weighs hosts by the '
+                'storage groups\' headroom alone, without RAM, CPU, disk, '
+                'affinity or build failures. weight_classes is one list: '
+                'of two weight_classes lines the last one wins. Write one '
+                'line: weight_classes = %s,%s'
+                % (','.join(classes), NOVA_WEIGHERS, WEIGHER_PATH)))
+        return upgradecheck.Result(SUCCESS, (
+            '[filter_scheduler] weight_classes has %s beside %s.'
+            % (WEIGHER.__name__, ', '.join(novas))))
 
     @_rejected_value_fails
     def _check_shelve_accel_options(self):
@@ -378,6 +416,7 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
     _upgrade_checks = (
         ('Compute driver', _check_compute_driver),
         ('Scheduler filter', _check_scheduler_filter),
+        ('Scheduler weigher', _check_scheduler_weigher),
         ('[shelve_accel] options', _check_shelve_accel_options),
         ('Kept-disks directory', _check_kept_disks_directory),
         ('Kept disks', _check_kept_disks),
@@ -875,16 +914,20 @@ def main(argv=None):
     profiler = importutils.try_import('osprofiler.opts')
     if profiler:
         profiler.set_defaults(CONF)
+    argv = sys.argv[1:] if argv is None else argv
+    # oslo.upgradecheck has no --version.
+    if '--version' in argv:
+        print(cmd.version())
+        return SUCCESS
     try:
-        return upgradecheck.main(
-            CONF, project='nova', upgrade_command=UpgradeCommands(),
-            argv=sys.argv[1:] if argv is None else argv)
+        return upgradecheck.main(CONF, project='nova',
+                                 upgrade_command=UpgradeCommands(),
+                                 argv=argv)
     except cfg.Error as e:
         # A nova.conf that cannot be read is no result of the checks: exit
         # as oslo.upgradecheck does when a check breaks, not with 1 or 2,
         # which say warning or failure.
-        print('Error: %s' % e, file=sys.stderr)
-        return ERROR
+        return cmd.config_error(e)
     except SystemExit as e:
         # argparse, on a wrong command line, exits 2: "failure" here.
         if e.code == 2:

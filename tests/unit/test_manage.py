@@ -915,12 +915,14 @@ class TestConfiguration(ManageTestCase):
 
         self.assertIn('kept_disks_subdirectory', self.stderr.getvalue())
 
-    def test_a_missing_config_file_is_invalid_input(self):
+    def test_a_missing_config_file_is_no_answer(self):
         self.config_file = os.path.join(self.instances_path, 'nope.conf')
 
-        self.assertEqual(manage.NOT_FOUND, self.run_command('kept', 'list'))
+        self.assertEqual(255, self.run_command('kept', 'list'))
 
-        self.assertIn('nope.conf', self.stderr.getvalue())
+        self.assertIn('Error: cannot read the configuration: Failed to find '
+                      'some config files: %s' % self.config_file,
+                      self.stderr.getvalue())
 
     def test_an_unknown_command_is_invalid_input(self):
         self.assertEqual(manage.NOT_FOUND, self.run_command('kept', 'purge'))

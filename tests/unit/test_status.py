@@ -19,6 +19,7 @@ in the test's API database.
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -255,6 +256,54 @@ class TestSchedulerFilter(CheckTestMixin, test.NoDBTestCase):
                          available=[NOVA_FILTERS, status.FILTER_PATH, wrong])
         self.assertResult(self.cmd._check_scheduler_filter(), FAILURE,
                           'available_filters = %s does not load' % wrong)
+
+
+class TestSchedulerWeigher(CheckTestMixin, test.NoDBTestCase):
+
+    def test_novas_default_weighers_alone(self):
+        self.assertResult(self.cmd._check_scheduler_weigher(), SUCCESS,
+                          'not in [filter_scheduler] weight_classes')
+
+    def test_the_weigher_guides_snippet(self):
+        # The block an operator pastes, as the guide gives it.
+        path = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir,
+                            'doc', 'source', 'weigher.rst')
+        with open(path) as f:
+            guide = f.read()
+        lines = guide.split('.. code-block:: ini\n', 1)[1].splitlines()
+        block = itertools.takewhile(lambda line: not line[:1].strip(),
+                                    lines)
+        self.parse_nova_conf(textwrap.dedent('\n'.join(block)))
+        self.assertResult(self.cmd._check_scheduler_weigher(), SUCCESS,
+                          'ShelvedHeadroomWeigher beside %s'
+                          % status.NOVA_WEIGHERS)
+
+    def test_two_lines_lose_novas_weighers(self):
+        # A list option: the second line replaces the first.
+        self.parse_nova_conf("""
+            [filter_scheduler]
+            weight_classes = %s
+            weight_classes = %s
+            """ % (status.NOVA_WEIGHERS, status.WEIGHER_PATH))
+        self.assertResult(self.cmd._check_scheduler_weigher(), WARNING,
+                          "none of Nova's weighers", 'the last one wins',
+                          'weight_classes = %s,%s' % (status.NOVA_WEIGHERS,
+                                                      status.WEIGHER_PATH))
+
+    def test_novas_weighers_named_one_by_one(self):
+        self.flags(weight_classes=[
+            'nova.scheduler.weights.ram.RAMWeigher', status.WEIGHER_PATH],
+            group='filter_scheduler')
+        self.assertResult(self.cmd._check_scheduler_weigher(), SUCCESS,
+                          'nova.scheduler.weights.ram.RAMWeigher')
+
+    def test_weigher_options_without_the_weigher_warn(self):
+        self.parse_nova_conf("""
+            [shelve_accel]
+            headroom_weight_multiplier = 100.0
+            """)
+        self.assertResult(self.cmd._check_scheduler_weigher(), WARNING,
+                          'headroom_weight_multiplier', 'no effect')
 
 
 class TestShelveAccelOptions(CheckTestMixin, test.NoDBTestCase):
@@ -762,7 +811,7 @@ class TestMain(test.TestCase):
         self.assertEqual(0, self.main(self.nova_conf()))
         table = self.output.getvalue()
         self.assertIn('nova-shelve-accel Upgrade Check Results', table)
-        self.assertEqual(8, table.count('Result: Success'))
+        self.assertEqual(9, table.count('Result: Success'))
 
     def test_a_warning_exits_1(self):
         conf = self.nova_conf(extra='[image_cache]\nmanager_interval = -1')
@@ -777,7 +826,7 @@ class TestMain(test.TestCase):
         results = {c['check']: c['result'] for c in output['checks']}
         self.assertEqual(
             {'Compute driver': SUCCESS, 'Scheduler filter': FAILURE,
-             '[shelve_accel] options': SUCCESS,
+             'Scheduler weigher': SUCCESS, '[shelve_accel] options': SUCCESS,
              'Kept-disks directory': SUCCESS, 'Kept disks': SUCCESS,
              'Image cache pass': SUCCESS,
              'Storage groups': SUCCESS, 'Storage sharing': SUCCESS}, results)
@@ -795,8 +844,9 @@ class TestMain(test.TestCase):
         self.assertEqual(255, status.main(
             ['--config-file', missing] + args[2:] + ['upgrade', 'check']))
         self.assertEqual('', self.output.getvalue())
-        self.assertIn('Error: Failed to find some config files: %s'
-                      % missing, self.errors.getvalue())
+        self.assertIn('Error: cannot read the configuration: Failed to find '
+                      'some config files: %s' % missing,
+                      self.errors.getvalue())
 
     def test_wrong_command_line_is_an_error_not_a_failure(self):
         # argparse exits 2 on its own; 2 would say "a check failed".
