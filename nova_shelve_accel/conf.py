@@ -67,7 +67,10 @@ A root disk is kept at shelve-offload only while the filesystem holding
 ``[DEFAULT] instances_path`` has at least this percentage of its size free;
 below it the offload deletes the disk as stock Nova does. The scheduler
 filter ``HostAggregateGroupFilter`` uses the same floor: a host whose
-reported free disk is below it is not preferred for reusing a kept disk.
+storage has less free is not preferred for reusing a kept disk. The filter
+reads the free share the host's driver measured on the filesystem at its
+last resource update (``[DEFAULT] update_resources_interval``), and Nova's
+free disk figure for a host that does not run the plugin's driver.
 
 Set it to 0 to keep disks until the storage is full (not recommended: a full
 instance storage fails every spawn on it).
@@ -127,7 +130,7 @@ Related options:
 
 * ``snapshot_upload_delay``
 * ``max_concurrent_snapshot_uploads``
-* ``snapshot_upload_max_mbps``
+* ``snapshot_upload_max_mib_per_second``
 * ``[service_user] send_service_user_token`` and its credentials
 """),
     cfg.IntOpt(
@@ -135,8 +138,10 @@ Related options:
         default=0,
         min=0,
         help="""
-Seconds to wait after the offload before uploading the kept disk
-(``snapshot_upload = after_offload``).
+Seconds to wait, from the moment the root disk is kept (during the
+offload), before uploading it (``snapshot_upload = after_offload``).
+Another host of the storage group that takes the upload over waits as long
+from the moment it first sees the kept disk.
 
 An instance unshelved within this time on its storage group never uploads
 anything: its queued image is deleted by Nova after the unshelve. A longer
@@ -152,13 +157,19 @@ How many kept disks this host converts and uploads to Glance at the same
 time (``snapshot_upload = after_offload``). The others wait in line.
 """),
     cfg.IntOpt(
-        'snapshot_upload_max_mbps',
+        'snapshot_upload_max_mib_per_second',
         default=0,
         min=0,
+        deprecated_name='snapshot_upload_max_mbps',
+        deprecated_group='shelve_accel',
         help="""
-Upper bound, in megabytes per second, of each background snapshot upload
-(``snapshot_upload = after_offload``); 0 means no bound. Use it when the
-uploads slow down the guests or the unshelves on the host.
+Upper bound, in MiB (2^20 bytes) per second, of the data each background
+snapshot upload sends to Glance (``snapshot_upload = after_offload``); 0
+means no bound. Use it when the uploads slow down the guests or the
+unshelves on the host.
+
+Formerly ``snapshot_upload_max_mbps``, the same unit despite its name (not
+megabits); the old name still works.
 """),
     cfg.IntOpt(
         'max_kept_age',
@@ -168,11 +179,14 @@ uploads slow down the guests or the unshelves on the host.
 Age, in seconds, after which a kept root disk is evicted; 0 (the default)
 keeps it until the instance is unshelved or deleted.
 
-Checked at every image cache pass (``[image_cache] manager_interval``). Only
-disks whose snapshot is ``active`` in Glance are evicted: the instance's
-next unshelve downloads that snapshot, as stock Nova does. A disk whose
-snapshot is still being uploaded (``snapshot_upload = after_offload``) is
-the instance's only copy and is never evicted.
+Checked at every image cache pass (``[image_cache] manager_interval``),
+against the ``kept_at`` time the keeping host wrote (keep the hosts' clocks
+in step). Only disks whose snapshot is ``active`` in Glance are evicted: the
+instance's next unshelve downloads that snapshot, as stock Nova does. A disk
+whose snapshot is still being uploaded (``snapshot_upload =
+after_offload``) is the instance's only copy and is never evicted. The
+periodic pass asks Glance with the ``[service_user]`` credentials: without
+them, with Keystone, no disk is evicted.
 
 Related options:
 
@@ -190,8 +204,10 @@ When the free share of the filesystem holding ``[DEFAULT] instances_path``
 falls below ``free_space_floor_percent`` plus this margin, the host evicts
 the oldest kept disks whose snapshot is ``active`` in Glance, one at a time,
 until the free share is above that level again or no such disk is left.
-Checked at every resource update (``[DEFAULT] update_resources_interval``).
-Never a disk whose snapshot is still being uploaded.
+Checked at most once a minute, at the resource update
+(``[DEFAULT] update_resources_interval``). Never a disk whose snapshot is
+still being uploaded. Asks Glance with the ``[service_user]`` credentials,
+as ``max_kept_age`` does.
 
 Related options:
 

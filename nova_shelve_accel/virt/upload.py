@@ -452,7 +452,7 @@ class SnapshotUploader:
                         context, image['id'], metadata,
                         _CheckedReader(data, lambda: (touch(), check()),
                                        CONF.shelve_accel
-                                       .snapshot_upload_max_mbps))
+                                       .snapshot_upload_max_mib_per_second))
         duration = time.monotonic() - started
         LOG.info('Uploaded the root disk into snapshot %s: %.1f MiB in '
                  '%.1f s.', image['id'], size / units.Mi, duration,

@@ -31,7 +31,7 @@ CONFIG_REFERENCE = os.path.join(REPO, 'doc', 'source', 'configuration.rst')
 OPTION_NAMES = {'partial_offload', 'free_space_floor_percent',
                 'kept_disks_subdirectory', 'snapshot_upload',
                 'snapshot_upload_delay', 'max_concurrent_snapshot_uploads',
-                'snapshot_upload_max_mbps', 'max_kept_age',
+                'snapshot_upload_max_mib_per_second', 'max_kept_age',
                 'eviction_margin_percent', 'headroom_weight_multiplier',
                 'headroom_refresh_interval'}
 
@@ -67,6 +67,16 @@ class TestOptions(testtools.TestCase):
         self.assertEqual('_shelve_kept', group.kept_disks_subdirectory)
         self.assertEqual(0, group.max_kept_age)
         self.assertEqual(5, group.eviction_margin_percent)
+
+    def test_the_rate_options_old_name_still_sets_it(self):
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            'nova.conf')
+        with open(path, 'w') as f:
+            f.write('[shelve_accel]\nsnapshot_upload_max_mbps = 7\n')
+        self.conf(['--config-file', path], project='nova',
+                  default_config_files=[], default_config_dirs=[])
+        self.assertEqual(
+            7, self.conf.shelve_accel.snapshot_upload_max_mib_per_second)
 
     def test_floor_is_a_percentage(self):
         for bad in (-1, 101):

@@ -1093,7 +1093,8 @@ class TestCheckedReader(test.NoDBTestCase):
 class TestUploadRate(UploadTestCase):
 
     def test_the_configured_rate_bounds_the_upload(self):
-        self.flags(snapshot_upload_max_mbps=2, group='shelve_accel')
+        self.flags(snapshot_upload_max_mib_per_second=2,
+                   group='shelve_accel')
         self.keep_pending()
         # The clock never moves: every byte read is ahead of the rate.
         clock = FakeClock(0.0)
