@@ -696,7 +696,8 @@ def _notify_reclaimed(instance, instance_uuid, snapshot_id, reason,
     notifications.notify(
         'shelve_accel.disk.reclaimed', instance_uuid,
         project_id=instance.project_id if instance else None,
-        snapshot_id=snapshot_id, reason=reason, disk_bytes=disk_bytes)
+        snapshot_id=snapshot_id, reason=reason, disk_bytes=disk_bytes,
+        by_command=False)
 
 
 def _pending_for(instance, snapshot_id):

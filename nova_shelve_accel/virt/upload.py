@@ -271,7 +271,8 @@ class SnapshotUploader:
                       instance_uuid, instance_uuid=instance_uuid)
             notifications.notify(
                 'shelve_accel.snapshot_upload.lost', instance_uuid,
-                context=context, snapshot_id=snapshot_id, reason=str(e))
+                context=context, project_id=self._project_of(instance_uuid),
+                snapshot_id=snapshot_id, reason=str(e))
         except UploadAbandoned as e:
             self._retries.pop(key, None)
             LOG.info('Stopped uploading the kept root disk into snapshot %s: '
@@ -279,7 +280,8 @@ class SnapshotUploader:
                      instance_uuid=instance_uuid)
             notifications.notify(
                 'shelve_accel.snapshot_upload.abandoned', instance_uuid,
-                context=context, snapshot_id=snapshot_id, reason=str(e))
+                context=context, project_id=self._project_of(instance_uuid),
+                snapshot_id=snapshot_id, reason=str(e))
         except Exception as e:
             failures = self._retries.get(key, (0, 0))[1] + 1
             wait = min(RETRY_FIRST_SECONDS * 2 ** (failures - 1),
@@ -294,13 +296,22 @@ class SnapshotUploader:
                       exc_info=not isinstance(e, UploadFailed))
             notifications.notify(
                 'shelve_accel.snapshot_upload.error', instance_uuid,
-                context=context, snapshot_id=snapshot_id, reason=str(e),
+                context=context, project_id=self._project_of(instance_uuid),
+                snapshot_id=snapshot_id, reason=str(e),
                 attempt=failures, retry_in_s=wait,
                 duration_s=round(time.monotonic() - (
                     started or time.monotonic()), 3))
         finally:
             with self._lock:
                 self._active.discard(key)
+
+    def _project_of(self, instance_uuid):
+        """The instance's project, for a notification; None if unknown."""
+        try:
+            instance = self._find_instance(instance_uuid)
+        except Exception:
+            return None     # the database is what failed, maybe
+        return instance.project_id if instance else None
 
     def upload_pending(self, context, instance_uuid, snapshot_id,
                        at_start=False):
@@ -435,7 +446,7 @@ class SnapshotUploader:
             'shelve_accel.snapshot_upload.start', instance.uuid,
             context=context, project_id=instance.project_id,
             snapshot_id=image['id'], path=disk,
-            disk_bytes=os.path.getsize(disk), image_format=image_format)
+            disk_file_bytes=os.path.getsize(disk), image_format=image_format)
         with self._scratch_directory() as scratch:
             copy = os.path.join(scratch, image['id'])
             convert_for_snapshot(disk, disk_format, copy, image_format,

@@ -25,6 +25,11 @@ import fixtures
 from tests.e2e import cloud
 
 
+def data_of(message):
+    """The fields of a message's payload (Nova's versioned envelope)."""
+    return message['payload']['nova_object.data']
+
+
 class NotificationListener(fixtures.Fixture):
     """nova-shelve-accel's notifications, read from the cloud's RabbitMQ.
 
@@ -71,7 +76,7 @@ class NotificationListener(fixtures.Fixture):
         with open(self._out) as f:
             messages = [json.loads(line) for line in f if line.strip()]
         return [m for m in messages if m['event_type'] == event_type and
-                m['payload'].get('instance_uuid') == instance_uuid]
+                data_of(m).get('instance_uuid') == instance_uuid]
 
     def wait_for(self, event_type, instance_uuid, timeout=60):
         """The first such message, waiting for it if needed."""

@@ -103,11 +103,11 @@ class ShelveUnshelveTest(testtools.TestCase):
         kept = self.notifications.wait_for('shelve_accel.disk.kept',
                                            server_id)
         self.assertEqual('shelve_accel.c1', kept['publisher_id'])
-        self.assertEqual(snapshot_id, kept['payload']['snapshot_id'])
-        self.assertEqual(['g1'], kept['payload']['storage_groups'])
+        self.assertEqual(snapshot_id, listener.data_of(kept)['snapshot_id'])
+        self.assertEqual(['g1'], listener.data_of(kept)['storage_groups'])
         reused = self.notifications.wait_for('shelve_accel.disk.reused',
                                              server_id)
-        self.assertEqual(cloud.host_of(srv), reused['payload']['host'])
+        self.assertEqual(cloud.host_of(srv), listener.data_of(reused)['host'])
         self.assertEqual([], self.notifications.events(
             'shelve_accel.unshelve.fallback', server_id))
 
@@ -140,15 +140,15 @@ class ShelveUnshelveTest(testtools.TestCase):
         scheduled = self.notifications.wait_for(
             'shelve_accel.scheduler.fallback', server_id)
         self.assertEqual('none of them is left by the other filters',
-                         scheduled['payload']['reason'])
+                         listener.data_of(scheduled)['reason'])
         fallback = self.notifications.wait_for(
             'shelve_accel.unshelve.fallback', server_id)
         self.assertEqual('shelve_accel.c3', fallback['publisher_id'])
         self.assertIn('no kept root disk for snapshot %s' % snapshot_id,
-                      fallback['payload']['reason'])
+                      listener.data_of(fallback)['reason'])
         reclaimed = self.notifications.wait_for(
             'shelve_accel.disk.reclaimed', server_id)
-        self.assertIn(reclaimed['payload']['host'], cloud.GROUP_HOSTS)
+        self.assertIn(listener.data_of(reclaimed)['host'], cloud.GROUP_HOSTS)
 
     def test_stock_mode_keeps_nothing_and_downloads(self):
         cloud.set_mode('stock')

@@ -55,6 +55,7 @@ from nova.virt.libvirt import utils as libvirt_utils
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import notifications
 from nova_shelve_accel.virt import upload
+from tests import notification_samples as samples
 
 CONF = cfg.CONF
 accel_conf.register_opts(CONF)
@@ -263,6 +264,7 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
         # in-memory driver; ours go there through a real Notifier.
         notify_test_driver.reset()
         notifications.forget_storage_groups()
+        self.useFixture(samples.SentLikeTheSamples(self))
         self._fake_host_environment()
         self._glance_keeps_image_data()
         self.downloads = self._count_image_downloads()
@@ -555,11 +557,9 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
     @staticmethod
     def events(event_type, instance_uuid=None):
         """Payloads of our notifications of that type, oldest first."""
-        return [message['payload'] for _ctxt, message, _priority, _retry
-                in notify_test_driver.NOTIFICATIONS
-                if message['event_type'] == event_type and (
-                    instance_uuid is None or
-                    message['payload']['instance_uuid'] == instance_uuid)]
+        return [data for data in map(samples.data_of,
+                                     samples.sent(event_type))
+                if instance_uuid in (None, data['instance_uuid'])]
 
     @staticmethod
     def host_of(server):

@@ -25,6 +25,7 @@ from nova.compute import vm_states
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 from nova_shelve_accel.virt import eviction
+from tests import notification_samples as samples
 from tests.unit import disks
 from tests.unit import test_libvirt_driver as driver_tests
 
@@ -90,8 +91,8 @@ class EvictionTestCase(driver_tests.DriverTestCase):
         return sorted(r.instance_uuid for r in self.store.list_kept())
 
     def evicted_events(self):
-        return [m['payload'] for _c, m, _p, _r in test_driver.NOTIFICATIONS
-                if m['event_type'] == 'shelve_accel.disk.evicted']
+        return [samples.data_of(m)
+                for m in samples.sent('shelve_accel.disk.evicted')]
 
 
 class TestEvictionUnderPressure(EvictionTestCase):

@@ -41,6 +41,7 @@ from nova_shelve_accel.cmd import manage
 from nova_shelve_accel.cmd import snapshots
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from tests import notification_samples as samples
 from tests.unit import disks
 from tests.unit import test_libvirt_driver as driver_tests
 
@@ -650,14 +651,13 @@ class TestKeptReclaim(ManageTestCase):
 
         self.run_json('kept', 'reclaim', '--apply')
 
-        sent = {m['payload']['instance_uuid']: m for _c, m, _p, _r
-                in test_driver.NOTIFICATIONS
-                if m['event_type'] == 'shelve_accel.disk.reclaimed'}
+        sent = {samples.data_of(m)['instance_uuid']: samples.data_of(m)
+                for m in samples.sent('shelve_accel.disk.reclaimed')}
         self.assertEqual(sorted(cases[n].instance_uuid
                                 for n in self.UNNEEDED), sorted(sent))
-        for message in sent.values():
-            self.assertTrue(message['payload']['by_command'])
-            self.assertTrue(message['payload']['reason'])
+        for data in sent.values():
+            self.assertTrue(data['by_command'])
+            self.assertTrue(data['reason'])
 
     def test_a_dry_run_notifies_nothing(self):
         self.make_every_case()
