@@ -898,6 +898,11 @@ class KeptDiskStore:
             return None
         with os.fdopen(fd, 'w') as f:
             f.write(holder)
+        if leases:
+            LOG.info('Took over the upload lease in %s (generation %d): '
+                     'its holder left it untouched for longer than %d s, '
+                     'or it was this host\'s own before a restart.',
+                     directory, generation, UPLOAD_LEASE_SECONDS)
         # What stood before is a lost lease (a planted link or directory
         # too): removed without being followed.
         for _generation, old in leases:

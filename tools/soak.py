@@ -42,6 +42,7 @@ alone, while c1 and c2 are disabled, and the others wait for it.
 """
 
 import argparse
+import collections
 import contextlib
 import os
 import statistics
@@ -62,6 +63,9 @@ FALLBACK_EVERY = 7
 TARGETS = (None, 'c2', 'c1')
 # The image cache passes reclaim kept disks of deleted servers.
 MIN_SETTLE_SECONDS = 45
+# What a host logs when it takes over an upload lease: in a soak, where no
+# host dies, only a lease taken from a live holder.
+LEASE_TAKEN = 'Took over the upload lease'
 
 
 def log(message):
@@ -340,6 +344,8 @@ def main():
     started = time.monotonic()
     in_flight_before = invariants.in_flight_entries()
     glance = cloud.GlanceDataCounter()
+    logs_from = {host: os.path.getsize(cloud.compute_log(host))
+                 for host in cloud.GROUP_HOSTS}
     with tempfile.TemporaryDirectory(prefix='soak-') as workdir:
         soak = Soak(workdir, args.servers)
         left = {}
@@ -362,6 +368,20 @@ def main():
 
     snapshot_downloads = [image for image, _sent in glance.downloads()
                           if image in soak.snapshot_ids]
+    # A host that took over another's live upload lease makes the holder
+    # stop (LeaseLost) and upload the snapshot a second time.
+    stored = collections.Counter(image for image, status in glance.uploads()
+                                 if image in soak.snapshot_ids and
+                                 status == 204)
+    twice = sorted(image for image, n in stored.items() if n > 1)
+    if twice:
+        soak.fail('snapshots stored more than once: %s' % ' '.join(twice))
+    taken = [line for host in cloud.GROUP_HOSTS
+             for line in cloud.compute_log_lines(host, LEASE_TAKEN,
+                                                 logs_from[host])]
+    if taken:
+        soak.fail('upload leases taken over, where no host died: %s'
+                  % taken[0])
     reuses = len(soak.unshelve_times['reuse'])
     fallbacks = len(soak.unshelve_times['download'])
     print('cycles:            %d on %d servers, %d at a time, mode %s'
@@ -372,6 +392,9 @@ def main():
     print('unshelves:         %d in-group reuses, %d fallbacks (Glance '
           'sent %d shelve snapshots)' % (reuses, fallbacks,
                                          len(snapshot_downloads)))
+    print('uploads:           %d snapshots stored, %d more than once; '
+          '%d upload leases taken over' % (len(stored), len(twice),
+                                           len(taken)))
     print('median shelve:     %s' % median(soak.shelve_times))
     print('median unshelve:   %s (reuse %s, fallback %s)' % (
         median(soak.unshelve_times['reuse'] +

@@ -237,11 +237,20 @@ def _cloud_sh(*args):
             ' '.join(args), (proc.stdout + proc.stderr).strip()))
 
 
+def compute_log(host):
+    return os.path.join(STATE, 'logs', 'nova-compute-%s.log' % host)
+
+
+def compute_log_lines(host, text, offset=0):
+    """Lines with text in the log of host's nova-compute, from offset."""
+    with open(compute_log(host), 'rb') as f:
+        f.seek(offset)
+        return [line for line in f.read().decode(errors='replace')
+                .splitlines() if text in line]
+
+
 def compute_log_has(host, text):
-    """Whether the log of host's nova-compute has a line with text."""
-    with open(os.path.join(STATE, 'logs', 'nova-compute-%s.log' % host),
-              errors='replace') as f:
-        return any(text in line for line in f)
+    return bool(compute_log_lines(host, text))
 
 
 def compute_pid(host):

@@ -572,6 +572,7 @@ class Matrix:
         """c1 dies in its upload and stays down until c2 finished it."""
         self._restart('c1', crash_at=TAKEOVER_CUT)
         self._glance = cloud.GlanceDataCounter()
+        log_from = os.path.getsize(cloud.compute_log('c2'))
         cloud.openstack('server', 'shelve', server['id'], parse=False)
         dead = self._await_death(['c1'], UPLOAD_CRASH_WAIT)
         self._record_crash(row, dead)
@@ -589,8 +590,10 @@ class Matrix:
             except cloud.CloudError:
                 active = False
             after = time.monotonic() - died
-            by_c2 = cloud.compute_log_has(
-                'c2', 'Uploaded the root disk into snapshot %s' % images[0])
+            by_c2 = all(cloud.compute_log_lines('c2', text, log_from)
+                        for text in ('Took over the upload lease',
+                                     'Uploaded the root disk into snapshot '
+                                     '%s' % images[0]))
             row.check('taken over',
                       active and by_c2 and
                       after >= storage.UPLOAD_LEASE_SECONDS,

@@ -1418,6 +1418,16 @@ class TestUploadLease(StoreTestCase):
         # The stale lease is gone, not left beside the new one.
         self.assertEqual([storage.UPLOAD_LEASE + '.2'], self.leases())
 
+    def test_a_takeover_is_logged_and_a_first_lease_is_not(self):
+        logged = self.useFixture(fixtures.FakeLogger(
+            name='nova_shelve_accel.storage'))
+        self.take()
+        self.assertNotIn('Took over', logged.output)
+        self.make_stale(self.other)
+        self.take(self.other)
+        self.assertIn('Took over the upload lease in %s (generation 2)'
+                      % self.kept_dir, logged.output)
+
     def test_two_hosts_taking_over_the_same_lease_cannot_both_win(self):
         # Both judged the lease abandoned. The second used to rename away
         # the fresh lease the first had just created, and both uploaded.
