@@ -234,6 +234,8 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
         problems = _option_problems(options)
         if options.snapshot_upload == 'after_offload':
             problems.extend(_fast_shelve_problems(options))
+        else:
+            problems.extend(_eviction_problems(options))
         return _result(problems, (
             'The [shelve_accel] options agree with each other and with '
             'Nova\'s: partial_offload = %s, snapshot_upload = %s, '
@@ -632,9 +634,25 @@ def _fast_shelve_problems(options):
             'host of the storage, sends no token, which only a Glance '
             'without Keystone accepts, and the kept disk stays the only '
             'copy until an upload succeeds. Set the [service_user] '
-            'credentials of the nova service user (README, "Fast '
-            'shelve").' % why)))
+            'credentials of the nova service user (see the fast shelve '
+            'guide, "Enabling it").' % why)))
     return problems
+
+
+def _eviction_problems(options):
+    """Eviction asks Glance with the [service_user] credentials."""
+    evicts = options.eviction_margin_percent or options.max_kept_age
+    why = options.partial_offload and evicts and _service_user_unusable()
+    if not why:
+        return []
+    return [(WARNING, (
+        'Kept disks are evicted (eviction_margin_percent = %d, max_kept_age '
+        '= %d), but %s: eviction asks Glance whether a disk\'s snapshot is '
+        'active with those credentials, and with Keystone, without them, '
+        'no kept disk is ever evicted and the storage can fill up to the '
+        'free-space floor. Set the [service_user] credentials of the nova '
+        'service user (see the administration guide, "Eviction").'
+        % (options.eviction_margin_percent, options.max_kept_age, why)))]
 
 
 def _service_user_unusable():

@@ -315,9 +315,21 @@ class TestShelveAccelOptions(CheckTestMixin, test.NoDBTestCase):
     def check(self):
         return self.cmd._check_shelve_accel_options()
 
-    def test_defaults_are_consistent(self):
+    def test_defaults_with_service_user_credentials_are_consistent(self):
+        self.flags(auth_type='none', group='service_user')
         self.assertResult(self.check(), SUCCESS, 'partial_offload = True',
                           'snapshot_upload = at_shelve')
+
+    def test_eviction_without_service_user_credentials_warns(self):
+        # Space eviction is on by default.
+        self.assertResult(self.check(), WARNING,
+                          'eviction_margin_percent = 5, max_kept_age = 0',
+                          '[service_user] has no credentials',
+                          'no kept disk is ever evicted')
+
+    def test_without_eviction_no_credentials_are_needed(self):
+        self.flags(eviction_margin_percent=0, group='shelve_accel')
+        self.assertResult(self.check(), SUCCESS)
 
     def test_kept_disks_in_the_image_cache_directory_fails(self):
         self.flags(kept_disks_subdirectory='_base', group='shelve_accel')
@@ -803,6 +815,8 @@ class TestMain(test.TestCase):
             available_filters = %s
             available_filters = %s
             enabled_filters = %s
+            [service_user]
+            auth_type = none
             """) % (status.PLUGIN_DRIVER, self.instances_path, NOVA_FILTERS,
                     status.FILTER_PATH, enabled_filters)
         return common + textwrap.dedent(extra)
