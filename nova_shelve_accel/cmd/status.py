@@ -129,6 +129,16 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
                     'nova-shelve-accel with the pip of the Python '
                     'environment Nova runs from (not --user, not another '
                     'virtualenv).' % (driver, DRIVER_SHIM)))
+            try:
+                # What nova-compute does with compute_driver.
+                importutils.import_class('nova.virt.%s' % driver)
+            except Exception as e:
+                return upgradecheck.Result(FAILURE, (
+                    '[DEFAULT] compute_driver = %s, but nova-compute cannot '
+                    'load nova.virt.%s: %s. Install nova-shelve-accel '
+                    'again with the pip of the Python environment Nova runs '
+                    'from, then run this check with that Python\'s '
+                    'nova-shelve-accel-status.' % (driver, driver, e)))
             return upgradecheck.Result(SUCCESS, (
                 '[DEFAULT] compute_driver = %s: nova-compute on this host '
                 'runs the plugin; the checks of its options, kept-disks '

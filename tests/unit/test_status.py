@@ -143,6 +143,14 @@ class TestComputeDriver(CheckTestMixin, test.NoDBTestCase):
         self.assertResult(self.cmd._check_compute_driver(), FAILURE,
                           status.DRIVER_SHIM, 'does not start')
 
+    def test_plugin_driver_nova_cannot_load_fails(self):
+        # The shim is there, but what it names does not import (a package
+        # of another version, or in another Python environment).
+        self.use_plugin_driver()
+        self.hide_module(status.DRIVER_SHIM + '.virt.libvirt')
+        self.assertResult(self.cmd._check_compute_driver(), FAILURE,
+                          'cannot load nova.virt.%s' % status.PLUGIN_DRIVER)
+
     def hide_module(self, name):
         # None in sys.modules is how Python says a module is not there.
         previous = sys.modules.get(name)
