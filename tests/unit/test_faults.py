@@ -121,3 +121,22 @@ class TestCutPoints(testtools.TestCase):
                           'release.pruned',
                           'reclaim.trashed'], reached)
         self.assertEqual([], os.listdir(store.path))
+
+
+class TestFaultMatrixConstants(testtools.TestCase):
+    """What the fault matrix, run without the plugin's dependencies, copies.
+
+    tools/fault_matrix.py imports tests.e2e.matrix with the system's
+    Python, which cannot import the storage module.
+    """
+
+    def test_the_matrix_waits_for_the_real_lease_lifetime(self):
+        from nova_shelve_accel import storage
+        from tests.e2e import matrix
+        self.assertEqual(storage.UPLOAD_LEASE_SECONDS,
+                         matrix.UPLOAD_LEASE_SECONDS)
+
+    def test_every_row_has_a_scenario(self):
+        from tests.e2e import matrix
+        for row in matrix.ROWS:
+            self.assertIsNotNone(matrix.scenario(row), row)
