@@ -53,3 +53,15 @@ def config_error(error):
 def version():
     """The plugin's version (not Nova's)."""
     return pbr.version.VersionInfo('nova-shelve-accel').version_string()
+
+
+def printed_version(args):
+    """Print the plugin's version if the arguments ask for it; whether so.
+
+    Nova's parser would answer --version with Nova's version, and
+    oslo.upgradecheck's has no --version at all.
+    """
+    if '--version' not in args:
+        return False
+    print(version())
+    return True

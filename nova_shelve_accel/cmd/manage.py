@@ -937,9 +937,7 @@ command_opt = cfg.SubCommandOpt('command', title='Commands',
 def parse_config(argv):
     """Read the command line and nova.conf as nova-manage does."""
     CONF.register_cli_opt(command_opt)
-    # Nova's parse_args would answer --version with Nova's version.
-    if '--version' in argv[1:]:
-        print(cmd.version())
+    if cmd.printed_version(argv[1:]):
         raise SystemExit(0)
     # With the transport, as nova-manage: the cell mappings' transport URLs
     # are read against [DEFAULT] transport_url, and a reclaim is notified

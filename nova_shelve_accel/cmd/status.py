@@ -943,9 +943,7 @@ def main(argv=None):
     if profiler:
         profiler.set_defaults(CONF)
     argv = sys.argv[1:] if argv is None else argv
-    # oslo.upgradecheck has no --version.
-    if '--version' in argv:
-        print(cmd.version())
+    if cmd.printed_version(argv):
         return SUCCESS
     try:
         return upgradecheck.main(CONF, project='nova',
