@@ -344,7 +344,7 @@ def main():
     started = time.monotonic()
     in_flight_before = invariants.in_flight_entries()
     glance = cloud.GlanceDataCounter()
-    logs_from = {host: os.path.getsize(cloud.compute_log(host))
+    logs_from = {host: cloud.compute_log_end(host)
                  for host in cloud.GROUP_HOSTS}
     with tempfile.TemporaryDirectory(prefix='soak-') as workdir:
         soak = Soak(workdir, args.servers)

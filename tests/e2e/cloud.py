@@ -241,16 +241,17 @@ def compute_log(host):
     return os.path.join(STATE, 'logs', 'nova-compute-%s.log' % host)
 
 
+def compute_log_end(host):
+    """The size of host's nova-compute log: where to read new lines from."""
+    return os.path.getsize(compute_log(host))
+
+
 def compute_log_lines(host, text, offset=0):
     """Lines with text in the log of host's nova-compute, from offset."""
     with open(compute_log(host), 'rb') as f:
         f.seek(offset)
         return [line for line in f.read().decode(errors='replace')
                 .splitlines() if text in line]
-
-
-def compute_log_has(host, text):
-    return bool(compute_log_lines(host, text))
 
 
 def compute_pid(host):

@@ -575,7 +575,7 @@ class Matrix:
         """c1 dies in its upload and stays down until c2 finished it."""
         self._restart('c1', crash_at=TAKEOVER_CUT)
         self._glance = cloud.GlanceDataCounter()
-        log_from = os.path.getsize(cloud.compute_log('c2'))
+        log_from = cloud.compute_log_end('c2')
         cloud.openstack('server', 'shelve', server['id'], parse=False)
         dead = self._await_death(['c1'], UPLOAD_CRASH_WAIT)
         self._record_crash(row, dead)
