@@ -66,6 +66,8 @@ MIN_SETTLE_SECONDS = 45
 # What a host logs when it takes over an upload lease: in a soak, where no
 # host dies, only a lease taken from a live holder.
 LEASE_TAKEN = 'Took over the upload lease'
+# Failures after which the stacks of every nova-compute are written down.
+STACK_DUMPS = 3
 
 
 def log(message):
@@ -132,6 +134,21 @@ class Soak:
     def fail(self, message):
         log('FAILURE: %s' % message)
         self.failures.append(message)
+        if len(self.failures) <= STACK_DUMPS:
+            self._dump_stacks(len(self.failures))
+
+    def _dump_stacks(self, number):
+        """What each nova-compute is doing when failure number is seen.
+
+        A cycle fails on a timeout long after the service stopped; its
+        threads' stacks are what says where it stopped.
+        """
+        for host in cloud.COMPUTES:
+            path = os.path.join(cloud.STATE, 'logs',
+                                'soak-failure-%d-%s.stacks' % (number, host))
+            problem = cloud.dump_compute_stacks(host, path)
+            log('  stacks of nova-compute on %s: %s' % (
+                host, path if problem is None else 'none (%s)' % problem))
 
     # -- set-up -------------------------------------------------------------
 

@@ -264,6 +264,33 @@ def compute_pid(host):
         return None
 
 
+def dump_compute_stacks(host, path):
+    """Write the stacks of every thread of host's nova-compute to path.
+
+    What a service that stopped working waits on, read from outside it by
+    py-spy (installed in the cloud's virtualenv), C frames included when
+    py-spy can unwind them. Returns None, or why there is no dump.
+    """
+    pid = compute_pid(host)
+    if pid is None:
+        return 'no nova-compute recorded for %s' % host
+    py_spy = os.path.join(VENV, 'bin', 'py-spy')
+    for native in (['--native'], []):
+        try:
+            proc = subprocess.run(
+                [py_spy, 'dump', *native, '--pid', str(pid)],
+                capture_output=True, text=True)
+        except OSError as e:
+            return 'cannot run %s: %s' % (py_spy, e.strerror)
+        if proc.returncode == 0:
+            break
+    with open(path, 'w') as f:
+        f.write(proc.stdout + proc.stderr)
+    if proc.returncode:
+        return (proc.stderr.strip() or 'py-spy failed').splitlines()[0]
+    return None
+
+
 def host_command(host, command, *args, extra_conf=None):
     """Run a command of the plugin as on host: (exit code, stdout, stderr).
 

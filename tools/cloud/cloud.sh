@@ -117,9 +117,10 @@ APT_PACKAGES=(libvirt-daemon-system libvirt-daemon-driver-qemu
               qemu-utils libvirt-dev pkg-config python3-venv python3-dev
               gcc mariadb-server mariadb-client rabbitmq-server curl
               faketime)
+# py-spy: the soak writes down the stacks of a nova-compute that hung.
 PIP_PACKAGES=(nova==34.0.0 openstack-placement glance neutron
               python-openstackclient osc-placement gunicorn PyMySQL
-              pyroute2 libvirt-python)
+              pyroute2 libvirt-python py-spy)
 
 say() { printf '[cloud] %s\n' "$*"; }
 die() { printf '[cloud] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -575,9 +576,9 @@ skew_of() {
 # host_clock HOST: the words that run a command on HOST's clock, one per
 # line (none for a host on the machine's clock). The wall clock only: a
 # host's monotonic clock owes nothing to another's, and with it shifted
-# every timed wait (pthread_cond_timedwait) of nova-compute ends hours late
-# or never, and its service stops reporting. FAKETIME_SHIM makes
-# time.sleep work in that setting (faketime-shim.c).
+# Python's timed lock waits (sem_clockwait) end hours late or never, and the
+# service stops reporting. FAKETIME_SHIM makes time.sleep work in that
+# setting (faketime-shim.c).
 host_clock() {
     local skew
     skew=$(skew_of "$1")
