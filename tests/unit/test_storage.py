@@ -1352,7 +1352,10 @@ class TestSnapshotPendingRecord(StoreTestCase):
         probe = os.path.join(self.instances_path, 'probe')
         os.makedirs(probe)
         size = os.lstat(probe).st_size
-        disks.make_raw_instance(self.instances_path, INSTANCE, size=size)
+        # qemu-img rounds sizes up to whole sectors; a directory's size is
+        # what its filesystem says (4096 on ext4, 40 on an empty tmpfs one).
+        os.truncate(disks.make_raw_instance(self.instances_path, INSTANCE),
+                    size)
         record = self.store.keep(INSTANCE, SNAPSHOT, 'raw',
                                  snapshot_pending=True)
         disk = os.path.join(self.kept_dir, 'disk')
