@@ -116,7 +116,7 @@ APT_PACKAGES=(libvirt-daemon-system libvirt-daemon-driver-qemu
               libvirt-clients qemu-system-x86
               qemu-utils libvirt-dev pkg-config python3-venv python3-dev
               gcc mariadb-server mariadb-client rabbitmq-server curl
-              faketime)
+              faketime procps)
 # py-spy: the soak writes down the stacks of a nova-compute that hung.
 PIP_PACKAGES=(nova==34.0.0 openstack-placement glance neutron
               python-openstackclient osc-placement gunicorn PyMySQL
