@@ -84,7 +84,10 @@ net_down() {
 
 # run_in ROOT CMD: CMD as root in ROOT. The new pid namespace ends every
 # process CMD left (the cloud's daemons too) when CMD returns; the new mount
-# namespace ends its mounts.
+# namespace ends its mounts. ROOT becomes the namespace's root (pivot_root,
+# not chroot): a process that enters a mount namespace made inside (as
+# nova-compute enters its libvirtd's) is put at that namespace's root, which
+# after a mere chroot is this machine's.
 run_in() {
     local root=$1 command=$2
     net_up
@@ -92,9 +95,6 @@ run_in() {
     ip netns exec "$NETNS" unshare --mount --pid --fork --propagation private \
         bash -c '
         root=$1 command=$2
-        # The chroot'"'"'s root must be a mount point, as a machine'"'"'s is:
-        # unshare -m (libvirtd'"'"'s namespaces) makes / private and fails
-        # where / is not one.
         mount --bind "$root" "$root"
         mount --rbind /dev "$root/dev"
         mount -t proc proc "$root/proc"
@@ -102,10 +102,14 @@ run_in() {
         for dir in run tmp dev/shm; do
             mount -t tmpfs tmpfs "$root/$dir"
         done
-        exec chroot "$root" /usr/bin/env -i HOME=/root TERM=xterm \
-            LANG=C.UTF-8 \
-            PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-            bash -lc "$command"' bare-bookworm "$root" "$command"
+        mkdir -p "$root/.old-root"
+        cd "$root"
+        pivot_root . .old-root
+        exec /usr/sbin/chroot . /bin/sh -c '"'"'
+            umount -l /.old-root && rmdir /.old-root
+            exec /usr/bin/env -i HOME=/root TERM=xterm LANG=C.UTF-8 \
+                PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+                bash -lc "$0"'"'"' "$command"' bare-bookworm "$root" "$command"
 }
 
 case ${1:-} in
