@@ -32,6 +32,12 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 die() { printf 'bare-bookworm: %s\n' "$*" >&2; exit 1; }
 
+# The interface of this machine's default route, which the chroot's traffic
+# is masqueraded through.
+uplink() {
+    ip route show default | awk '{print $5; exit}'
+}
+
 make_root() {
     local root=$1
     [ ! -e "$root" ] || die "$root exists: give a new directory"
@@ -65,7 +71,7 @@ net_up() {
         ip link set lo up
         ip route replace default via $HOST_ADDR"
     echo 1 > /proc/sys/net/ipv4/ip_forward
-    out=$(ip route show default | awk '{print $5; exit}')
+    out=$(uplink)
     [ -n "$out" ] || die "this machine has no default route"
     iptables -t nat -C POSTROUTING -s "$HOST_ADDR/24" -o "$out" \
         -j MASQUERADE 2>/dev/null ||
@@ -75,7 +81,7 @@ net_up() {
 
 net_down() {
     local out
-    out=$(ip route show default | awk '{print $5; exit}')
+    out=$(uplink)
     iptables -t nat -D POSTROUTING -s "$HOST_ADDR/24" -o "$out" \
         -j MASQUERADE 2>/dev/null || true
     ip link del "$HOST_IF" 2>/dev/null || true
