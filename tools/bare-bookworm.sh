@@ -38,11 +38,21 @@ uplink() {
     ip route show default | awk '{print $5; exit}'
 }
 
+# The tools this script runs on this machine, checked before it changes
+# anything.
+need_tools() {
+    local tool missing=()
+    for tool in debootstrap iptables ip unshare; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    [ ${#missing[@]} = 0 ] || die "missing: ${missing[*]} (as root:" \
+        "apt-get install -y debootstrap iptables iproute2 util-linux)"
+}
+
 make_root() {
     local root=$1
     [ ! -e "$root" ] || die "$root exists: give a new directory"
-    command -v debootstrap >/dev/null ||
-        die "debootstrap is missing (as root: apt-get install -y debootstrap)"
+    need_tools
     debootstrap --variant=minbase bookworm "$root" "$MIRROR"
     local extra=(/usr/local/share/ca-certificates/*.crt)
     if [ -e "${extra[0]}" ]; then
@@ -96,6 +106,7 @@ net_down() {
 # after a mere chroot is this machine's.
 run_in() {
     local root=$1 command=$2
+    need_tools
     net_up
     cp /etc/resolv.conf "$root/etc/resolv.conf"
     ip netns exec "$NETNS" unshare --mount --pid --fork --propagation private \
