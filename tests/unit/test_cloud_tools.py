@@ -12,6 +12,7 @@
 
 """The loopback cloud's tools, where they work without a cloud."""
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,10 @@ import fixtures
 import testtools
 
 from tests.e2e import cloud
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+WALL_CLOCK_SOURCE = os.path.join(REPO, 'tools', 'cloud', 'wall-clock.c')
 
 # A Python process waiting in a function of a known name, as a nova-compute
 # waits on its storage.
@@ -91,3 +96,103 @@ class TestComputeStacks(testtools.TestCase):
         problem = cloud.dump_compute_stacks('c9', self.dump)
         self.assertEqual('cannot run %s/bin/py-spy: No such file or directory'
                          % self.state, problem)
+
+
+# What a process on a skewed host reads of its clocks, and of a file it has
+# just created: the wall clock, the monotonic clock, how long a short sleep
+# took, and the file's modification time as the kernel stamped it.
+_READ_CLOCKS = '''
+import datetime, json, os, sys, time
+start = time.monotonic()
+time.sleep(0.2)
+slept = time.monotonic() - start
+with open(sys.argv[1], 'w'):
+    pass
+print(json.dumps({
+    'wall': time.time(),
+    'datetime': datetime.datetime.now(datetime.timezone.utc).timestamp(),
+    'monotonic': time.monotonic(),
+    'slept': slept,
+    'mtime': os.stat(sys.argv[1]).st_mtime,
+}))
+'''
+
+# Threads read the wall clock all along while the main thread runs commands
+# through a fork that runs Python before exec (preexec_fn), as Nova's
+# processutils does: a child forked while a reader holds a lock of the
+# clock library would never exec. Prints how many commands ran.
+_FORK_WHILE_READING = '''
+import subprocess, sys, threading, time
+def read():
+    while True:
+        time.time()
+for _ in range(3):
+    threading.Thread(target=read, daemon=True).start()
+for done in range(int(sys.argv[1])):
+    subprocess.run(['true'], preexec_fn=lambda: None, check=True)
+print(done + 1)
+'''
+
+
+class TestWallClock(testtools.TestCase):
+    """The clock of a skewed host's nova-compute (tools/cloud/wall-clock.c)."""
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.library = os.path.join(self.tmp, 'wall-clock.so')
+        # gcc is a requirement of the unit lane (libvirt-python needs it).
+        subprocess.run(['gcc', '-shared', '-fPIC', '-O2', '-Wall',
+                        '-Werror', '-o', self.library, WALL_CLOCK_SOURCE,
+                        '-ldl'], check=True)
+
+    def _run(self, offset, *args, timeout=60):
+        env = dict(os.environ, LD_PRELOAD=self.library,
+                   WALL_CLOCK_OFFSET=offset)
+        return subprocess.run([sys.executable, '-c', *args], env=env,
+                              capture_output=True, text=True,
+                              timeout=timeout)
+
+    def _clocks(self, offset):
+        before = time.time()
+        done = self._run(offset, _READ_CLOCKS,
+                         os.path.join(self.tmp, 'stamped'))
+        self.assertEqual(0, done.returncode, done.stderr)
+        return before, json.loads(done.stdout), time.time()
+
+    def _assert_shifted(self, offset, seconds):
+        before, read, after = self._clocks(offset)
+        for clock in ('wall', 'datetime'):
+            self.assertGreaterEqual(read[clock], before + seconds, clock)
+            self.assertLessEqual(read[clock], after + seconds, clock)
+        # The kernel stamps files; the host's clock does not enter.
+        self.assertGreaterEqual(read['mtime'], before - 1)
+        self.assertLessEqual(read['mtime'], after + 1)
+        # The monotonic clock is the machine's: this process's own reading
+        # after the child ended is later than the child's.
+        self.assertLess(read['monotonic'], time.monotonic())
+        # Sleeps wait on the monotonic clock, unchanged.
+        self.assertGreaterEqual(read['slept'], 0.2)
+        self.assertLess(read['slept'], 10)
+
+    def test_the_wall_clock_is_ahead_by_hours(self):
+        self._assert_shifted('+2h', 7200)
+
+    def test_the_wall_clock_is_behind_by_minutes(self):
+        self._assert_shifted('-10m', -600)
+
+    def test_seconds_and_days_are_units_too(self):
+        self._assert_shifted('-90s', -90)
+        self._assert_shifted('+1d', 86400)
+
+    def test_a_bad_offset_stops_the_process_and_says_why(self):
+        for offset in ('2h', '+2x', '+', '+2h30m'):
+            done = self._run(offset, 'print("started")')
+            self.assertEqual(2, done.returncode, offset)
+            self.assertEqual('', done.stdout, offset)
+            self.assertIn("bad WALL_CLOCK_OFFSET '%s'" % offset, done.stderr)
+
+    def test_commands_forked_while_threads_read_the_clock_all_run(self):
+        done = self._run('-10m', _FORK_WHILE_READING, '300', timeout=120)
+        self.assertEqual(0, done.returncode, done.stderr)
+        self.assertEqual('300', done.stdout.strip())

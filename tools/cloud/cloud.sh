@@ -9,13 +9,13 @@
 #                            is (default: SHELVE_ACCEL_STORAGE, else
 #                            gluster; local is quicker to set up);
 #                            --skew runs HOST (c1, c2 or c3) with its clock
-#                            off by OFFSET, a libfaketime offset such as
-#                            +10m or -2h (default: SHELVE_ACCEL_SKEW, a
+#                            off by OFFSET, such as +10m, -2h or -90s
+#                            (default: SHELVE_ACCEL_SKEW, a
 #                            space-separated list of HOST=OFFSET): HOST's
-#                            nova-compute, what it runs, and its GlusterFS
-#                            client, which stamps the times of the files
-#                            HOST writes; its libvirtd and guests keep the
-#                            machine's clock
+#                            nova-compute and what it runs (wall-clock.c),
+#                            and its GlusterFS client (libfaketime), which
+#                            stamps the times of the files HOST writes; its
+#                            libvirtd and guests keep the machine's clock
 #   cloud.sh down            stop everything and remove all state
 #   cloud.sh mode plugin     computes run PartialOffloadLibvirtDriver and the
 #                            scheduler runs HostAggregateGroupFilter (default)
@@ -102,7 +102,7 @@ COMPUTES=(c1 c2 c3)
 SHARED_INSTANCES=$STATE/storage/g1
 GLUSTER=$TOOLS/../gluster.sh
 GLUSTER_STATE=$STATE/gluster
-FAKETIME_SHIM=$STATE/faketime-shim.so
+WALL_CLOCK_LIB=$STATE/wall-clock.so
 FLAVOR=m1.shelve
 BURST_FLAVOR=m1.burst
 DATABASES=(nova_api nova_cell0 nova placement glance neutron)
@@ -574,18 +574,15 @@ skew_of() {
 }
 
 # host_clock HOST: the words that run a command on HOST's clock, one per
-# line (none for a host on the machine's clock). The wall clock only: a
-# host's monotonic clock owes nothing to another's, and with it shifted
-# Python's timed lock waits (sem_clockwait) end hours late or never, and the
-# service stops reporting. FAKETIME_SHIM makes time.sleep work in that
-# setting (faketime-shim.c).
+# line (none for a host on the machine's clock). The wall clock only
+# (wall-clock.c): a host's monotonic clock owes nothing to another's, and
+# nova-compute forks from threads, which libfaketime's lock does not
+# survive.
 host_clock() {
     local skew
     skew=$(skew_of "$1")
     [ -n "$skew" ] || return 0
-    printf '%s\n' env \
-        "LD_PRELOAD=$FAKETIME_SHIM:$(bash "$GLUSTER" libfaketime)" \
-        "FAKETIME=$skew" FAKETIME_DONT_FAKE_MONOTONIC=1
+    printf '%s\n' env "LD_PRELOAD=$WALL_CLOCK_LIB" "WALL_CLOCK_OFFSET=$skew"
 }
 
 # The mount namespace of HOST's libvirtd, its client's mount in it.
@@ -748,7 +745,8 @@ EOF
 # --------------------------------------------------------------- commands
 
 # skew_arg HOST=OFFSET: fail unless HOST is a compute host and OFFSET a
-# relative libfaketime offset.
+# signed number of seconds, minutes, hours or days (what wall-clock.c and
+# libfaketime both read).
 skew_arg() {
     compute_host_arg "${1%%=*}"
     [[ $1 =~ ^c[0-9]+=[+-][0-9]+[smhd]?$ ]] ||
@@ -788,11 +786,11 @@ cmd_up() {
     echo "$storage" > "$STATE/storage-kind"
     for skew in "${skews[@]}"; do
         echo "${skew#*=}" > "$STATE/skew-${skew%%=*}"
-        say "clock of ${skew%%=*}: off by ${skew#*=} (libfaketime)"
+        say "clock of ${skew%%=*}: off by ${skew#*=}"
     done
     if [ ${#skews[@]} -gt 0 ]; then
-        run_logged "$LOGS/faketime-shim.log" gcc -shared -fPIC -O2 \
-            -o "$FAKETIME_SHIM" "$TOOLS/faketime-shim.c" -ldl
+        run_logged "$LOGS/wall-clock.log" gcc -shared -fPIC -O2 \
+            -o "$WALL_CLOCK_LIB" "$TOOLS/wall-clock.c" -ldl
     fi
     if [ "$storage" = gluster ]; then
         say "GlusterFS volume for g1's storage (state in $GLUSTER_STATE)"
