@@ -125,6 +125,7 @@ class Soak:
         self.servers = []
         self.image_id = None
         self.failures = []
+        self._failures_lock = threading.Lock()
         self.shelve_times = []
         self.unshelve_times = {'reuse': [], 'download': []}
         self.snapshot_ids = set()
@@ -133,9 +134,13 @@ class Soak:
 
     def fail(self, message):
         log('FAILURE: %s' % message)
-        self.failures.append(message)
-        if len(self.failures) <= STACK_DUMPS:
-            self._dump_stacks(len(self.failures))
+        # Cycles fail in several threads: each failure takes its own number,
+        # so that two at the same moment do not write the same dump files.
+        with self._failures_lock:
+            self.failures.append(message)
+            number = len(self.failures)
+        if number <= STACK_DUMPS:
+            self._dump_stacks(number)
 
     def _dump_stacks(self, number):
         """What each nova-compute is doing when failure number is seen.
