@@ -103,7 +103,11 @@ net_down() {
 # namespace ends its mounts. ROOT becomes the namespace's root (pivot_root,
 # not chroot): a process that enters a mount namespace made inside (as
 # nova-compute enters its libvirtd's) is put at that namespace's root, which
-# after a mere chroot is this machine's.
+# after a mere chroot is this machine's. The namespace's first process, which
+# adopts every orphan (daemonized QEMU), is a bash that runs CMD as its child
+# and reaps: were CMD itself first (bash execs a command line's last
+# command, and tools/benchmark.sh execs Python), a killed QEMU would stay a
+# zombie and libvirt would wait for it to end, 80 s per destroy.
 run_in() {
     local root=$1 command=$2
     need_tools
@@ -126,7 +130,8 @@ run_in() {
             umount -l /.old-root && rmdir /.old-root
             exec /usr/bin/env -i HOME=/root TERM=xterm LANG=C.UTF-8 \
                 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-                bash -lc "$0"'"'"' "$command"' bare-bookworm "$root" "$command"
+                bash -c "bash -lc \"\$0\" & wait \$!" "$0"'"'"' "$command"' \
+        bare-bookworm "$root" "$command"
 }
 
 case ${1:-} in
