@@ -365,11 +365,32 @@ def domain_states(server_id):
     return states
 
 
+_OFFSET_UNITS = {'': 1, 's': 1, 'm': 60, 'h': 3600, 'd': 86400}
+
+
+def clock_offset(host):
+    """Seconds the clock of host is off the machine's (cloud.sh --skew)."""
+    path = os.path.join(STATE, 'skew-%s' % host)
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return 0
+    match = re.fullmatch(r'([+-]\d+)([smhd]?)', text)
+    if not match:
+        raise CloudError('%s: %r is not a clock offset such as +10m'
+                         % (path, text))
+    return int(match.group(1)) * _OFFSET_UNITS[match.group(2)]
+
+
 def image_cache_pass_starts():
-    """{host: time its last image cache pass started}.
+    """{host: time its last image cache pass started}, on this machine's clock.
 
     Nova's pass first registers the host in the storage's compute_nodes
     file, with the time; debug logging is off, so the file is the sign.
+    A host records its own clock's time: one whose clock is off (cloud.sh
+    up --skew) is brought back to this machine's, or a host behind would
+    never seem to pass and one ahead would seem to have passed already.
     """
     starts = {}
     for path in sorted(set(STORAGE.values())):
@@ -378,7 +399,8 @@ def image_cache_pass_starts():
                 starts.update(json.load(f))
         except (FileNotFoundError, ValueError):
             pass
-    return starts
+    return {host: started - clock_offset(host)
+            for host, started in starts.items()}
 
 
 # -- disks ---------------------------------------------------------------

@@ -98,6 +98,50 @@ class TestComputeStacks(testtools.TestCase):
                          % self.state, problem)
 
 
+class TestHostClocks(testtools.TestCase):
+    """Times the cloud's hosts record, read on this machine's clock."""
+
+    def setUp(self):
+        super().setUp()
+        self.state = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(fixtures.MonkeyPatch('tests.e2e.cloud.STATE',
+                                             self.state))
+        self.storage = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(fixtures.MonkeyPatch(
+            'tests.e2e.cloud.STORAGE',
+            {'c1': self.storage, 'c2': self.storage}))
+
+    def _skew(self, host, offset):
+        with open(os.path.join(self.state, 'skew-%s' % host), 'w') as f:
+            f.write(offset + '\n')
+
+    def test_offsets_as_cloud_sh_writes_them(self):
+        for offset, seconds in (('+2h', 7200), ('-10m', -600),
+                                ('-90s', -90), ('+1d', 86400),
+                                ('+30', 30)):
+            self._skew('c1', offset)
+            self.assertEqual(seconds, cloud.clock_offset('c1'), offset)
+
+    def test_a_host_on_the_machine_clock_is_not_off(self):
+        self.assertEqual(0, cloud.clock_offset('c3'))
+
+    def test_a_bad_offset_is_an_error_naming_the_file(self):
+        self._skew('c1', '2 hours')
+        error = self.assertRaises(cloud.CloudError, cloud.clock_offset, 'c1')
+        self.assertIn(os.path.join(self.state, 'skew-c1'), str(error))
+
+    def test_pass_starts_of_skewed_hosts_are_on_the_machine_clock(self):
+        self._skew('c1', '-10m')
+        self._skew('c2', '+2h')
+        now = time.time()
+        with open(os.path.join(self.storage, 'compute_nodes'), 'w') as f:
+            json.dump({'c1': now - 600, 'c2': now + 7200}, f)
+        starts = cloud.image_cache_pass_starts()
+        self.assertEqual({'c1', 'c2'}, set(starts))
+        self.assertAlmostEqual(now, starts['c1'], places=3)
+        self.assertAlmostEqual(now, starts['c2'], places=3)
+
+
 # What a process on a skewed host reads of its clocks, and of a file it has
 # just created: the wall clock, the monotonic clock, how long a short sleep
 # took, and the file's modification time as the kernel stamped it.
