@@ -39,8 +39,6 @@ import re
 import stat
 import sys
 
-from keystoneauth1 import exceptions as ks_exc
-from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 from oslo_messaging import opts as messaging_opts
 from oslo_upgradecheck import upgradecheck
@@ -56,6 +54,7 @@ from nova.scheduler import filters as nova_filters
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel.scheduler import filters as accel_filters
 from nova_shelve_accel.scheduler import weights as accel_weights
+from nova_shelve_accel import service_user
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 from nova_shelve_accel.virt import libvirt as accel_libvirt
@@ -636,26 +635,29 @@ def _fast_shelve_problems(options):
             'shelves that offload at once, so every shelve takes its '
             'snapshot. Set shelved_offload_time = 0, or snapshot_upload = '
             'at_shelve.' % CONF.shelved_offload_time)))
-    why = _service_user_unusable()
+    code, why = _service_user_problem()
     if why:
-        problems.append((WARNING, (
+        problems.append((code, (
             '[shelve_accel] snapshot_upload = after_offload, but %s: an '
             'upload resumed after a restart of nova-compute, or by another '
-            'host of the storage, sends no token, which only a Glance '
-            'without Keystone accepts, and the kept disk stays the only '
-            'copy until an upload succeeds. Set the [service_user] '
-            'credentials of the nova service user (see the fast shelve '
-            'guide, "Enabling it").' % why)))
+            'host of the storage, cannot authenticate to Glance (without '
+            'credentials it sends no token, which only a Glance without '
+            'Keystone accepts), and the kept disk stays the only copy '
+            'until an upload succeeds. Set the [service_user] credentials '
+            'of the nova service user (see the fast shelve guide, '
+            '"Enabling it").' % why)))
     return problems
 
 
 def _eviction_problems(options):
     """Eviction asks Glance with the [service_user] credentials."""
     evicts = options.eviction_margin_percent or options.max_kept_age
-    why = options.partial_offload and evicts and _service_user_unusable()
+    if not (options.partial_offload and evicts):
+        return []
+    code, why = _service_user_problem()
     if not why:
         return []
-    return [(WARNING, (
+    return [(code, (
         'Kept disks are evicted (eviction_margin_percent = %d, max_kept_age '
         '= %d), but %s: eviction asks Glance whether a disk\'s snapshot is '
         'active with those credentials, and with Keystone, without them, '
@@ -665,15 +667,17 @@ def _eviction_problems(options):
         % (options.eviction_margin_percent, options.max_kept_age, why)))]
 
 
-def _service_user_unusable():
-    """Why the [service_user] credentials cannot be used, or None."""
-    try:
-        auth = ks_loading.load_auth_from_conf_options(CONF, 'service_user')
-    except (ks_exc.ClientException, cfg.Error) as e:
-        return '[service_user] credentials do not load (%s)' % e
-    if auth is None:
-        return '[service_user] has no credentials (auth_type is not set)'
-    return None
+def _service_user_problem():
+    """(code, why) the [service_user] credentials fail; why is None if not.
+
+    Credentials that are not set warn (a Glance without Keystone needs
+    none); credentials Keystone refuses fail: with them Nova itself cannot
+    send its service token.
+    """
+    why = service_user.load_problem()
+    if why:
+        return WARNING, why
+    return FAILURE, service_user.refusal()
 
 
 # -- kept-disks directory -------------------------------------------------

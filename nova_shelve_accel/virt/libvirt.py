@@ -151,6 +151,9 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         self._leave_probe()
         # Uploads this host ran when it stopped, and any a dead host left.
         self._uploads.clean_scratch(at_start=True)
+        if (CONF.shelve_accel.partial_offload and
+                CONF.shelve_accel.snapshot_upload == 'after_offload'):
+            upload.check_service_user()
         self._uploads.scan(at_start=True)
 
     def cleanup_host(self, host):

@@ -70,12 +70,12 @@ from nova import exception
 from nova.image import glance
 from nova import objects
 import nova.privsep.utils
-from nova import service_auth
 from nova import utils
 from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_shelve_accel import faults
 from nova_shelve_accel import notifications
+from nova_shelve_accel import service_user
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 
@@ -672,19 +672,39 @@ def instance_of(instance_uuid):
         return None
 
 
+def check_service_user():
+    """Log, at start-up, what keeps resumed uploads from reaching Glance.
+
+    Without it the first sign of wrong ``[service_user]`` credentials is an
+    upload failing, maybe hours later, while the kept disk is the only copy.
+    """
+    why = service_user.load_problem()
+    if why:
+        LOG.warning('[shelve_accel] snapshot_upload = after_offload, but %s: '
+                    'an upload resumed after a restart of nova-compute, or '
+                    'by another host of the storage, sends no token, which '
+                    'only a Glance without Keystone accepts. Set the '
+                    '[service_user] credentials of the nova service user.',
+                    why)
+        return
+    why = service_user.refusal()
+    if why:
+        LOG.error('[shelve_accel] snapshot_upload = after_offload, but %s. '
+                  'Uploads of kept disks resumed after a restart or by '
+                  'another host fail until the credentials are corrected, '
+                  'and each kept disk stays the only copy of its instance '
+                  'meanwhile. Correct [service_user] in nova.conf and '
+                  'restart nova-compute; "nova-shelve-accel-status upgrade '
+                  'check" tells when they work.', why)
+
+
 def service_context():
     """Credentials for Glance work that outlived the request behind it."""
     context = nova_context.get_admin_context()
-    auth = _service_user_auth()
+    auth = service_user.credentials()
     if auth is not None:
         context.user_auth_plugin = auth
     return context
-
-
-def _service_user_auth():
-    """The ``[service_user]`` credentials, or None where none are set."""
-    return service_auth.get_service_auth_plugin(
-        nova.conf.service_token.SERVICE_USER_GROUP)
 
 
 def _new_executor(workers):
