@@ -35,6 +35,11 @@ STATE = os.environ.get('SHELVE_ACCEL_STATE',
 VENV = os.environ.get('SHELVE_ACCEL_VENV', '/opt/nova-shelve-accel/venv')
 CLOUD_SH = os.path.join(REPO, 'tools', 'cloud', 'cloud.sh')
 CLOUD = 'shelve-accel'
+# The demo project's member, who is no admin (cloud.sh up).
+DEMO_CLOUD = 'shelve-accel-demo'
+KEYSTONE_URL = 'http://127.0.0.1:5000/v3'
+# What clouds.yaml asks for (cloud.sh up).
+COMPUTE_API_VERSION = '2.95'
 FLAVOR = 'm1.shelve'
 BURST_FLAVOR = 'm1.burst'
 GROUP_HOSTS = ('c1', 'c2')
@@ -46,7 +51,6 @@ STORAGE = {
 }
 KEPT_DIR = os.path.join(STORAGE['c1'], '_shelve_kept')
 GLANCE_ACCESS_LOG = os.path.join(STATE, 'logs', 'glance-access.log')
-PLACEMENT_URL = 'http://127.0.0.1:8778'
 COMPUTES = GROUP_HOSTS + (OUTSIDE_HOST,)
 # gunicorn access log: [time] "METHOD PATH PROTO" STATUS SENT_BYTES SECONDS
 _ACCESS_LINE = re.compile(
@@ -70,8 +74,20 @@ def check_cloud_is_up():
             % (STATE, CLOUD_SH))
 
 
-def openstack(*args, parse=True):
-    cmd = [os.path.join(VENV, 'bin', 'openstack'), '--os-cloud', CLOUD]
+def openstack(*args, parse=True, as_cloud=CLOUD, token=None):
+    """The openstack client's command, as the admin or as as_cloud's user.
+
+    token: what ``openstack token issue`` said of a token, to authenticate
+    with that token instead (the cloud's options do not apply then).
+    """
+    cmd = [os.path.join(VENV, 'bin', 'openstack')]
+    if token:
+        cmd += ['--os-auth-type', 'v3token', '--os-auth-url', KEYSTONE_URL,
+                '--os-token', token['id'], '--os-project-id',
+                token['project_id'], '--os-region-name', 'RegionOne',
+                '--os-compute-api-version', COMPUTE_API_VERSION]
+    else:
+        cmd += ['--os-cloud', as_cloud]
     cmd += list(args)
     if parse:
         cmd += ['-f', 'json']
@@ -83,13 +99,8 @@ def openstack(*args, parse=True):
 
 
 def placement(*args):
-    """The openstack client's placement commands, as an admin.
-
-    osc-placement takes Placement's address only from a service catalog,
-    and Placement's noauth2 makes a caller admin by its token alone.
-    """
-    return openstack('--os-auth-type', 'admin_token', '--os-token', 'admin',
-                     '--os-endpoint', PLACEMENT_URL, *args)
+    """The openstack client's placement commands, as the cloud's admin."""
+    return openstack(*args)
 
 
 def set_mode(mode, upload_delay=0, debug=False):
@@ -183,15 +194,18 @@ def kept_record(kept_dir):
 
 # -- compute services -----------------------------------------------------
 
-def restart_compute(host, crash_at=None, fail_at=None, stop_at=None):
+def restart_compute(host, crash_at=None, fail_at=None, stop_at=None,
+                    extra_conf=None):
     """Restart nova-compute on host, with fault injection when given.
 
+    extra_conf: the path of one more nova.conf file for this start only.
     Returns (came back, cloud.sh's output): a cut point may kill the
     service while it starts.
     """
     wanted = {'NOVA_SHELVE_ACCEL_CRASH_AT': crash_at,
               'NOVA_SHELVE_ACCEL_FAIL_AT': fail_at,
-              'NOVA_SHELVE_ACCEL_STOP_AT': stop_at}
+              'NOVA_SHELVE_ACCEL_STOP_AT': stop_at,
+              'SHELVE_ACCEL_EXTRA_CONF': extra_conf}
     env = {k: v for k, v in os.environ.items() if k not in wanted}
     env.update((k, v) for k, v in wanted.items() if v)
     proc = subprocess.run(['bash', CLOUD_SH, 'compute-restart', host],
@@ -235,6 +249,11 @@ def _cloud_sh(*args):
     if proc.returncode:
         raise CloudError('cloud.sh %s failed: %s' % (
             ' '.join(args), (proc.stdout + proc.stderr).strip()))
+
+
+def set_token_expiration(seconds):
+    """Keystone's new tokens live seconds (cloud.sh token-expiration)."""
+    _cloud_sh('token-expiration', str(seconds))
 
 
 def compute_log(host):
@@ -536,7 +555,7 @@ class GlanceDataCounter(object):
                    if image_id in (None, image))
 
 
-def upload_test_image(workdir, prefix):
+def upload_test_image(workdir, prefix, as_cloud=CLOUD):
     """Make a qcow2 image with make_image_file, upload it; its id."""
     image_file = os.path.join(workdir, 'image.qcow2')
     make_image_file(image_file)
@@ -544,7 +563,8 @@ def upload_test_image(workdir, prefix):
         return openstack(
             'image', 'create', '--disk-format', 'qcow2',
             '--container-format', 'bare', '--file', image_file,
-            '%s-%s' % (prefix, uuid.uuid4().hex[:8]))['id']
+            '%s-%s' % (prefix, uuid.uuid4().hex[:8]),
+            as_cloud=as_cloud)['id']
     finally:
         os.unlink(image_file)
 

@@ -240,3 +240,34 @@ class TestWallClock(testtools.TestCase):
         done = self._run('-10m', _FORK_WHILE_READING, '300', timeout=120)
         self.assertEqual(0, done.returncode, done.stderr)
         self.assertEqual('300', done.stdout.strip())
+
+
+class TestTokenExpirationArgument(testtools.TestCase):
+    """cloud.sh refuses a token lifetime keystoneauth cannot live with."""
+
+    def cloud_sh(self, *args):
+        state = self.useFixture(fixtures.TempDir()).path
+        env = dict(os.environ, SHELVE_ACCEL_STATE=state)
+        env.pop('SHELVE_ACCEL_TOKEN_EXPIRATION', None)
+        proc = subprocess.run(
+            ['bash', os.path.join(REPO, 'tools', 'cloud', 'cloud.sh')] +
+            list(args), capture_output=True, text=True, env=env)
+        return proc.returncode, proc.stderr, os.listdir(state)
+
+    def test_up_refuses_a_lifetime_under_130_s_before_doing_anything(self):
+        code, err, state = self.cloud_sh('up', '--token-expiration', '60')
+        self.assertEqual(1, code)
+        self.assertIn("bad token expiration '60'", err)
+        self.assertIn('130 or more', err)
+        self.assertEqual([], state)
+
+    def test_up_refuses_a_lifetime_that_is_no_number(self):
+        code, err, state = self.cloud_sh('up', '--token-expiration=1h')
+        self.assertEqual(1, code)
+        self.assertIn("bad token expiration '1h'", err)
+        self.assertEqual([], state)
+
+    def test_token_expiration_needs_a_cloud(self):
+        code, err, _state = self.cloud_sh('token-expiration', '150')
+        self.assertEqual(1, code)
+        self.assertIn('no cloud in', err)

@@ -1,9 +1,12 @@
 #!/bin/bash
 # A real OpenStack cloud on loopback for nova-shelve-accel's end-to-end tests
-# and benchmark: Placement, Glance, Neutron API, Nova API/conductor/scheduler
-# and three nova-compute services on real libvirt/QEMU (TCG), no Keystone.
+# and benchmark: Keystone, Placement, Glance, Neutron API, Nova
+# API/conductor/scheduler and three nova-compute services on real
+# libvirt/QEMU (TCG). Every API authenticates its callers with Keystone
+# tokens (keystonemiddleware), as in a production cloud.
 #
 #   cloud.sh up [--storage local|gluster] [--skew HOST=OFFSET]...
+#               [--token-expiration SECONDS]
 #                            install what is missing, start everything;
 #                            --storage says what g1's shared instances_path
 #                            is (default: SHELVE_ACCEL_STORAGE, else
@@ -15,7 +18,13 @@
 #                            nova-compute and what it runs (wall-clock.c),
 #                            and its GlusterFS client (libfaketime), which
 #                            stamps the times of the files HOST writes; its
-#                            libvirtd and guests keep the machine's clock
+#                            libvirtd and guests keep the machine's clock;
+#                            --token-expiration: the lifetime of Keystone's
+#                            tokens (default: SHELVE_ACCEL_TOKEN_EXPIRATION,
+#                            else 3600)
+#   cloud.sh token-expiration SECONDS
+#                            restart Keystone with that token lifetime; the
+#                            tokens it issued before keep theirs
 #   cloud.sh down            stop everything and remove all state
 #   cloud.sh mode plugin     computes run PartialOffloadLibvirtDriver and the
 #                            scheduler runs HostAggregateGroupFilter (default)
@@ -33,6 +42,11 @@
 #                            'down' does (SIGTERM, then SIGKILL), start it
 #                            again and wait until its service is up and its
 #                            RPC queue has a consumer.
+#                            SHELVE_ACCEL_EXTRA_CONF=FILE in the caller's
+#                            environment adds that configuration file, last,
+#                            to this start of it (a test's bad credentials,
+#                            for instance); 'mode' and later restarts
+#                            leave it out.
 #                            NOVA_SHELVE_ACCEL_CRASH_AT,
 #                            NOVA_SHELVE_ACCEL_FAIL_AT and
 #                            NOVA_SHELVE_ACCEL_STOP_AT, when set in the
@@ -84,6 +98,10 @@ for _var in "${FAULT_VARS[@]}"; do
     fi
 done
 unset _var
+# Likewise SHELVE_ACCEL_EXTRA_CONF, for the nova-compute of compute-restart.
+EXTRA_CONF_ARG=${SHELVE_ACCEL_EXTRA_CONF:-}
+unset SHELVE_ACCEL_EXTRA_CONF
+EXTRA_CONF=
 
 TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$TOOLS/../.." && pwd)
@@ -105,12 +123,19 @@ GLUSTER_STATE=$STATE/gluster
 WALL_CLOCK_LIB=$STATE/wall-clock.so
 FLAVOR=m1.shelve
 BURST_FLAVOR=m1.burst
-DATABASES=(nova_api nova_cell0 nova placement glance neutron)
+DATABASES=(keystone nova_api nova_cell0 nova placement glance neutron)
 
+KEYSTONE_URL=http://127.0.0.1:5000
 PLACEMENT_URL=http://127.0.0.1:8778
 GLANCE_URL=http://127.0.0.1:9292
 NEUTRON_URL=http://127.0.0.1:9696
 NOVA_URL=http://127.0.0.1:8774
+# Keystone's users (tools/cloud/identity.py). A throw-away cloud on
+# loopback: the passwords are no secret, clouds.yaml holds them anyway.
+ADMIN_PASSWORD=shelve-accel-admin
+SERVICE_PASSWORD=shelve-accel-service
+DEMO_PASSWORD=shelve-accel-demo
+DEMO_CLOUD_NAME=shelve-accel-demo
 
 APT_PACKAGES=(libvirt-daemon-system libvirt-daemon-driver-qemu
               libvirt-clients qemu-system-x86
@@ -118,7 +143,7 @@ APT_PACKAGES=(libvirt-daemon-system libvirt-daemon-driver-qemu
               gcc mariadb-server mariadb-client rabbitmq-server curl
               faketime procps)
 # py-spy: the soak writes down the stacks of a nova-compute that hung.
-PIP_PACKAGES=(nova==34.0.0 openstack-placement glance neutron
+PIP_PACKAGES=(nova==34.0.0 keystone openstack-placement glance neutron
               python-openstackclient osc-placement gunicorn PyMySQL
               pyroute2 libvirt-python py-spy)
 
@@ -245,17 +270,34 @@ running() {
     [ -f "$pidfile" ] && alive "$(cat "$pidfile")"
 }
 
+# stop NAME...: SIGTERM to each, SIGKILL to what still runs 10 s later.
+# Together: nova-compute of Nova 34 never ends its graceful shutdown (its
+# executors wait for the libvirt event thread until the 160 s
+# manager_shutdown_timeout), so each takes the whole 10 s.
 stop() {
-    local name=$1 pid i
-    [ -f "$RUN/$name.pid" ] || return 0
-    pid=$(cat "$RUN/$name.pid")
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    local name pids=() pid i
+    for name in "$@"; do
+        [ -f "$RUN/$name.pid" ] || continue
+        pid=$(cat "$RUN/$name.pid")
+        pids+=("$pid")
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null ||
+            true
+    done
     for i in $(seq 50); do
-        alive "$pid" || break
+        for pid in "${pids[@]}"; do
+            alive "$pid" && break
+            pid=
+        done
+        [ -n "${pid:-}" ] || break
         sleep 0.2
     done
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$RUN/$name.pid"
+    for pid in "${pids[@]}"; do
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null ||
+            true
+    done
+    for name in "$@"; do
+        rm -f "$RUN/$name.pid"
+    done
 }
 
 # wait_for NAME LOG CHECK TIMEOUT [PIDNAME]: poll CHECK; fail naming the
@@ -292,34 +334,117 @@ gunicorn_app() {
 
 # ---------------------------------------------------------- configuration
 
+# password_auth SECTION USER: the options of a section that authenticates
+# as USER, a service user of the service project (tools/cloud/identity.py).
+password_auth() {
+    cat <<EOF
+[$1]
+auth_type = password
+auth_url = $KEYSTONE_URL
+username = $2
+password = $SERVICE_PASSWORD
+project_name = service
+user_domain_name = Default
+project_domain_name = Default
+region_name = RegionOne
+EOF
+}
+
+# authtoken USER: keystonemiddleware's section of an API that validates its
+# callers' tokens as USER. A caller's token that comes with a valid service
+# token of a user with the service role may have expired
+# (service_token_roles_required): how Nova's work that outlives a request
+# reaches Glance, Neutron and Placement.
+authtoken() {
+    password_auth keystone_authtoken "$1"
+    cat <<EOF
+www_authenticate_uri = $KEYSTONE_URL
+service_token_roles_required = True
+EOF
+}
+
+token_expiration() {
+    local seconds=$1
+    [[ $seconds =~ ^[0-9]+$ ]] && [ "$seconds" -ge 130 ] ||
+        die "bad token expiration '$seconds': use a number of seconds," \
+            "130 or more (keystoneauth renews a token that expires within" \
+            "120 s at every request)"
+}
+
+write_keystone_conf() {
+    local expiration=$1
+    mkdir -p "$ETC/keystone"
+    cat > "$ETC/keystone/keystone.conf" <<EOF
+# Written by 'cloud.sh up' and 'cloud.sh token-expiration'.
+[DEFAULT]
+debug = False
+[database]
+connection = $(db_url keystone)
+[identity]
+# bcrypt's least work factor: every token issued checks a password, and a
+# test cloud issues thousands (12 rounds take 0.3 s of CPU each here).
+password_hash_rounds = 4
+[token]
+provider = fernet
+# Seconds a token lives: 'cloud.sh up --token-expiration' and
+# 'cloud.sh token-expiration'. Keep it above 120: keystoneauth fetches a
+# new token for every request when the one it holds expires within 120 s.
+expiration = $expiration
+[fernet_tokens]
+key_repository = $ETC/keystone/fernet-keys
+[fernet_receipts]
+key_repository = $ETC/keystone/fernet-keys
+[credential]
+key_repository = $ETC/keystone/credential-keys
+EOF
+}
+
+start_keystone() {
+    gunicorn_app keystone 5000 \
+        'wsgi_apps:load("keystone.wsgi.api", "keystone")' \
+        OS_KEYSTONE_CONFIG_DIR="$ETC/keystone"
+}
+
+keystone_manage() {
+    run_logged "$LOGS/keystone-manage.log" "$VENV/bin/keystone-manage" \
+        --config-file "$ETC/keystone/keystone.conf" "$@"
+}
+
+setup_keystone() {
+    keystone_manage db_sync
+    keystone_manage fernet_setup --keystone-user root --keystone-group root
+    keystone_manage credential_setup --keystone-user root \
+        --keystone-group root
+    keystone_manage bootstrap --bootstrap-password "$ADMIN_PASSWORD" \
+        --bootstrap-admin-url "$KEYSTONE_URL/v3" \
+        --bootstrap-internal-url "$KEYSTONE_URL/v3" \
+        --bootstrap-public-url "$KEYSTONE_URL/v3" \
+        --bootstrap-region-id RegionOne
+    start_keystone
+    run_logged "$LOGS/keystone-manage.log" "$VENV/bin/python" \
+        "$TOOLS/identity.py" "$KEYSTONE_URL" "$ADMIN_PASSWORD" \
+        "$SERVICE_PASSWORD" "$DEMO_PASSWORD" \
+        "compute=nova=$NOVA_URL/v2.1" "image=glance=$GLANCE_URL" \
+        "network=neutron=$NEUTRON_URL" "placement=placement=$PLACEMENT_URL"
+}
+
 write_placement_conf() {
     mkdir -p "$ETC/placement"
     cat > "$ETC/placement/placement.conf" <<EOF
 [DEFAULT]
 debug = False
 [api]
-auth_strategy = noauth2
+auth_strategy = keystone
 [placement_database]
 connection = $(db_url placement)
+$(authtoken placement)
 EOF
 }
 
 write_glance_conf() {
     mkdir -p "$ETC/glance" "$STATE/glance/images" "$STATE/glance/staging" \
         "$STATE/glance/tasks"
-    # As for Nova: the keystone pipeline with a fixed admin identity in
-    # place of authtoken (Glance's own unauthenticated pipeline has no
-    # roles, and its policies refuse uploads to it).
-    sed -e 's/ authtoken context / noauth_identity context /' \
-        "$VENV/etc/glance/glance-api-paste.ini" \
-        > "$ETC/glance/glance-api-paste.ini"
-    cat >> "$ETC/glance/glance-api-paste.ini" <<EOF
-
-[filter:noauth_identity]
-paste.filter_factory = noauth:NoAuthIdentity.factory
-EOF
-    grep -q ' noauth_identity context ' "$ETC/glance/glance-api-paste.ini" ||
-        die "could not rewrite $ETC/glance/glance-api-paste.ini"
+    cp "$VENV/etc/glance/glance-api-paste.ini" "$ETC/glance/"
     # delayed_delete: Nova's unshelve deletes the snapshot before it shows
     # the server ACTIVE, and removing gigabytes from a store takes time
     # that grows with the image (here ext4 mounted with 'discard' trims
@@ -347,6 +472,7 @@ flavor = keystone
 config_file = $ETC/glance/glance-api-paste.ini
 [oslo_concurrency]
 lock_path = $STATE/glance/lock
+$(authtoken glance)
 EOF
     cat > "$ETC/glance/glance-scrubber.conf" <<EOF
 [DEFAULT]
@@ -360,7 +486,7 @@ write_neutron_conf() {
     cp "$VENV/etc/neutron/api-paste.ini" "$ETC/neutron/"
     cat > "$ETC/neutron/neutron.conf" <<EOF
 [DEFAULT]
-auth_strategy = noauth
+auth_strategy = keystone
 api_paste_config = $ETC/neutron/api-paste.ini
 core_plugin = ml2
 # The Port model gains its port_forwardings relationship only when these
@@ -376,26 +502,15 @@ mechanism_drivers =
 extension_drivers =
 [oslo_concurrency]
 lock_path = $STATE/neutron/lock
+$(authtoken neutron)
+# Port events for Nova (os-server-external-events needs the service role).
+$(password_auth nova neutron)
 EOF
 }
 
 write_nova_conf() {
     mkdir -p "$ETC/nova" "$STATE/nova"
-    # Nova 34 knows only the keystone pipeline: put our fixed identity in
-    # place of authtoken (see noauth.py).
-    sed -e 's/ authtoken keystonecontext / noauth_identity keystonecontext /' \
-        -e 's|^/v2.1: oscomputeversion_v2$|&\n/identity/v3: identity_version|' \
-        "$VENV/etc/nova/api-paste.ini" > "$ETC/nova/api-paste.ini"
-    cat >> "$ETC/nova/api-paste.ini" <<EOF
-
-[app:identity_version]
-paste.app_factory = noauth:identity_version_factory
-
-[filter:noauth_identity]
-paste.filter_factory = noauth:NoAuthIdentity.factory
-EOF
-    grep -q '^/identity/v3: identity_version' "$ETC/nova/api-paste.ini" ||
-        die "could not rewrite $ETC/nova/api-paste.ini"
+    cp "$VENV/etc/nova/api-paste.ini" "$ETC/nova/"
     cat > "$ETC/nova/nova.conf" <<EOF
 [DEFAULT]
 transport_url = rabbit://guest:guest@127.0.0.1:5672/$RABBIT_VHOST
@@ -420,20 +535,17 @@ api_paste_config = $ETC/nova/api-paste.ini
 connection = $(db_url nova_api)
 [database]
 connection = $(db_url nova)
-[glance]
-endpoint_override = $GLANCE_URL
-[neutron]
-auth_type = none
-endpoint_override = $NEUTRON_URL
-# What a compute authenticates to Glance with when no request's token is
-# at hand: uploading a kept disk that another host, or this one before a
-# restart, left pending (snapshot_upload = after_offload).
-[service_user]
-auth_type = none
-[placement]
-auth_type = admin_token
-endpoint = $PLACEMENT_URL
-token = admin
+$(authtoken nova)
+$(password_auth neutron neutron)
+$(password_auth placement placement)
+# Nova sends its own token with every request it makes for a user, and
+# the APIs accept the user's token with it even once it has expired: work
+# that outlives the request still gets done, such as an upload of a kept
+# disk after the offload (snapshot_upload = after_offload). The same
+# credentials upload a kept disk that another host, or this one before a
+# restart, left pending, and evict kept disks.
+$(password_auth service_user nova)
+send_service_user_token = True
 [scheduler]
 discover_hosts_in_cells_interval = -1
 [filter_scheduler]
@@ -483,7 +595,7 @@ EOF
 
 compute_conf_args() {
     printf -- '--config-file %s ' "$ETC/nova/nova.conf" "$ETC/nova/$1.conf" \
-        "$ETC/nova/mode.conf"
+        "$ETC/nova/mode.conf" ${EXTRA_CONF:+"$EXTRA_CONF"}
 }
 
 write_mode_conf() {
@@ -703,24 +815,26 @@ wait_for_computes() {
 
 write_clouds_yaml() {
     mkdir -p "$(dirname "$CLOUDS_YAML")"
-    "$VENV/bin/python" - "$CLOUDS_YAML" "$CLOUD_NAME" <<EOF
+    "$VENV/bin/python" - "$CLOUDS_YAML" "$KEYSTONE_URL/v3" \
+        "$CLOUD_NAME=admin=admin=$ADMIN_PASSWORD" \
+        "$DEMO_CLOUD_NAME=demo=demo=$DEMO_PASSWORD" <<'EOF'
 import os, sys, yaml
-path, name = sys.argv[1:]
+path, auth_url = sys.argv[1:3]
 data = {}
 if os.path.exists(path):
     with open(path) as f:
         data = yaml.safe_load(f) or {}
-data.setdefault('clouds', {})[name] = {
-    # No Keystone: every service is addressed directly.
-    'auth_type': 'none',
-    'identity_endpoint_override': '$NOVA_URL/identity/v3',
-    'compute_endpoint_override': '$NOVA_URL/v2.1',
-    'image_endpoint_override': '$GLANCE_URL',
-    'network_endpoint_override': '$NEUTRON_URL',
-    'placement_endpoint_override': '$PLACEMENT_URL',
-    'compute_api_version': '2.95',
-    'region_name': 'RegionOne',
-}
+for cloud in sys.argv[3:]:
+    name, user, project, password = cloud.split('=', 3)
+    data.setdefault('clouds', {})[name] = {
+        'auth': {'auth_url': auth_url, 'username': user,
+                 'password': password, 'project_name': project,
+                 'user_domain_name': 'Default',
+                 'project_domain_name': 'Default'},
+        'identity_api_version': 3,
+        'compute_api_version': '2.95',
+        'region_name': 'RegionOne',
+    }
 with open(path, 'w') as f:
     yaml.safe_dump(data, f, default_flow_style=False)
 EOF
@@ -728,12 +842,14 @@ EOF
 
 remove_clouds_yaml() {
     [ -f "$CLOUDS_YAML" ] && [ -x "$VENV/bin/python" ] || return 0
-    "$VENV/bin/python" - "$CLOUDS_YAML" "$CLOUD_NAME" <<'EOF'
+    "$VENV/bin/python" - "$CLOUDS_YAML" "$CLOUD_NAME" "$DEMO_CLOUD_NAME" \
+        <<'EOF'
 import os, sys, yaml
-path, name = sys.argv[1:]
+path, names = sys.argv[1], sys.argv[2:]
 with open(path) as f:
     data = yaml.safe_load(f) or {}
-data.get('clouds', {}).pop(name, None)
+for name in names:
+    data.get('clouds', {}).pop(name, None)
 if data.get('clouds'):
     with open(path, 'w') as f:
         yaml.safe_dump(data, f, default_flow_style=False)
@@ -755,6 +871,7 @@ skew_arg() {
 
 cmd_up() {
     local storage=${SHELVE_ACCEL_STORAGE:-gluster} skew
+    local expiration=${SHELVE_ACCEL_TOKEN_EXPIRATION:-3600}
     # shellcheck disable=SC2206
     local skews=(${SHELVE_ACCEL_SKEW:-})
     while [ $# -gt 0 ]; do
@@ -763,8 +880,10 @@ cmd_up() {
         --storage=*) storage=${1#--storage=}; shift;;
         --skew) skews+=("${2:-}"); shift 2 || shift;;
         --skew=*) skews+=("${1#--skew=}"); shift;;
-        *) die "unknown argument '$1' of up: use --storage local|gluster" \
-            "and --skew HOST=OFFSET";;
+        --token-expiration) expiration=${2:-}; shift 2 || shift;;
+        --token-expiration=*) expiration=${1#--token-expiration=}; shift;;
+        *) die "unknown argument '$1' of up: use --storage local|gluster," \
+            "--skew HOST=OFFSET and --token-expiration SECONDS";;
         esac
     done
     case $storage in
@@ -774,6 +893,7 @@ cmd_up() {
     for skew in "${skews[@]}"; do
         skew_arg "$skew"
     done
+    token_expiration "$expiration"
     [ "$(id -u)" = 0 ] || die "run as root"
     if [ -f "$STATE/mode" ]; then
         die "a cloud is already set up in $STATE; run '$0 down' first"
@@ -798,6 +918,11 @@ cmd_up() {
     fi
     create_databases
     create_vhost
+
+    say "Keystone (tokens live ${expiration}s)"
+    write_keystone_conf "$expiration"
+    setup_keystone
+    write_clouds_yaml
 
     say "Placement"
     write_placement_conf
@@ -838,7 +963,6 @@ cmd_up() {
     start nova-conductor "$VENV/bin/nova-conductor" \
         --config-file "$ETC/nova/nova.conf"
     start_scheduler
-    write_clouds_yaml
 
     say "libvirt and nova-compute on c1, c2 (shared $storage storage) and c3"
     local host
@@ -874,9 +998,7 @@ cmd_mode() {
     stop nova-scheduler
     start_scheduler
     local host
-    for host in "${COMPUTES[@]}"; do
-        stop "nova-compute-$host"
-    done
+    stop "${COMPUTES[@]/#/nova-compute-}"
     for host in "${COMPUTES[@]}"; do
         start_compute "$host"
     done
@@ -884,15 +1006,21 @@ cmd_mode() {
     say "mode: $mode"
 }
 
+cmd_token_expiration() {
+    local seconds=${1:-}
+    [ -f "$STATE/mode" ] || die "no cloud in $STATE; run '$0 up' first"
+    token_expiration "$seconds"
+    write_keystone_conf "$seconds"
+    stop keystone
+    start_keystone
+    say "Keystone's new tokens live ${seconds}s"
+}
+
 cmd_down() {
     local host name
-    for host in "${COMPUTES[@]}"; do
-        stop "nova-compute-$host"
-    done
-    for name in nova-scheduler nova-conductor nova-api neutron \
-            glance-scrubber glance placement; do
-        stop "$name"
-    done
+    stop "${COMPUTES[@]/#/nova-compute-}"
+    stop nova-scheduler nova-conductor nova-api neutron glance-scrubber \
+        glance placement keystone
     for host in "${COMPUTES[@]}"; do
         libvirt_down "$host"
     done
@@ -955,6 +1083,11 @@ cmd_compute_restart() {
     local host=${1:-}
     compute_host_arg "$host"
     [ -f "$STATE/mode" ] || die "no cloud in $STATE; run '$0 up' first"
+    if [ -n "$EXTRA_CONF_ARG" ]; then
+        [ -f "$EXTRA_CONF_ARG" ] || die "SHELVE_ACCEL_EXTRA_CONF:" \
+            "no file $EXTRA_CONF_ARG"
+        EXTRA_CONF=$(realpath "$EXTRA_CONF_ARG")
+    fi
     stop "nova-compute-$host"
     # The old process's consumer must be gone, or it would pass for the new
     # one below.
@@ -966,6 +1099,8 @@ cmd_compute_restart() {
     }
     wait_for "RPC consumer of the stopped nova-compute on $host" \
         "$LOGS/nova-compute-$host.log" _old_consumer_gone 60
+    [ -z "$EXTRA_CONF" ] ||
+        say "nova-compute on $host: also --config-file $EXTRA_CONF"
     if [ ${#FAULT_ENV[@]} -gt 0 ]; then
         say "nova-compute on $host: ${FAULT_ENV[*]}"
         (export "${FAULT_ENV[@]}"; start_compute "$host")
@@ -1025,15 +1160,17 @@ main() {
     up) cmd_up "${@:2}";;
     down) cmd_down;;
     mode) cmd_mode "${2:-}";;
+    token-expiration) cmd_token_expiration "${2:-}";;
     status) cmd_status;;
     compute-restart) cmd_compute_restart "${2:-}";;
     compute-alive) cmd_compute_alive "${2:-}";;
     storage-client-kill) cmd_storage_client_kill "${2:-}";;
     storage-remount) cmd_storage_remount "${2:-}";;
     *) printf 'usage: %s up [--storage local|gluster] %s\n' "$0" \
-            "[--skew HOST=OFFSET]..." >&2
+            "[--skew HOST=OFFSET]... [--token-expiration SECONDS]" >&2
         printf '       %s %s\n' "$0" "down|status" \
             "$0" "mode plugin|fast-shelve|stock" \
+            "$0" "token-expiration SECONDS" \
             "$0" "compute-restart HOST|compute-alive HOST" \
             "$0" "storage-client-kill HOST|storage-remount HOST" >&2
         exit 2;;

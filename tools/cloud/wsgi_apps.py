@@ -12,12 +12,12 @@
 
 """Load an OpenStack WSGI application under gunicorn.
 
-``nova.wsgi.osapi_compute`` and ``neutron.wsgi.api`` parse ``sys.argv`` as
-their own command line when imported, and under gunicorn it holds gunicorn's
-options, which they reject. gunicorn calls ``load(...)`` from its command
-line (``'wsgi_apps:load("neutron.wsgi.api", "neutron-api")'``); the services
-then find their configuration files through their ``OS_*_CONFIG_*``
-environment variables.
+``keystone.wsgi.api``, ``nova.wsgi.osapi_compute`` and ``neutron.wsgi.api``
+parse ``sys.argv`` as their own command line when imported, and under
+gunicorn it holds gunicorn's options, which they reject. gunicorn calls
+``load(...)`` from its command line (``'wsgi_apps:load("neutron.wsgi.api",
+"neutron-api")'``); the services then find their configuration files
+through their ``OS_*_CONFIG_*`` environment variables.
 """
 
 import importlib
