@@ -624,3 +624,10 @@ class ShelveAccelTestBase(integrated_helpers.ProviderUsageBaseTestCase):
             yield
         finally:
             timeutils.clear_time_override()
+            # A heartbeat a service wrote meanwhile is in the future now, and
+            # Nova's servicegroup takes a service whose last heartbeat is
+            # that far off, either way, for down: the scheduler's
+            # ComputeFilter would turn those hosts away. Every compute
+            # reports again on the clock that is back.
+            for compute in self.computes.values():
+                compute.servicegroup_api._driver._report_state(compute)
