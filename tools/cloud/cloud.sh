@@ -270,6 +270,15 @@ running() {
     [ -f "$pidfile" ] && alive "$(cat "$pidfile")"
 }
 
+# any_alive PID...: one of them still runs.
+any_alive() {
+    local pid
+    for pid in "$@"; do
+        alive "$pid" && return 0
+    done
+    return 1
+}
+
 # stop NAME...: SIGTERM to each, SIGKILL to what still runs 10 s later.
 # Together: nova-compute of Nova 34 never ends its graceful shutdown (its
 # executors wait for the libvirt event thread until the 160 s
@@ -284,11 +293,7 @@ stop() {
             true
     done
     for i in $(seq 50); do
-        for pid in "${pids[@]}"; do
-            alive "$pid" && break
-            pid=
-        done
-        [ -n "${pid:-}" ] || break
+        any_alive "${pids[@]}" || break
         sleep 0.2
     done
     for pid in "${pids[@]}"; do
