@@ -612,7 +612,10 @@ write_mode_conf() {
     [ "${SHELVE_ACCEL_DEBUG:-0}" = 1 ] && debug=True
     [[ $delay =~ ^[0-9]+$ ]] ||
         die "SHELVE_ACCEL_UPLOAD_DELAY=$delay is not a number of seconds"
+    # Nova's default filters (Tempest's server group tests need the last
+    # two), then the plugin's.
     filters=ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter
+    filters=$filters,ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter
     case $mode in
     plugin|fast-shelve)
         driver=nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver
