@@ -37,6 +37,8 @@ CLOUD_SH = os.path.join(REPO, 'tools', 'cloud', 'cloud.sh')
 CLOUD = 'shelve-accel'
 # The demo project's member, who is no admin (cloud.sh up).
 DEMO_CLOUD = 'shelve-accel-demo'
+# Keystone's token lifetime when no test changes it (cloud.sh up).
+DEFAULT_TOKEN_LIFETIME = 3600
 KEYSTONE_URL = 'http://127.0.0.1:5000/v3'
 # What clouds.yaml asks for (cloud.sh up).
 COMPUTE_API_VERSION = '2.95'

@@ -23,16 +23,14 @@ fast-shelve and back to plugin, which restarts every compute twice.
 """
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 
 import fixtures
-import testtools
 from testtools import content
 
+from tests.e2e import base
 from tests.e2e import cloud
 from tests.e2e import invariants
 
@@ -44,40 +42,10 @@ UPLOAD_TIMEOUT = 300
 RECLAIM_TIMEOUT = 180
 
 
-class FastShelveTest(testtools.TestCase):
+class FastShelveTest(base.FastShelveTestCase):
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cloud.check_cloud_is_up()
-        cls.class_workdir = tempfile.mkdtemp(prefix='e2e-fast-shelve-')
-        cls.image_id = None
-        try:
-            cloud.set_mode('fast-shelve', upload_delay=UPLOAD_DELAY)
-            cls.image_id = cloud.upload_test_image(cls.class_workdir,
-                                                   'e2e-fast')
-        except BaseException:
-            cls._restore_cloud()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._restore_cloud()
-        super().tearDownClass()
-
-    @classmethod
-    def _restore_cloud(cls):
-        """Plugin mode again, whatever happened; the image deleted."""
-        try:
-            cloud.set_mode('plugin')
-        finally:
-            try:
-                if cls.image_id:
-                    cloud.openstack('image', 'delete', cls.image_id,
-                                    parse=False)
-                    cls.image_id = None
-            finally:
-                shutil.rmtree(cls.class_workdir, ignore_errors=True)
+    UPLOAD_DELAY = UPLOAD_DELAY
+    PREFIX = 'e2e-fast'
 
     def setUp(self):
         super().setUp()

@@ -22,19 +22,16 @@ run; a member of the demo project, no admin, owns the servers.
 """
 
 import datetime
-import shutil
-import tempfile
 import time
 import uuid
 
 import fixtures
-import testtools
 
+from tests.e2e import base
 from tests.e2e import cloud
 
 # Above the 120 s under which keystoneauth renews a token at every request.
 TOKEN_LIFETIME = 150
-DEFAULT_TOKEN_LIFETIME = 3600
 # The upload starts this long after the offload (as in test_fast_shelve,
 # so that the two classes share the computes' mode).
 UPLOAD_DELAY = 30
@@ -60,41 +57,12 @@ def _log_time(line):
             tzinfo=datetime.timezone.utc)
 
 
-class IdentityTest(testtools.TestCase):
+class IdentityTest(base.FastShelveTestCase):
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cloud.check_cloud_is_up()
-        cls.class_workdir = tempfile.mkdtemp(prefix='e2e-identity-')
-        cls.image_id = None
-        try:
-            cloud.set_token_expiration(TOKEN_LIFETIME)
-            cloud.set_mode('fast-shelve', upload_delay=UPLOAD_DELAY)
-            cls.image_id = cloud.upload_test_image(
-                cls.class_workdir, 'e2e-identity', as_cloud=cloud.DEMO_CLOUD)
-        except BaseException:
-            cls._restore_cloud()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._restore_cloud()
-        super().tearDownClass()
-
-    @classmethod
-    def _restore_cloud(cls):
-        try:
-            cloud.set_token_expiration(DEFAULT_TOKEN_LIFETIME)
-            cloud.set_mode('plugin')
-        finally:
-            try:
-                if cls.image_id:
-                    cloud.openstack('image', 'delete', cls.image_id,
-                                    parse=False)
-                    cls.image_id = None
-            finally:
-                shutil.rmtree(cls.class_workdir, ignore_errors=True)
+    UPLOAD_DELAY = UPLOAD_DELAY
+    TOKEN_LIFETIME = TOKEN_LIFETIME
+    IMAGE_CLOUD = cloud.DEMO_CLOUD
+    PREFIX = 'e2e-identity'
 
     def setUp(self):
         super().setUp()

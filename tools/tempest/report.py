@@ -4,9 +4,10 @@
 
 Reads DIR/MODE.subunit for each mode (run with Tempest's virtualenv, which
 has python-subunit) and prints: passed, skipped and failed tests per mode
-with how many unshelves reused a kept root disk (DIR/MODE.reused), the tests that failed in each mode, marking those that passed in stock
-mode (a failure only with the plugin is a bug of the plugin), and the
-reasons Tempest gave for its skips.
+with how many unshelves reused a kept root disk (DIR/MODE.reused), the
+tests that failed in each mode, marking those that passed in stock mode (a
+failure only with the plugin is a bug of the plugin), and the reasons
+Tempest gave for its skips.
 """
 
 import collections
