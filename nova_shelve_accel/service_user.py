@@ -39,24 +39,25 @@ def credentials():
     return service_auth.get_service_auth_plugin(GROUP)
 
 
-def load_problem():
-    """Why the ``[service_user]`` credentials do not load, or None."""
+def problem():
+    """(unset, why): what keeps the ``[service_user]`` credentials working.
+
+    why is None when Keystone gives them a token, or when they need none (a
+    cloud without Keystone). unset is True when they are not set or do not
+    load, False when Keystone refuses them or gives no answer.
+    """
     try:
         auth = ks_loading.load_auth_from_conf_options(CONF, GROUP)
     except (ks_exc.ClientException, cfg.Error) as e:
-        return '[service_user] credentials do not load (%s)' % e
+        return True, '[service_user] credentials do not load (%s)' % e
     if auth is None:
-        return '[service_user] has no credentials (auth_type is not set)'
-    return None
+        return True, ('[service_user] has no credentials (auth_type is not '
+                      'set)')
+    return False, _refusal(auth)
 
 
-def refusal():
-    """Why Keystone gives the ``[service_user]`` credentials no token.
-
-    None when it gives one, or when the credentials need none (a cloud
-    without Keystone). Call once load_problem() found nothing wrong.
-    """
-    auth = ks_loading.load_auth_from_conf_options(CONF, GROUP)
+def _refusal(auth):
+    """Why Keystone gives auth no token, or None."""
     session = ks_loading.load_session_from_conf_options(CONF, GROUP,
                                                         auth=auth)
     if session.timeout is None:

@@ -674,10 +674,8 @@ def _service_user_problem():
     none); credentials Keystone refuses fail: with them Nova itself cannot
     send its service token.
     """
-    why = service_user.load_problem()
-    if why:
-        return WARNING, why
-    return FAILURE, service_user.refusal()
+    unset, why = service_user.problem()
+    return (WARNING if unset else FAILURE), why
 
 
 # -- kept-disks directory -------------------------------------------------

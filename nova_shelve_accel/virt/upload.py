@@ -678,17 +678,17 @@ def check_service_user():
     Without it the first sign of wrong ``[service_user]`` credentials is an
     upload failing, maybe hours later, while the kept disk is the only copy.
     """
-    why = service_user.load_problem()
-    if why:
+    unset, why = service_user.problem()
+    if why is None:
+        return
+    if unset:
         LOG.warning('[shelve_accel] snapshot_upload = after_offload, but %s: '
                     'an upload resumed after a restart of nova-compute, or '
                     'by another host of the storage, sends no token, which '
                     'only a Glance without Keystone accepts. Set the '
                     '[service_user] credentials of the nova service user.',
                     why)
-        return
-    why = service_user.refusal()
-    if why:
+    else:
         LOG.error('[shelve_accel] snapshot_upload = after_offload, but %s. '
                   'Uploads of kept disks resumed after a restart or by '
                   'another host fail until the credentials are corrected, '

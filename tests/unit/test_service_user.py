@@ -43,14 +43,14 @@ class TestRefusal(test.NoDBTestCase):
 
     def test_credentials_keystone_accepts_are_not_refused(self):
         self.useFixture(keystone.ServiceUserFixture(self.keystone.url))
-        self.assertIsNone(service_user.load_problem())
-        self.assertIsNone(service_user.refusal())
+        self.assertEqual((False, None), service_user.problem())
         self.assertEqual([keystone.USER], self.keystone.requests)
 
     def test_a_wrong_password_is_refused_naming_keystone_and_user(self):
         self.useFixture(keystone.ServiceUserFixture(self.keystone.url,
                                                     password='wrong'))
-        why = service_user.refusal()
+        unset, why = service_user.problem()
+        self.assertFalse(unset)
         self.assertIn('Keystone at %s refuses' % self.keystone.url, why)
         self.assertIn('(user nova)', why)
         self.assertEqual([keystone.USER], self.keystone.requests)
@@ -58,16 +58,18 @@ class TestRefusal(test.NoDBTestCase):
     def test_a_keystone_nobody_answers_at_is_named(self):
         url = _closed_port_url()
         self.useFixture(keystone.ServiceUserFixture(url))
-        why = service_user.refusal()
+        unset, why = service_user.problem()
+        self.assertFalse(unset)
         self.assertIn('Keystone at %s gives no token' % url, why)
 
     def test_no_credentials_are_a_load_problem(self):
-        self.assertIn('auth_type is not set', service_user.load_problem())
+        unset, why = service_user.problem()
+        self.assertTrue(unset)
+        self.assertIn('auth_type is not set', why)
 
     def test_credentials_without_keystone_need_no_token(self):
         self.flags(auth_type='none', group='service_user')
-        self.assertIsNone(service_user.load_problem())
-        self.assertIsNone(service_user.refusal())
+        self.assertEqual((False, None), service_user.problem())
 
 
 class TestStatusCheck(test.NoDBTestCase):
