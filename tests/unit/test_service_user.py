@@ -14,6 +14,8 @@
 
 import socket
 
+import fixtures
+
 from oslo_upgradecheck import upgradecheck
 
 from nova import test
@@ -61,6 +63,29 @@ class TestRefusal(test.NoDBTestCase):
         unset, why = service_user.problem()
         self.assertFalse(unset)
         self.assertIn('Keystone at %s gives no token' % url, why)
+
+    def _ask_a_keystone_that_never_answers(self, timeout=None):
+        # Connections are made (the kernel accepts them into the backlog)
+        # but nothing reads or answers: without a timeout the question
+        # would hang until the test's own timeout fails it.
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            s.listen(4)
+            url = 'http://127.0.0.1:%d' % s.getsockname()[1]
+            self.useFixture(keystone.ServiceUserFixture(url))
+            if timeout is not None:
+                self.flags(timeout=timeout, group='service_user')
+            unset, why = service_user.problem()
+        self.assertFalse(unset)
+        self.assertIn('Keystone at %s gives no token' % url, why)
+
+    def test_a_silent_keystone_is_given_up_after_the_configured_timeout(self):
+        self._ask_a_keystone_that_never_answers(timeout=1)
+
+    def test_a_silent_keystone_is_given_up_after_the_default_timeout(self):
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_shelve_accel.service_user.KEYSTONE_TIMEOUT', 1))
+        self._ask_a_keystone_that_never_answers()
 
     def test_no_credentials_are_a_load_problem(self):
         unset, why = service_user.problem()
