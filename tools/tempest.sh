@@ -30,7 +30,6 @@ VENV=${SHELVE_ACCEL_VENV:-/opt/nova-shelve-accel/venv}
 TEMPEST_VENV=${SHELVE_ACCEL_TEMPEST_VENV:-/opt/nova-shelve-accel/tempest-venv}
 WORKSPACE=$STATE/tempest
 CLOUD=$TOOLS/cloud/cloud.sh
-ADMIN_PASSWORD=shelve-accel-admin
 TESTS=shelve
 MODES=stock,plugin,fast-shelve
 CONCURRENCY=2
@@ -82,7 +81,7 @@ configure() {
     fi
     mkdir -p "$WORKSPACE/logs" "$WORKSPACE/lock"
     "$VENV/bin/python" "$TOOLS/tempest/configure.py" shelve-accel \
-        "$ADMIN_PASSWORD" "$WORKSPACE" "$WORKSPACE/etc/tempest.conf" \
+        "$WORKSPACE" "$WORKSPACE/etc/tempest.conf" \
         "$STATE/etc/nova/nova.conf" "$STATE/etc/nova/mode.conf"
 }
 

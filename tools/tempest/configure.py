@@ -6,7 +6,7 @@ images, two flavors), then writes tempest.conf: Keystone's admin
 credentials, the compute microversions Nova offers, and the features this
 cloud has (see FEATURES for why each one is off).
 
-    configure.py CLOUD_NAME ADMIN_PASSWORD WORKDIR OUTPUT NOVA_CONF...
+    configure.py CLOUD_NAME WORKDIR OUTPUT NOVA_CONF...
 """
 
 import configparser
@@ -116,10 +116,10 @@ def enabled_filters(nova_conf_paths):
     return conf.get('filter_scheduler', 'enabled_filters', fallback='')
 
 
-def tempest_conf(conn, admin_password, filters, workdir):
+def tempest_conf(conn, filters, workdir):
     auth = conn.config.config['auth']
-    images = [ensure_image(conn, name, image_file(workdir))
-              for name in IMAGES]
+    path = image_file(workdir)
+    images = [ensure_image(conn, name, path) for name in IMAGES]
     flavors = [ensure_flavor(conn, *flavor) for flavor in FLAVORS]
     conf = configparser.ConfigParser(interpolation=None)
     conf['DEFAULT'] = {'log_dir': os.path.join(workdir, 'logs'),
@@ -127,7 +127,7 @@ def tempest_conf(conn, admin_password, filters, workdir):
     conf['oslo_concurrency'] = {'lock_path': os.path.join(workdir, 'lock')}
     conf['auth'] = {
         'admin_username': auth['username'],
-        'admin_password': admin_password,
+        'admin_password': auth['password'],
         'admin_project_name': auth['project_name'],
         'admin_domain_name': 'Default',
         'use_dynamic_credentials': 'true',
@@ -168,10 +168,9 @@ def tempest_conf(conn, admin_password, filters, workdir):
 
 
 def main(argv):
-    cloud, admin_password, workdir, output = argv[1:5]
+    cloud, workdir, output = argv[1:4]
     conn = openstack.connect(cloud=cloud)
-    conf = tempest_conf(conn, admin_password, enabled_filters(argv[5:]),
-                        workdir)
+    conf = tempest_conf(conn, enabled_filters(argv[4:]), workdir)
     with open(output, 'w') as f:
         conf.write(f)
     print('tempest.conf: %s (compute up to %s)' % (

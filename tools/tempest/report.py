@@ -78,9 +78,10 @@ def report(out_dir, modes):
         for test in failed:
             note = ''
             if mode != 'stock' and stock is not None:
-                if stock.get(test, ('',))[0] == 'failed':
+                in_stock = stock.get(test, ('',))[0]
+                if in_stock == 'failed':
                     note = ' (fails in stock too)'
-                elif stock.get(test, ('',))[0] == 'passed':
+                elif in_stock == 'passed':
                     note = ' (passes in stock: ONLY WITH THE PLUGIN)'
                     only_plugin += 1
             lines.append('  %s%s' % (test, note))
