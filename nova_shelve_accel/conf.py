@@ -10,9 +10,17 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Options of the ``[shelve_accel]`` group of ``nova.conf``."""
+"""Options of the ``[shelve_accel]`` group of ``nova.conf``.
+
+They are registered once, on Nova's configuration, when this module is
+first imported: every module that reads them takes ``CONF`` from here.
+"""
 
 from oslo_config import cfg
+
+import nova.conf
+
+CONF = nova.conf.CONF
 
 shelve_accel_group = cfg.OptGroup(
     'shelve_accel',
@@ -277,3 +285,6 @@ def register_opts(conf):
 
 def list_opts():
     return [(shelve_accel_group, shelve_accel_opts)]
+
+
+register_opts(CONF)

@@ -50,6 +50,7 @@ from oslo_log import log as logging
 from oslo_utils import timeutils
 from oslo_utils import units
 
+from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import faults
 from nova_shelve_accel import untouched
 
@@ -112,18 +113,6 @@ _HOST_PROBE = '.host-%s'
 _HOST_PROBE_NAME = re.compile(r'^\.host-(?P<tag>[0-9a-f]{8})$')
 _LEASE_NAME = re.compile(r'^%s(?:\.(?P<generation>[0-9]{1,9}))?$'
                          % re.escape(UPLOAD_LEASE))
-
-
-class KeepRefused(Exception):
-    """The instance directory cannot be kept; the caller deletes it."""
-
-
-class VerificationFailed(Exception):
-    """A kept disk is not safe to reuse for the instance asking for it."""
-
-
-class LeaseLost(Exception):
-    """Another host took over the upload, or the kept disk was claimed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,8 +385,9 @@ class KeptDiskStore:
             except FileExistsError:
                 pass            # another host made it meanwhile
         if not is_real_dir(self.path):
-            raise KeepRefused('%s is not a directory (a link or a file '
-                              'stands there)' % self.path)
+            raise accel_exc.KeepRefused(
+                '%s is not a directory (a link or a file '
+                'stands there)' % self.path)
         if stat.S_IMODE(os.lstat(self.path).st_mode) != KEPT_DIR_MODE:
             os.chmod(self.path, KEPT_DIR_MODE)
 
@@ -488,8 +478,9 @@ class KeptDiskStore:
             if adopted is not None:
                 return adopted
         if not is_real_dir(inst_dir):
-            raise KeepRefused('instance directory %s does not exist or is '
-                              'not a directory' % inst_dir)
+            raise accel_exc.KeepRefused(
+                'instance directory %s does not exist or is '
+                'not a directory' % inst_dir)
         disk_format = disk_format or self.recorded_format(
             instance_uuid, inst_dir, domain_format)
         record = dataclasses.replace(
@@ -543,11 +534,13 @@ class KeptDiskStore:
         """
         inst_dir = self.instance_dir(instance_uuid)
         if not is_real_dir(inst_dir):
-            raise KeepRefused('instance directory %s does not exist or is '
-                              'not a directory' % inst_dir)
+            raise accel_exc.KeepRefused(
+                'instance directory %s does not exist or is '
+                'not a directory' % inst_dir)
         if os.path.lexists(self.path) and not is_real_dir(self.path):
-            raise KeepRefused('%s is not a directory (a link or a file '
-                              'stands there)' % self.path)
+            raise accel_exc.KeepRefused(
+                '%s is not a directory (a link or a file '
+                'stands there)' % self.path)
         self._describe(inst_dir, instance_uuid, snapshot_id,
                        self.recorded_format(instance_uuid, inst_dir,
                                             domain_format))
@@ -570,22 +563,26 @@ class KeptDiskStore:
 
     def _describe(self, inst_dir, instance_uuid, snapshot_id, disk_format):
         if disk_format not in DISK_FORMATS:
-            raise KeepRefused('disk format %s is not a file format we keep '
-                              '(%s)' % (disk_format, ', '.join(DISK_FORMATS)))
+            raise accel_exc.KeepRefused(
+                'disk format %s is not a file format we keep '
+                '(%s)' % (disk_format, ', '.join(DISK_FORMATS)))
         disk = os.path.join(inst_dir, ROOT_DISK)
         if not is_regular_file(disk):
-            raise KeepRefused('root disk %s does not exist or is not a '
-                              'regular file' % disk)
+            raise accel_exc.KeepRefused(
+                'root disk %s does not exist or is not a '
+                'regular file' % disk)
         recorded = _read_disk_info(inst_dir).get(
             self._nova_disk_path(instance_uuid))
         if recorded not in (None, disk_format):
-            raise KeepRefused('disk.info records %s as %s, not %s'
-                              % (disk, recorded, disk_format))
+            raise accel_exc.KeepRefused(
+                'disk.info records %s as %s, not %s'
+                % (disk, recorded, disk_format))
         try:
             details = qemu_img_info(disk, disk_format)
         except processutils.ProcessExecutionError as e:
-            raise KeepRefused('qemu-img cannot read %s as %s: %s'
-                              % (disk, disk_format, e.stderr.strip()))
+            raise accel_exc.KeepRefused(
+                'qemu-img cannot read %s as %s: %s'
+                % (disk, disk_format, e.stderr.strip()))
         backing = self._backing_name(disk, details)
         st = os.lstat(disk)
         files = tuple(f for f in KEPT_FILES
@@ -607,12 +604,13 @@ class KeptDiskStore:
         # every host of the storage and protected by our image cache pass.
         if os.path.dirname(os.path.realpath(backing)) != os.path.realpath(
                 self.base_dir):
-            raise KeepRefused('root disk %s is backed by %s, outside the '
-                              'image cache %s' % (disk, backing,
-                                                  self.base_dir))
+            raise accel_exc.KeepRefused(
+                'root disk %s is backed by %s, outside the '
+                'image cache %s' % (disk, backing, self.base_dir))
         if not is_regular_file(backing):
-            raise KeepRefused('backing file %s of %s is missing or not a '
-                              'regular file' % (backing, disk))
+            raise accel_exc.KeepRefused(
+                'backing file %s of %s is missing or not a '
+                'regular file' % (backing, disk))
         return os.path.basename(backing)
 
     # -- reuse -------------------------------------------------------------
@@ -635,27 +633,30 @@ class KeptDiskStore:
                                        record.snapshot_id)
         if (record.instance_uuid, record.snapshot_id) != (instance_uuid,
                                                           snapshot_id):
-            raise VerificationFailed(
+            raise accel_exc.VerificationFailed(
                 '%s was kept for instance %s at snapshot %s, not for %s at '
                 '%s' % (where, record.instance_uuid, record.snapshot_id,
                         instance_uuid, snapshot_id))
         if not is_real_dir(where):
-            raise VerificationFailed('%s is not a directory' % where)
+            raise accel_exc.VerificationFailed('%s is not a directory' % where)
         odd = [f for f in record.files
                if not is_regular_file(os.path.join(where, f))]
         if odd:
-            raise VerificationFailed('%s lacks %s (or has links or special '
-                                     'files there)' % (where, ', '.join(odd)))
+            raise accel_exc.VerificationFailed(
+                '%s lacks %s (or has links or special '
+                'files there)' % (where, ', '.join(odd)))
         disk = os.path.join(where, ROOT_DISK)
         st = os.lstat(disk)
         if (st.st_size, st.st_mtime_ns) != (record.disk_size,
                                             record.disk_mtime_ns):
-            raise VerificationFailed('%s changed after it was kept' % disk)
+            raise accel_exc.VerificationFailed(
+                '%s changed after it was kept' % disk)
         try:
             details = qemu_img_info(disk, record.disk_format)
         except processutils.ProcessExecutionError as e:
-            raise VerificationFailed('qemu-img cannot read %s as %s: %s' % (
-                disk, record.disk_format, e.stderr.strip()))
+            raise accel_exc.VerificationFailed(
+                'qemu-img cannot read %s as %s: %s' % (
+                    disk, record.disk_format, e.stderr.strip()))
         backing = details.get('full-backing-filename') or details.get(
             'backing-filename')
         expected = (os.path.join(self.base_dir, record.backing_file)
@@ -663,11 +664,13 @@ class KeptDiskStore:
         if backing != expected and not (
                 backing and expected and
                 os.path.realpath(backing) == os.path.realpath(expected)):
-            raise VerificationFailed('%s is backed by %s, the record says %s'
-                                     % (disk, backing, expected))
+            raise accel_exc.VerificationFailed(
+                '%s is backed by %s, the record says %s'
+                % (disk, backing, expected))
         if expected and not is_regular_file(expected):
-            raise VerificationFailed('backing file %s of %s is missing or '
-                                     'not a regular file' % (expected, disk))
+            raise accel_exc.VerificationFailed(
+                'backing file %s of %s is missing or '
+                'not a regular file' % (expected, disk))
 
     def claim(self, instance_uuid, snapshot_id):
         """Move the kept disk into the instance directory; True if we won.
@@ -702,7 +705,7 @@ class KeptDiskStore:
                 return False
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                 self._put_back(staging, source)
-                raise VerificationFailed(
+                raise accel_exc.VerificationFailed(
                     'instance directory %s already exists and is not empty'
                     % inst_dir)
             raise
@@ -740,8 +743,9 @@ class KeptDiskStore:
         record = self.claimed_record(instance_uuid)
         if record is None or (record.instance_uuid, record.snapshot_id) != (
                 instance_uuid, snapshot_id):
-            raise VerificationFailed('%s holds no claimed disk of snapshot '
-                                     '%s' % (inst_dir, snapshot_id))
+            raise accel_exc.VerificationFailed(
+                '%s holds no claimed disk of snapshot '
+                '%s' % (inst_dir, snapshot_id))
         if record.snapshot_pending:
             # The only copy of the data, whatever the failed guest wrote:
             # record the disk as it is now, or no claim would accept it and
@@ -751,8 +755,8 @@ class KeptDiskStore:
                     self._describe(inst_dir, instance_uuid, snapshot_id,
                                    record.disk_format),
                     snapshot_pending=True)
-            except KeepRefused as e:
-                raise VerificationFailed(str(e))
+            except accel_exc.KeepRefused as e:
+                raise accel_exc.VerificationFailed(str(e))
             _write_record(inst_dir, record)
         self.ensure_directory()
         self._move_in(inst_dir, record, 'release')
@@ -925,12 +929,14 @@ class KeptDiskStore:
         path = _lease_file(directory, int(generation))
         try:
             if _read_small(path) != holder:
-                raise LeaseLost('%s now names another host' % path)
+                raise accel_exc.LeaseLost('%s now names another host' % path)
             if _leases(directory)[-1][1] != path:
-                raise LeaseLost('another host took over the lease %s' % path)
+                raise accel_exc.LeaseLost(
+                    'another host took over the lease %s' % path)
         except (OSError, ValueError):
-            raise LeaseLost('%s is gone (the disk was claimed or the lease '
-                            'taken over)' % path)
+            raise accel_exc.LeaseLost(
+                '%s is gone (the disk was claimed or the lease '
+                'taken over)' % path)
         return path
 
     def renew_upload_lease(self, directory, token):
@@ -939,8 +945,9 @@ class KeptDiskStore:
         try:
             os.utime(path, None, follow_symlinks=False)
         except OSError:
-            raise LeaseLost('%s is gone (the disk was claimed or the lease '
-                            'taken over)' % path)
+            raise accel_exc.LeaseLost(
+                '%s is gone (the disk was claimed or the lease '
+                'taken over)' % path)
 
     def drop_upload_lease(self, directory, token):
         generation, holder = token.split('/', 1)
@@ -1084,7 +1091,8 @@ class KeptDiskStore:
         try:
             now = self._describe(item.path, item.instance_uuid,
                                  item.snapshot_id, claimed.disk_format)
-        except (KeepRefused, OSError, processutils.ProcessExecutionError):
+        except (accel_exc.KeepRefused, OSError,
+                processutils.ProcessExecutionError):
             return None
         return dataclasses.replace(now, kept_by=claimed.kept_by,
                                    kept_at=claimed.kept_at,
@@ -1241,16 +1249,19 @@ def recorded_format(directory, disk_path, domain_format=None):
     """
     recorded = _read_disk_info(directory).get(disk_path)
     if recorded and domain_format and recorded != domain_format:
-        raise KeepRefused('disk.info records %s as %s, its libvirt domain '
-                          'as %s' % (disk_path, recorded, domain_format))
+        raise accel_exc.KeepRefused(
+            'disk.info records %s as %s, its libvirt domain '
+            'as %s' % (disk_path, recorded, domain_format))
     found = recorded or domain_format
     if not found:
-        raise KeepRefused('Nova recorded no format for %s (no entry in %s '
-                          'and no libvirt domain)' % (
-                              disk_path, os.path.join(directory, 'disk.info')))
+        raise accel_exc.KeepRefused(
+            'Nova recorded no format for %s (no entry in %s '
+            'and no libvirt domain)' % (
+                disk_path, os.path.join(directory, 'disk.info')))
     if found not in DISK_FORMATS:
-        raise KeepRefused('%s is a %s disk, not a file format we keep (%s)'
-                          % (disk_path, found, ', '.join(DISK_FORMATS)))
+        raise accel_exc.KeepRefused(
+            '%s is a %s disk, not a file format we keep (%s)'
+            % (disk_path, found, ', '.join(DISK_FORMATS)))
     return found
 
 
@@ -1259,14 +1270,14 @@ def _read_disk_info(directory):
     if not os.path.lexists(path):
         return {}
     if not is_regular_file(path):
-        raise KeepRefused('%s is not a regular file' % path)
+        raise accel_exc.KeepRefused('%s is not a regular file' % path)
     try:
         with open(path) as f:
             info = json.load(f)
     except ValueError:
-        raise KeepRefused('%s is not valid JSON' % path)
+        raise accel_exc.KeepRefused('%s is not valid JSON' % path)
     if not isinstance(info, dict):
-        raise KeepRefused('%s is not a JSON object' % path)
+        raise accel_exc.KeepRefused('%s is not a JSON object' % path)
     return info
 
 

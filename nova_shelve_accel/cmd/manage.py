@@ -53,7 +53,6 @@ from oslo_log import log as logging
 from oslo_utils import timeutils
 import prettytable
 
-import nova.conf
 from nova import config
 from nova import context as nova_context
 from nova import exception
@@ -64,8 +63,7 @@ from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 
-CONF = nova.conf.CONF
-accel_conf.register_opts(CONF)
+CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
 
 SUCCESS = 0

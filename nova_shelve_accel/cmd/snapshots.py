@@ -45,10 +45,11 @@ from nova import exception
 from nova.image import glance
 
 from nova_shelve_accel.cmd import manage
+from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
-from nova_shelve_accel.virt import eviction
-from nova_shelve_accel.virt import upload
+from nova_shelve_accel.virt.libvirt import eviction
+from nova_shelve_accel.virt.libvirt import upload
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def drain_one(uploads, context, record, where):
     try:
         entry['result'] = uploads.upload_pending(
             context, record.instance_uuid, record.snapshot_id)
-    except upload.SnapshotLost as e:
+    except accel_exc.SnapshotLost as e:
         entry.update(result='snapshot lost', error='%s; "nova-shelve-accel '
                      'kept restore %s" makes a new one from the disk'
                      % (e, record.instance_uuid))
@@ -243,7 +244,7 @@ def restorable(store, instance_uuid, instance):
             manage.NOT_FOUND)
     try:
         store.verify(record, instance_uuid, snapshot_id)
-    except (storage.VerificationFailed, OSError) as e:
+    except (accel_exc.VerificationFailed, OSError) as e:
         raise manage.CommandError('The kept disk of instance %s cannot be '
                                   'used: %s' % (instance_uuid, e))
     return snapshot_id, record
@@ -289,7 +290,7 @@ def new_snapshot(store, uploads, image_api, context, instance, record):
     try:
         store.keep(instance.uuid, image['id'], record.disk_format,
                    source=store.kept_dir(instance.uuid, old_id))
-    except (storage.KeepRefused, OSError) as e:
+    except (accel_exc.KeepRefused, OSError) as e:
         # The new snapshot holds the data: the next unshelve downloads it.
         LOG.warning('Could not keep the disk under the new snapshot\'s '
                     'name: %s. The next unshelve downloads snapshot %s.',

@@ -44,7 +44,6 @@ from oslo_messaging import opts as messaging_opts
 from oslo_upgradecheck import upgradecheck
 from oslo_utils import importutils
 
-import nova.conf
 from nova import context as nova_context
 from nova.db.api import api as api_db_api
 from nova import exception
@@ -57,10 +56,9 @@ from nova_shelve_accel.scheduler import weights as accel_weights
 from nova_shelve_accel import service_user
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
-from nova_shelve_accel.virt import libvirt as accel_libvirt
+from nova_shelve_accel.virt.libvirt import driver as accel_driver
 
-CONF = nova.conf.CONF
-accel_conf.register_opts(CONF)
+CONF = accel_conf.CONF
 
 SUCCESS = upgradecheck.Code.SUCCESS
 WARNING = upgradecheck.Code.WARNING
@@ -592,7 +590,7 @@ def _option_problems(options):
             'at offload; the driver only reuses and reclaims disks kept '
             'before. Set it to True, unless you are taking the plugin out '
             '(see the administration guide).')))
-    elif accel_libvirt.root_disk_format() is None:
+    elif accel_driver.root_disk_format() is None:
         problems.append((WARNING, (
             '[libvirt] images_type = %s does not store root disks as files: '
             'the driver never keeps one and behaves as '

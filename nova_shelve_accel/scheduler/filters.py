@@ -16,7 +16,6 @@ from oslo_context import context as oslo_context
 from oslo_log import log as logging
 
 from nova.compute import vm_states
-import nova.conf
 from nova import context as nova_context
 from nova import exception
 from nova import objects
@@ -27,8 +26,7 @@ from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 
-CONF = nova.conf.CONF
-accel_conf.register_opts(CONF)
+CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
 
 # Aggregate metadata key naming the storage group of the aggregate's hosts.

@@ -25,7 +25,6 @@ import time
 from oslo_log import log as logging
 
 from nova.compute import vm_states
-import nova.conf
 from nova import context as nova_context
 from nova import objects
 from nova.scheduler import utils as scheduler_utils
@@ -34,8 +33,7 @@ from nova.scheduler import weights
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel.scheduler import filters
 
-CONF = nova.conf.CONF
-accel_conf.register_opts(CONF)
+CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
 
 MULTIPLIER_KEY = 'headroom_weight_multiplier'

@@ -28,7 +28,8 @@ from tests.e2e import cloud
 IN_FLIGHT_PREFIXES = ('.staging-', '.reclaiming-', '.quarantine-')
 # The clock probes earlier releases touched (storage._CLOCK_PROBE).
 CLOCK_PROBE_PREFIX = '.clock-'
-# The scratch directories of uploads (see nova_shelve_accel.virt.upload).
+# The scratch directories of uploads (see
+# nova_shelve_accel.virt.libvirt.upload).
 SCRATCH_PREFIX = '.shelve-accel-upload-'
 KEPT_SUBDIRECTORY = '_shelve_kept'
 # [libvirt] snapshots_directory: Nova's snapshot and the upload of a kept

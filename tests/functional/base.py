@@ -54,11 +54,10 @@ from nova.virt.libvirt import utils as libvirt_utils
 
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import notifications
-from nova_shelve_accel.virt import upload
+from nova_shelve_accel.virt.libvirt import upload
 from tests import notification_samples as samples
 
-CONF = cfg.CONF
-accel_conf.register_opts(CONF)
+CONF = accel_conf.CONF
 
 # LibvirtFixture replaces it with a mock; our storages are real directories.
 _REAL_GET_FS_INFO = libvirt_utils.get_fs_info
@@ -161,7 +160,7 @@ class InstancesPathRouter(fixtures.Fixture):
         self.useFixture(fixtures.MonkeyPatch(
             'nova.thread_pool_factory.spawn_on', labelled_spawn_on))
         self.useFixture(fixtures.MonkeyPatch(
-            'nova_shelve_accel.virt.upload._in_context',
+            'nova_shelve_accel.virt.libvirt.upload._in_context',
             labelled_in_context))
 
         real_dispatch = rpc_dispatcher.RPCDispatcher._do_dispatch

@@ -38,7 +38,7 @@ from nova import objects
 
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
-from nova_shelve_accel.virt import upload
+from nova_shelve_accel.virt.libvirt import upload
 from tests.functional import base
 from tests.unit import disks
 

@@ -27,7 +27,7 @@ from unittest import mock
 
 from nova_shelve_accel import faults
 from nova_shelve_accel import storage
-from nova_shelve_accel.virt import libvirt
+from nova_shelve_accel.virt.libvirt import driver as accel_driver
 from tests.functional import base
 
 
@@ -70,7 +70,7 @@ class TestRecoveryAtStart(base.ShelveAccelTestBase):
 
         # Host A dies while spawning the guest on the claimed disk: Nova
         # would set the instance to ERROR at restart.
-        with self._crash_on_a_at(libvirt.PartialOffloadLibvirtDriver,
+        with self._crash_on_a_at(accel_driver.PartialOffloadLibvirtDriver,
                                  '_create_and_inject_local_root') as crashed:
             self.api.post_server_action(server['id'], {'unshelve': None})
             self._wait_for(crashed.is_set)

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 
+from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import storage
 from tests.unit import races
 
@@ -103,7 +104,7 @@ def hold(kind, instances_path, host, seconds):
     while time.monotonic() - start < seconds:
         try:
             beat(n)
-        except (storage.LeaseLost, FileNotFoundError):
+        except (accel_exc.LeaseLost, FileNotFoundError):
             print(json.dumps({'beats': n,
                               'lost_after': time.monotonic() - start}))
             return

@@ -30,6 +30,7 @@ from unittest import mock
 import fixtures
 import testtools
 
+from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import storage
 from tests.unit import disks
 
@@ -66,7 +67,7 @@ class BadInputTestCase(testtools.TestCase):
         return self.store.keep(instance, SNAPSHOT, 'qcow2')
 
     def assert_not_reusable(self, record, message):
-        error = self.assertRaises(storage.VerificationFailed,
+        error = self.assertRaises(accel_exc.VerificationFailed,
                                   self.store.verify, record, INSTANCE,
                                   SNAPSHOT)
         self.assertIn(message, str(error))
@@ -194,7 +195,7 @@ class TestHostileDisks(BadInputTestCase):
         disk = os.path.join(self.inst_dir, 'disk')
         os.unlink(disk)
         os.symlink(os.path.join(self.outside, 'disk'), disk)
-        error = self.assertRaises(storage.KeepRefused, self.store.keep,
+        error = self.assertRaises(accel_exc.KeepRefused, self.store.keep,
                                   INSTANCE, SNAPSHOT, 'qcow2')
         self.assertIn('not a regular file', str(error))
 
@@ -221,7 +222,7 @@ class TestHostileEntries(BadInputTestCase):
 
     def test_release_of_an_instance_dir_that_is_a_link(self):
         os.symlink(self.outside, self.inst_dir)
-        self.assertRaises(storage.VerificationFailed, self.store.release,
+        self.assertRaises(accel_exc.VerificationFailed, self.store.release,
                           INSTANCE, SNAPSHOT)
 
     def test_reclaim_of_a_link_deletes_nothing(self):
@@ -273,7 +274,7 @@ class TestHostileEntries(BadInputTestCase):
     def test_kept_disks_directory_that_is_a_link(self):
         os.symlink(self.outside, self.store.path)
         disks.make_qcow2_instance(self.instances_path, INSTANCE)
-        error = self.assertRaises(storage.KeepRefused, self.store.keep,
+        error = self.assertRaises(accel_exc.KeepRefused, self.store.keep,
                                   INSTANCE, SNAPSHOT, 'qcow2')
         self.assertIn(self.store.path, str(error))
         self.assertEqual(([], [], []), self.store.inventory())
@@ -300,7 +301,7 @@ class TestBrokenStorage(BadInputTestCase):
         self.assertIsNone(self.store.find(INSTANCE, SNAPSHOT))
         self.assertFalse(self.store.claim(INSTANCE, SNAPSHOT))
         self.assertEqual(0, self.store.used_bytes())
-        self.assertRaises(storage.KeepRefused, self.store.keep, INSTANCE,
+        self.assertRaises(accel_exc.KeepRefused, self.store.keep, INSTANCE,
                           SNAPSHOT, 'qcow2')
 
     def fail_rename_into_kept(self, errno_value):
@@ -353,7 +354,7 @@ class TestBrokenStorage(BadInputTestCase):
         record = self.keep()
         with mock.patch('oslo_concurrency.processutils.execute',
                         return_value=('{}', '')) as execute:
-            self.assertRaises(storage.VerificationFailed, self.store.verify,
+            self.assertRaises(accel_exc.VerificationFailed, self.store.verify,
                               record, INSTANCE, SNAPSHOT)
         kwargs = execute.call_args.kwargs
         self.assertEqual(storage.QEMU_IMG_LIMITS, kwargs['prlimit'])
@@ -430,7 +431,7 @@ class TestHostileLeases(BadInputTestCase):
         secret = os.path.join(self.outside, 'secret')
         os.unlink(self.lease)
         os.symlink(secret, self.lease)
-        self.assertRaises(storage.LeaseLost, self.store.renew_upload_lease,
+        self.assertRaises(accel_exc.LeaseLost, self.store.renew_upload_lease,
                           self.kept_dir, token)
         # Nor is the link's target removed when the lease is dropped.
         self.store.drop_upload_lease(self.kept_dir, token)

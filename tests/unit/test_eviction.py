@@ -24,7 +24,7 @@ from nova.compute import vm_states
 
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
-from nova_shelve_accel.virt import eviction
+from nova_shelve_accel.virt.libvirt import eviction
 from tests import notification_samples as samples
 from tests.unit import disks
 from tests.unit import test_libvirt_driver as driver_tests

@@ -46,7 +46,7 @@ from nova.virt import fake
 
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
-from nova_shelve_accel.virt import libvirt
+from nova_shelve_accel.virt.libvirt import driver as accel_driver
 from tests.unit import disks
 
 CONF = nova.conf.CONF
@@ -202,7 +202,7 @@ class DriverTestCase(test.NoDBTestCase):
         self.useFixture(nova_fixtures.LibvirtFixture())
         self.context = nova_context.get_admin_context()
         self.flags_host = CONF.host
-        self.drvr = libvirt.PartialOffloadLibvirtDriver(
+        self.drvr = accel_driver.PartialOffloadLibvirtDriver(
             fake.FakeVirtAPI(), False)
 
     def instance(self, flavor=None, **updates):
@@ -233,7 +233,8 @@ class TestDriverStorage(DriverTestCase):
 
     def test_store_uses_the_configured_subdirectory(self):
         self.flags(kept_disks_subdirectory='kept', group='shelve_accel')
-        drvr = libvirt.PartialOffloadLibvirtDriver(fake.FakeVirtAPI(), False)
+        drvr = accel_driver.PartialOffloadLibvirtDriver(fake.FakeVirtAPI(),
+                                                        False)
         self.assertEqual(os.path.join(self.instances_path, 'kept'),
                          drvr._kept_disks.path)
 
@@ -241,7 +242,8 @@ class TestDriverStorage(DriverTestCase):
         self.flags(kept_disks_subdirectory='_base', group='shelve_accel')
         error = self.assertRaises(
             exception.InvalidConfiguration,
-            libvirt.PartialOffloadLibvirtDriver, fake.FakeVirtAPI(), False)
+            accel_driver.PartialOffloadLibvirtDriver, fake.FakeVirtAPI(),
+            False)
         self.assertIn('kept_disks_subdirectory', str(error))
 
 
@@ -338,7 +340,7 @@ class TestRootDiskFormat(DriverTestCase):
     def assert_format(self, expected, images_type, use_cow_images=True):
         self.flags(images_type=images_type, group='libvirt')
         self.flags(use_cow_images=use_cow_images)
-        self.assertEqual(expected, libvirt.root_disk_format())
+        self.assertEqual(expected, accel_driver.root_disk_format())
 
     def test_qcow2(self):
         self.assert_format('qcow2', 'qcow2')

@@ -22,7 +22,7 @@ from nova import test
 
 from nova_shelve_accel.cmd import status
 from nova_shelve_accel import service_user
-from nova_shelve_accel.virt import upload
+from nova_shelve_accel.virt.libvirt import upload
 from tests.unit import keystone
 
 FAILURE = upgradecheck.Code.FAILURE

@@ -24,6 +24,7 @@ from unittest import mock
 import fixtures
 import testtools
 
+from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import storage
 from tests.unit import disks
 from tests.unit import races
@@ -319,7 +320,7 @@ class TestRecordedFormat(StoreTestCase):
 
     def test_the_domain_and_disk_info_must_agree(self):
         disks.make_qcow2_instance(self.instances_path, INSTANCE)
-        error = self.assertRaises(storage.KeepRefused, self.recorded, 'raw')
+        error = self.assertRaises(accel_exc.KeepRefused, self.recorded, 'raw')
         self.assertIn('disk.info records %s as qcow2, its libvirt domain as '
                       'raw' % os.path.join(self.inst_dir, 'disk'),
                       str(error))
@@ -327,7 +328,7 @@ class TestRecordedFormat(StoreTestCase):
     def test_nothing_recorded_is_refused(self):
         disks.make_qcow2_instance(self.instances_path, INSTANCE,
                                   disk_info=None)
-        error = self.assertRaises(storage.KeepRefused, self.recorded)
+        error = self.assertRaises(accel_exc.KeepRefused, self.recorded)
         self.assertIn('Nova recorded no format for', str(error))
 
     def test_an_entry_for_another_path_records_nothing(self):
@@ -335,12 +336,12 @@ class TestRecordedFormat(StoreTestCase):
                                   disk_info=None)
         with open(os.path.join(self.inst_dir, 'disk.info'), 'w') as f:
             json.dump({'/elsewhere/disk': 'qcow2'}, f)
-        self.assertRaises(storage.KeepRefused, self.recorded)
+        self.assertRaises(accel_exc.KeepRefused, self.recorded)
 
     def test_a_block_format_is_refused(self):
         disks.make_qcow2_instance(self.instances_path, INSTANCE,
                                   disk_info='ploop')
-        error = self.assertRaises(storage.KeepRefused, self.recorded)
+        error = self.assertRaises(accel_exc.KeepRefused, self.recorded)
         self.assertIn('not a file format we keep', str(error))
 
     def test_keep_takes_the_recorded_format_by_default(self):
@@ -373,18 +374,18 @@ class TestCheckKeepable(StoreTestCase):
             directory=os.path.join(self.instances_path, 'elsewhere'))
         disks.make_qcow2_instance(self.instances_path, INSTANCE,
                                   backing=elsewhere)
-        error = self.assertRaises(storage.KeepRefused,
+        error = self.assertRaises(accel_exc.KeepRefused,
                                   self.store.check_keepable, INSTANCE,
                                   SNAPSHOT)
         self.assertIn('outside the image cache', str(error))
-        self.assertRaises(storage.KeepRefused, self.store.keep, INSTANCE,
+        self.assertRaises(accel_exc.KeepRefused, self.store.keep, INSTANCE,
                           SNAPSHOT)
 
     def test_a_kept_disks_path_that_is_a_file_is_refused(self):
         disks.make_qcow2_instance(self.instances_path, INSTANCE)
         with open(self.store.path, 'w') as f:
             f.write('x')
-        error = self.assertRaises(storage.KeepRefused,
+        error = self.assertRaises(accel_exc.KeepRefused,
                                   self.store.check_keepable, INSTANCE,
                                   SNAPSHOT)
         self.assertIn('is not a directory', str(error))
@@ -395,7 +396,7 @@ class TestKeepRefused(StoreTestCase):
 
     def assert_refused(self, disk_format='qcow2', message=None):
         before = disks.tree(self.instances_path)
-        error = self.assertRaises(storage.KeepRefused, self.store.keep,
+        error = self.assertRaises(accel_exc.KeepRefused, self.store.keep,
                                   INSTANCE, SNAPSHOT, disk_format)
         self.assertEqual(before, disks.tree(self.instances_path))
         self.assertFalse(os.path.exists(self.store.path))
@@ -451,7 +452,7 @@ class TestKeepRefused(StoreTestCase):
     def test_refused_keep_leaves_the_older_kept_disk(self):
         self.keep_qcow2(snapshot=SNAPSHOT)
         disks.make_raw_instance(self.instances_path, INSTANCE)
-        self.assertRaises(storage.KeepRefused, self.store.keep,
+        self.assertRaises(accel_exc.KeepRefused, self.store.keep,
                           INSTANCE, NEW_SNAPSHOT, 'qcow2')
         self.assertEqual(['%s.%s' % (INSTANCE, SNAPSHOT)], self.kept_names())
 
@@ -460,7 +461,7 @@ class TestVerify(StoreTestCase):
 
     def assert_verify_fails(self, record, message, instance=INSTANCE,
                             snapshot=SNAPSHOT):
-        error = self.assertRaises(storage.VerificationFailed,
+        error = self.assertRaises(accel_exc.VerificationFailed,
                                   self.store.verify, record, instance,
                                   snapshot)
         self.assertIn(message, str(error))
@@ -557,7 +558,7 @@ class TestClaim(StoreTestCase):
         disks.add_files(self.inst_dir, 'console.log')
         kept_before = disks.tree(self.kept_dir)
 
-        self.assertRaises(storage.VerificationFailed, self.store.claim,
+        self.assertRaises(accel_exc.VerificationFailed, self.store.claim,
                           INSTANCE, SNAPSHOT)
 
         self.assertEqual(kept_before, disks.tree(self.kept_dir))
@@ -992,7 +993,7 @@ class TestRelease(StoreTestCase):
 
         record = self.store.find(INSTANCE, SNAPSHOT)
         self.assertEqual(kept.disk_mtime_ns, record.disk_mtime_ns)
-        self.assertRaises(storage.VerificationFailed, self.store.verify,
+        self.assertRaises(accel_exc.VerificationFailed, self.store.verify,
                           record, INSTANCE, SNAPSHOT)
 
     def test_release_refuses_a_dir_kept_for_another_snapshot(self):
@@ -1000,7 +1001,7 @@ class TestRelease(StoreTestCase):
         self.store.claim(INSTANCE, SNAPSHOT)
         before = disks.tree(self.inst_dir)
 
-        self.assertRaises(storage.VerificationFailed, self.store.release,
+        self.assertRaises(accel_exc.VerificationFailed, self.store.release,
                           INSTANCE, NEW_SNAPSHOT)
 
         self.assertEqual(before, disks.tree(self.inst_dir))
@@ -1010,7 +1011,7 @@ class TestRelease(StoreTestCase):
         self.keep_qcow2()
         self.store.claim(INSTANCE, SNAPSHOT)
         self.store.finish_claim(INSTANCE)
-        self.assertRaises(storage.VerificationFailed, self.store.release,
+        self.assertRaises(accel_exc.VerificationFailed, self.store.release,
                           INSTANCE, SNAPSHOT)
         self.assertTrue(os.path.isfile(os.path.join(self.inst_dir, 'disk')))
 
@@ -1416,7 +1417,7 @@ class TestUploadLease(StoreTestCase):
         taken = self.take(self.other)
         self.assertEqual('2/', taken[:2])
         self.assertEqual(taken[2:], self.holder())
-        self.assertRaises(storage.LeaseLost, self.store.renew_upload_lease,
+        self.assertRaises(accel_exc.LeaseLost, self.store.renew_upload_lease,
                           self.kept_dir, token)
         # The stale lease is gone, not left beside the new one.
         self.assertEqual([storage.UPLOAD_LEASE + '.2'], self.leases())
@@ -1462,7 +1463,7 @@ class TestUploadLease(StoreTestCase):
         with open(os.path.join(self.kept_dir,
                                storage.UPLOAD_LEASE + '.1'), 'w') as f:
             f.write(token[2:])
-        error = self.assertRaises(storage.LeaseLost,
+        error = self.assertRaises(accel_exc.LeaseLost,
                                   self.store.check_upload_lease,
                                   self.kept_dir, token)
         self.assertIn('took over', str(error))
@@ -1528,7 +1529,7 @@ class TestUploadLease(StoreTestCase):
     def test_renew_of_a_claimed_disk_loses_the_lease(self):
         token = self.take()
         self.store.claim(INSTANCE, SNAPSHOT)
-        error = self.assertRaises(storage.LeaseLost,
+        error = self.assertRaises(accel_exc.LeaseLost,
                                   self.store.renew_upload_lease,
                                   self.kept_dir, token)
         self.assertIn('is gone', str(error))

@@ -22,10 +22,7 @@ pool, isolated per test.
 import dataclasses
 import io
 import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 from unittest import mock
 
@@ -39,10 +36,12 @@ from nova import exception
 from nova import test
 from nova.virt import fake
 
+from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
-from nova_shelve_accel.virt import libvirt
-from nova_shelve_accel.virt import upload
+from nova_shelve_accel.virt.libvirt import driver as accel_driver
+from nova_shelve_accel.virt.libvirt import qemu
+from nova_shelve_accel.virt.libvirt import upload
 from tests.unit import disks
 from tests.unit import test_libvirt_driver as driver_tests
 
@@ -164,7 +163,8 @@ class TestUpload(UploadTestCase):
 
         self.glance.after_chunk = claim_after_the_first_chunk
 
-        self.assertRaises(upload.UploadAbandoned, self.uploader.upload_pending,
+        self.assertRaises(accel_exc.UploadAbandoned,
+                          self.uploader.upload_pending,
                           self.context, uuids.instance, SNAPSHOT, False)
 
         # Glance never saw the end of the data.
@@ -186,13 +186,13 @@ class TestUpload(UploadTestCase):
 
     def test_a_claim_during_the_conversion_uploads_nothing(self):
         self.keep_pending()
-        real_convert = upload.convert_for_snapshot
+        real_convert = qemu.convert_for_snapshot
 
         def convert_then_claim(*args, **kwargs):
             real_convert(*args, **kwargs)
             self.store.claim(*KEY)
 
-        with mock.patch.object(upload, 'convert_for_snapshot',
+        with mock.patch.object(qemu, 'convert_for_snapshot',
                                convert_then_claim):
             self.run_upload()
 
@@ -223,7 +223,8 @@ class TestUpload(UploadTestCase):
     def test_a_disk_changed_since_it_was_kept_is_not_uploaded(self):
         self.keep_pending()
         disks.qemu_io('qcow2', self.kept_disk, 'write -P 0x77 0 4k')
-        self.assertRaises(upload.UploadAbandoned, self.uploader.upload_pending,
+        self.assertRaises(accel_exc.UploadAbandoned,
+                          self.uploader.upload_pending,
                           self.context, uuids.instance, SNAPSHOT, False)
         self.assertEqual([], self.glance.updates)
 
@@ -277,7 +278,7 @@ class TestUpload(UploadTestCase):
     def test_an_image_being_saved_by_someone_else_fails(self):
         self.keep_pending()
         self.glance.images[SNAPSHOT]['status'] = 'saving'
-        error = self.assertRaises(upload.UploadFailed,
+        error = self.assertRaises(accel_exc.UploadFailed,
                                   self.uploader.upload_pending,
                                   self.context, uuids.instance, SNAPSHOT,
                                   False)
@@ -357,7 +358,7 @@ class TestUpload(UploadTestCase):
     def test_stopping_fails_an_upload_at_its_next_check(self):
         self.keep_pending()
         self.glance.after_chunk = lambda chunks: self.uploader.stop()
-        error = self.assertRaises(upload.UploadFailed,
+        error = self.assertRaises(accel_exc.UploadFailed,
                                   self.uploader.upload_pending,
                                   self.context, uuids.instance, SNAPSHOT,
                                   False)
@@ -476,7 +477,8 @@ class TestUploadFromQuarantine(UploadTestCase):
     def test_any_host_uploads_it_as_it_is_now(self):
         path = self.quarantine()
         expected = driver_tests.converted(self, os.path.join(path, 'disk'))
-        other = libvirt.PartialOffloadLibvirtDriver(fake.FakeVirtAPI(), False)
+        other = accel_driver.PartialOffloadLibvirtDriver(fake.FakeVirtAPI(),
+                                                         False)
         other._kept_disks = disks.make_store(self.instances_path,
                                              'compute-b')
         other._uploads._store = other._kept_disks
@@ -529,13 +531,13 @@ class TestScratch(UploadTestCase):
             self):
         self.keep_pending()
         seen = []
-        real_convert = upload.convert_for_snapshot
+        real_convert = qemu.convert_for_snapshot
 
         def convert(disk, disk_format, copy, image_format, busy=None):
             seen.append(os.path.basename(os.path.dirname(copy)))
             return real_convert(disk, disk_format, copy, image_format, busy)
 
-        with mock.patch.object(upload, 'convert_for_snapshot', convert):
+        with mock.patch.object(qemu, 'convert_for_snapshot', convert):
             self.run_upload()
         self.assertTrue(seen[0].startswith(
             upload.SCRATCH_PREFIX + self.store.host_tag + '-'))
@@ -652,14 +654,14 @@ class TestYielding(UploadTestCase):
 
     def test_the_conversion_is_paused_while_this_host_starts_guests(self):
         self.keep_pending()
-        real_convert = upload.convert_for_snapshot
+        real_convert = qemu.convert_for_snapshot
         seen = []
 
         def convert(*args, busy=None):
             seen.append(busy)
             real_convert(*args, busy=busy)
 
-        with mock.patch.object(upload, 'convert_for_snapshot', convert):
+        with mock.patch.object(qemu, 'convert_for_snapshot', convert):
             self.run_upload()
         self.assertEqual([self.drvr.spawns_in_progress], seen)
 
@@ -670,7 +672,7 @@ class TestYielding(UploadTestCase):
             'time.monotonic', side_effect=lambda: next(clock)))
         self.uploader._stopping = RecordingStop(lambda waits: None)
         self.uploader._yield_to_spawns()
-        self.assertEqual(upload.SPAWN_YIELD_SECONDS // 5 - 1,
+        self.assertEqual(qemu.SPAWN_YIELD_SECONDS // 5 - 1,
                          self.uploader._stopping.waits)
 
     def test_a_spawn_is_counted_while_it_runs_and_after_it_fails(self):
@@ -688,125 +690,6 @@ class TestYielding(UploadTestCase):
                           self.context, instance, None, [], None, {})
         self.assertEqual([True], seen)
         self.assertFalse(self.drvr.spawns_in_progress())
-
-
-class TestConversionPauses(test.NoDBTestCase):
-    """qemu-img is stopped while the host starts guests; never left so."""
-
-    def setUp(self):
-        super().setUp()
-        self.busy = False
-        self.pauser = upload._Pauser(lambda: self.busy)
-        # A process that runs until killed, as a long conversion does.
-        self.process = subprocess.Popen(['sleep', '60'])
-        self.addCleanup(self.process.wait)
-        self.addCleanup(self.process.kill)
-        self.pauser.start(self.process)
-        self.addCleanup(self.pauser.stop, self.process)
-
-    def state(self):
-        with open('/proc/%d/stat' % self.process.pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0]
-
-    def wait_for_state(self, states):
-        for _ in range(100):
-            if self.state() in states:
-                return
-            time.sleep(upload.POLL_SECONDS / 2)
-        self.fail('process state %s, not %s' % (self.state(), states))
-
-    def test_stopped_while_busy_and_continued_after(self):
-        self.wait_for_state('S')
-        self.busy = True
-        self.wait_for_state('T')
-        self.busy = False
-        self.wait_for_state('S')
-
-    def test_continued_when_the_conversion_ends_during_a_pause(self):
-        self.busy = True
-        self.wait_for_state('T')
-        self.pauser.stop(self.process)
-        self.wait_for_state('S')
-
-    def test_a_pause_lasts_at_most_spawn_yield_seconds(self):
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova_shelve_accel.virt.upload.SPAWN_YIELD_SECONDS', 0.5))
-        self.busy = True
-        self.wait_for_state('T')
-        self.wait_for_state('S')
-
-
-class TestConversionTakesNoLock(test.NoDBTestCase):
-    """An unshelve never competes with the upload for the kept disk."""
-
-    def test_a_guest_can_open_the_disk_for_writing_during_the_conversion(
-            self):
-        # Claiming the disk renames it and starts QEMU on it, which takes
-        # the image's write lock: a conversion holding a read lock, running
-        # or paused, failed that unshelve ("Failed to get write lock").
-        workdir = self.useFixture(fixtures.TempDir()).path
-        disk = os.path.join(workdir, 'disk')
-        copy = os.path.join(workdir, 'copy')
-        disks.qemu_img('create', '-q', '-f', 'qcow2', disk, '1G')
-        # Enough data that the conversion runs for a while.
-        disks.qemu_io('qcow2', disk, 'write -P 0x5a 0 512M')
-        converting = []
-        thread = threading.Thread(target=lambda: converting.append(
-            upload.convert_for_snapshot(disk, 'qcow2', copy, 'qcow2')))
-        thread.start()
-        self.addCleanup(thread.join)
-        pid = self.wait_for_conversion_to_open(disk)
-        os.kill(pid, signal.SIGSTOP)    # paused, as for a spawn on its host
-        try:
-            disks.qemu_io('qcow2', disk, 'write -P 0x11 0 4k')
-        finally:
-            os.kill(pid, signal.SIGCONT)
-
-    @staticmethod
-    def wait_for_conversion_to_open(disk):
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            for pid in filter(str.isdigit, os.listdir('/proc')):
-                try:
-                    with open('/proc/%s/cmdline' % pid, 'rb') as f:
-                        argv = f.read().split(b'\0')
-                    fds = os.listdir('/proc/%s/fd' % pid)
-                    opened = any(os.readlink('/proc/%s/fd/%s' % (pid, fd)) ==
-                                 disk for fd in fds)
-                except OSError:
-                    continue
-                if argv[:2] == [b'qemu-img', b'convert'] and opened:
-                    return int(pid)
-            time.sleep(0.001)
-        raise AssertionError('no qemu-img convert opened %s' % disk)
-
-
-class TestConversionDiesWithItsParent(test.NoDBTestCase):
-
-    def test_a_killed_parent_leaves_no_conversion_behind(self):
-        # The parent starts a child with our preexec function and is then
-        # killed, as nova-compute by kill -9.
-        script = (
-            'import subprocess, sys, time\n'
-            'from nova_shelve_accel.virt import upload\n'
-            'child = subprocess.Popen(["sleep", "60"],'
-            ' preexec_fn=upload._die_with_parent)\n'
-            'print(child.pid, flush=True)\n'
-            'time.sleep(60)\n')
-        parent = subprocess.Popen([sys.executable, '-c', script],
-                                  stdout=subprocess.PIPE)
-        child_pid = int(parent.stdout.readline())
-        os.kill(child_pid, 0)       # running
-        parent.kill()
-        parent.wait()
-        for _ in range(100):
-            try:
-                os.kill(child_pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        os.kill(child_pid, signal.SIGKILL)
-        self.fail('the child outlived its killed parent')
 
 
 class TestScheduling(UploadTestCase):
@@ -962,7 +845,7 @@ class TestHeartbeat(UploadTestCase):
         beat = upload._Heartbeat(self.store, kept_dir, token)
         beat._done = self.Ticks(3)
         beat._beat()
-        self.assertRaises(upload.UploadAbandoned, beat.check)
+        self.assertRaises(accel_exc.UploadAbandoned, beat.check)
 
 
 class TestClearPendingMark(UploadTestCase):
@@ -1034,10 +917,10 @@ class TestCheckedReader(test.NoDBTestCase):
 
     def test_read_without_size_stops_when_a_check_fails(self):
         def claimed():
-            raise upload.UploadAbandoned('claimed')
+            raise accel_exc.UploadAbandoned('claimed')
 
         reader = upload._CheckedReader(io.BytesIO(b'x' * 10), claimed, 0)
-        self.assertRaises(upload.UploadAbandoned, reader.read)
+        self.assertRaises(accel_exc.UploadAbandoned, reader.read)
 
     def test_reads_are_checked_every_check_bytes_and_at_the_end(self):
         self.useFixture(fixtures.MockPatchObject(upload, 'CHECK_BYTES',

@@ -46,7 +46,6 @@ from oslo_utils import units
 from nova.compute import task_states
 from nova.compute import utils as compute_utils
 from nova.compute import vm_states
-import nova.conf
 from nova import context as nova_context
 from nova import exception
 from nova import objects
@@ -56,16 +55,16 @@ from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import utils as libvirt_utils
 
 from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import faults
 from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
-from nova_shelve_accel.virt import eviction
-from nova_shelve_accel.virt import recovery
-from nova_shelve_accel.virt import upload
+from nova_shelve_accel.virt.libvirt import eviction
+from nova_shelve_accel.virt.libvirt import recovery
+from nova_shelve_accel.virt.libvirt import upload
 
-CONF = nova.conf.CONF
-accel_conf.register_opts(CONF)
+CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
 
 # Nova's images_type values that store the root disk as a file, and the
@@ -200,7 +199,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                 self._kept_disks.check_keepable(
                     instance.uuid, image_id,
                     domain_format=self._domain_disk_format(instance))
-            except (storage.KeepRefused, OSError,
+            except (accel_exc.KeepRefused, OSError,
                     processutils.ProcessExecutionError) as e:
                 reason = str(e)
         if reason:
@@ -370,7 +369,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             record = self._kept_disks.keep(instance.uuid, snapshot_id,
                                            snapshot_pending=pending,
                                            domain_format=domain_format)
-        except (storage.KeepRefused, OSError,
+        except (accel_exc.KeepRefused, OSError,
                 processutils.ProcessExecutionError) as e:
             if pending:
                 LOG.warning('Cannot keep the root disk at shelve-offload: '
@@ -436,7 +435,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         try:
             disk_format = self._kept_disks.recorded_format(
                 instance.uuid, domain_format=domain_format)
-        except storage.KeepRefused as e:
+        except accel_exc.KeepRefused as e:
             raise exception.NovaException(
                 'Cannot upload the root disk %s into snapshot %s: %s. '
                 'Nothing was deleted: the disk is the only copy of the '
@@ -623,7 +622,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             self._kept_disks.verify(record, instance.uuid, snapshot_id)
             faults.cut_point('claim.verified')
             claimed = self._kept_disks.claim(instance.uuid, snapshot_id)
-        except (storage.VerificationFailed, OSError,
+        except (accel_exc.VerificationFailed, OSError,
                 processutils.ProcessExecutionError) as e:
             LOG.warning('Not reusing the kept root disk: %s. Unshelving from '
                         'snapshot %s instead; the kept disk is reclaimed '
@@ -637,7 +636,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         faults.cut_point('claim.renamed')
         try:
             self._kept_disks.check_claimed(record, instance.uuid, snapshot_id)
-        except (storage.VerificationFailed, OSError,
+        except (accel_exc.VerificationFailed, OSError,
                 processutils.ProcessExecutionError) as e:
             LOG.warning('The claimed root disk changed under us: %s. Giving '
                         'it back and unshelving from snapshot %s.', e,
@@ -693,7 +692,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
     def _give_back(self, instance, snapshot_id, why):
         try:
             self._kept_disks.release(instance.uuid, snapshot_id)
-        except (storage.VerificationFailed, OSError) as e:
+        except (accel_exc.VerificationFailed, OSError) as e:
             LOG.error('Could not give the kept root disk back to the '
                       'storage: %s. It stays in the instance directory, '
                       'which the image cache pass of a host of the storage '
@@ -755,7 +754,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         """Leave this host's probe on its storage; False if it cannot."""
         try:
             self._kept_disks.leave_probe()
-        except (OSError, storage.KeepRefused) as e:
+        except (OSError, accel_exc.KeepRefused) as e:
             LOG.warning('Could not leave the probe of this host in %s: %s. '
                         'The other hosts of its storage group will report '
                         'it as not sharing their storage; check the mount '

@@ -34,15 +34,15 @@ from oslo_log import log as logging
 from oslo_utils import timeutils
 
 from nova.compute import vm_states
-import nova.conf
 from nova import exception
 from nova.image import glance
 
+from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
-from nova_shelve_accel.virt import upload
+from nova_shelve_accel.virt.libvirt import upload
 
-CONF = nova.conf.CONF
+CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
 
 # Between two looks at the storage's free share.

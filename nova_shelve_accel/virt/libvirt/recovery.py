@@ -74,11 +74,12 @@ from nova.virt import configdrive
 from nova.virt import driver as virt_driver
 from nova.volume import cinder
 
+from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import faults
 from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
-from nova_shelve_accel.virt import upload
+from nova_shelve_accel.virt.libvirt import upload
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class Recovery:
         instance = known.instance(item.instance_uuid)
         if record is not None and _needs(instance, item.snapshot_id):
             if not self._store.finish_staging(item):
-                raise storage.VerificationFailed(
+                raise accel_exc.VerificationFailed(
                     'cannot publish %s' % item.path)
             LOG.info('Finished an interrupted keep of the root disk: it is '
                      'kept in %s.', self._store.kept_dir(

@@ -47,39 +47,37 @@ retried with backoff; the disk stays kept and pending meanwhile.
 """
 
 import contextlib
-import ctypes
 import functools
 import os
 import re
-import signal
 import threading
 import time
 import uuid
 
 import futurist
-from oslo_concurrency import processutils
 from oslo_context import context as oslo_context
 from oslo_log import log as logging
 from oslo_utils import units
 
 from nova.compute import task_states
 from nova.compute import utils as compute_utils
-import nova.conf
 from nova import context as nova_context
 from nova import exception
 from nova.image import glance
 from nova import objects
-import nova.privsep.utils
 from nova import utils
 from nova.virt.libvirt import driver as libvirt_driver
 
+from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import faults
 from nova_shelve_accel import notifications
 from nova_shelve_accel import service_user
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel.virt.libvirt import qemu
 
-CONF = nova.conf.CONF
+CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
 
 # Between two scans of the storage for pending uploads nobody runs.
@@ -93,10 +91,10 @@ CHUNK_BYTES = 1 * units.Mi
 CHECK_BYTES = 16 * units.Mi
 # An upload starts once the offload that kept the disk is over (its last
 # steps would otherwise share the storage with the conversion), waiting at
-# most this long, and pauses while this host starts guests, at most this
-# long each time: an unshelve beside an upload must stay fast.
+# most this long; it waits, and its conversion pauses, while this host
+# starts guests (qemu.SPAWN_YIELD_SECONDS at most each time): an unshelve
+# beside an upload must stay fast.
 OFFLOAD_WAIT_SECONDS = 60
-SPAWN_YIELD_SECONDS = 30
 POLL_SECONDS = 0.2
 # Scratch directories of conversions, in the snapshots directory:
 # SCRATCH_PREFIX<host tag>-<token>. The uploader touches its own while the
@@ -118,18 +116,6 @@ UPLOADED = 'uploaded'
 NOT_PENDING = 'not pending'
 NOT_NEEDED = 'not needed'
 LEASED = 'another host uploads it'
-
-
-class UploadAbandoned(Exception):
-    """The kept disk was claimed or the lease lost: stop, do not retry."""
-
-
-class UploadFailed(Exception):
-    """The upload did not complete; it is retried later."""
-
-
-class SnapshotLost(Exception):
-    """The queued image is gone: retrying cannot help, an operator can."""
 
 
 class SnapshotUploader:
@@ -260,7 +246,7 @@ class SnapshotUploader:
             self.upload_pending(context, instance_uuid, snapshot_id,
                                 at_start)
             self._retries.pop(key, None)
-        except SnapshotLost as e:
+        except accel_exc.SnapshotLost as e:
             self._retries.pop(key, None)
             self._lost.add(key)
             LOG.error('Cannot upload the kept root disk into snapshot %s: '
@@ -273,7 +259,7 @@ class SnapshotUploader:
                 'shelve_accel.snapshot_upload.lost', instance_uuid,
                 context=context, project_id=self._project_of(instance_uuid),
                 snapshot_id=snapshot_id, reason=str(e))
-        except UploadAbandoned as e:
+        except accel_exc.UploadAbandoned as e:
             self._retries.pop(key, None)
             LOG.info('Stopped uploading the kept root disk into snapshot %s: '
                      '%s. The image stays queued.', snapshot_id, e,
@@ -293,7 +279,7 @@ class SnapshotUploader:
                       'tried again in about %d s.', snapshot_id, failures,
                       time.monotonic() - (started or time.monotonic()), e,
                       wait, instance_uuid=instance_uuid,
-                      exc_info=not isinstance(e, UploadFailed))
+                      exc_info=not isinstance(e, accel_exc.UploadFailed))
             notifications.notify(
                 'shelve_accel.snapshot_upload.error', instance_uuid,
                 context=context, project_id=self._project_of(instance_uuid),
@@ -353,18 +339,20 @@ class SnapshotUploader:
             self._finish(context, instance, record, where)
             return
         if image.get('status') != 'queued':
-            raise UploadFailed('snapshot %s is %s, not queued'
-                               % (snapshot_id, image.get('status')))
+            raise accel_exc.UploadFailed(
+                'snapshot %s is %s, not queued'
+                % (snapshot_id, image.get('status')))
         faults.cut_point('upload.started')
         disk = os.path.join(where, storage.ROOT_DISK)
 
         def check():
             self._yield_to_spawns()
             if self._stopping.is_set():
-                raise UploadFailed('the compute service is stopping')
+                raise accel_exc.UploadFailed('the compute service is stopping')
             if not self._store.unchanged(record, where):
-                raise UploadAbandoned('the kept disk was claimed by an '
-                                      'unshelve or changed')
+                raise accel_exc.UploadAbandoned(
+                    'the kept disk was claimed by an '
+                    'unshelve or changed')
             heartbeat.check()
 
         check()     # before converting a disk that is not ours any more
@@ -373,8 +361,9 @@ class SnapshotUploader:
         faults.cut_point('upload.finished')
         image = self._queued_image(context, snapshot_id)
         if image.get('status') != 'active':
-            raise UploadFailed('Glance took the data but snapshot %s is %s'
-                               % (snapshot_id, image.get('status')))
+            raise accel_exc.UploadFailed(
+                'Glance took the data but snapshot %s is %s'
+                % (snapshot_id, image.get('status')))
         faults.cut_point('upload.activated')
         self._finish(context, instance, record, where)
 
@@ -383,11 +372,13 @@ class SnapshotUploader:
         try:
             image = self._image_api.get(context, snapshot_id)
         except exception.ImageNotFound:
-            raise SnapshotLost('snapshot image %s is gone from Glance'
-                               % snapshot_id)
+            raise accel_exc.SnapshotLost(
+                'snapshot image %s is gone from Glance'
+                % snapshot_id)
         if image.get('status') in _GONE:
-            raise SnapshotLost('snapshot image %s is %s in Glance'
-                               % (snapshot_id, image.get('status')))
+            raise accel_exc.SnapshotLost(
+                'snapshot image %s is %s in Glance'
+                % (snapshot_id, image.get('status')))
         return image
 
     def _offloaded_instance(self, instance_uuid):
@@ -401,8 +392,8 @@ class SnapshotUploader:
                 return instance
 
     def _yield_to_spawns(self):
-        """Wait while this host starts guests, up to SPAWN_YIELD_SECONDS."""
-        deadline = time.monotonic() + SPAWN_YIELD_SECONDS
+        """Wait while this host starts guests, at most SPAWN_YIELD_SECONDS."""
+        deadline = time.monotonic() + qemu.SPAWN_YIELD_SECONDS
         while (self._spawns_in_progress() and
                time.monotonic() < deadline):
             if self._stopping.wait(POLL_SECONDS):
@@ -449,8 +440,8 @@ class SnapshotUploader:
             disk_file_bytes=os.path.getsize(disk), image_format=image_format)
         with self._scratch_directory() as scratch:
             copy = os.path.join(scratch, image['id'])
-            convert_for_snapshot(disk, disk_format, copy, image_format,
-                                 busy=busy)
+            qemu.convert_for_snapshot(disk, disk_format, copy,
+                                      image_format, busy=busy)
             faults.cut_point('upload.converted')
             # The copy is the disk as kept only if nothing claimed the disk
             # while qemu-img read it.
@@ -529,85 +520,6 @@ class SnapshotUploader:
                 storage.remove_tree(path)
             except OSError as e:
                 LOG.warning('Cannot remove %s: %s', path, e)
-
-
-def convert_for_snapshot(disk, disk_format, copy, image_format,
-                         busy=None):
-    """Convert as Nova's cold libvirt snapshot does, at the lowest priority.
-
-    The arguments of Nova's ``extract_snapshot`` (``-t none`` where the
-    storage allows O_DIRECT, ``-c`` with ``[libvirt] snapshot_compression``
-    for qcow2), but under ``nice``/``ionice`` and without taking the image
-    lock: the upload runs beside guests and unshelves on the same host, of
-    this very disk too, and must yield to them. While
-    ``busy()`` says so, qemu-img is stopped outright (SIGSTOP); it dies
-    with the thread that started it, so that a killed nova-compute leaves
-    no stopped copy behind.
-    """
-    out_format = {'iso': 'raw', 'ploop': 'parallels'}.get(image_format,
-                                                          image_format)
-    cache_mode = ('none' if nova.privsep.utils.supports_direct_io(
-        os.path.dirname(copy)) else 'writeback')
-    # -U (--force-share): no image lock. The disk stays claimable while it
-    # is read, paused or not; an unshelve that claims it moves it away and
-    # starts a guest on it, and the copy is then not used (see check()).
-    command = ['nice', '-n', '19', 'ionice', '-c', '3', 'qemu-img',
-               'convert', '-U', '-t', cache_mode, '-O', out_format,
-               '-f', disk_format]
-    if CONF.libvirt.snapshot_compression and out_format == 'qcow2':
-        command.append('-c')
-    pauser = _Pauser(busy) if busy else None
-    with compute_utils.disk_ops_semaphore:
-        processutils.execute(*command, disk, copy,
-                             preexec_fn=_die_with_parent,
-                             on_execute=pauser and pauser.start,
-                             on_completion=pauser and pauser.stop)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent():
-    # Runs in the child between fork and exec; nice and ionice exec on, so
-    # the setting reaches qemu-img.
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class _Pauser:
-    """Stops a process while ``busy()``, SPAWN_YIELD_SECONDS at a time."""
-
-    def __init__(self, busy):
-        self._busy = busy
-        self._done = threading.Event()
-        self._process = None
-
-    def start(self, process):
-        self._process = process
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def stop(self, process):
-        self._done.set()
-
-    def _run(self):
-        stopped_at = None
-        while not self._done.wait(POLL_SECONDS):
-            if stopped_at is None:
-                if self._busy():
-                    self._signal(signal.SIGSTOP)
-                    stopped_at = time.monotonic()
-            elif (not self._busy() or
-                  time.monotonic() - stopped_at > SPAWN_YIELD_SECONDS):
-                self._signal(signal.SIGCONT)
-                stopped_at = None
-        if stopped_at is not None:
-            self._signal(signal.SIGCONT)
-
-    def _signal(self, signum):
-        try:
-            self._process.send_signal(signum)
-        except ProcessLookupError:
-            pass
 
 
 def protect_snapshot(image_api, context, snapshot_id, protected,
@@ -772,7 +684,7 @@ class _Heartbeat:
         while not self._done.wait(storage.UPLOAD_LEASE_SECONDS / 4):
             try:
                 self._store.renew_upload_lease(self._directory, self._token)
-            except storage.LeaseLost as e:
+            except accel_exc.LeaseLost as e:
                 self._lost = e
                 return
 
@@ -785,10 +697,10 @@ class _Heartbeat:
         if self._lost is None:
             try:
                 self._store.check_upload_lease(self._directory, self._token)
-            except storage.LeaseLost as e:
+            except accel_exc.LeaseLost as e:
                 self._lost = e
         if self._lost is not None:
-            raise UploadAbandoned(str(self._lost))
+            raise accel_exc.UploadAbandoned(str(self._lost))
 
     def stop(self):
         self._done.set()
