@@ -42,7 +42,7 @@ import nova.conf
 from nova import context as nova_context
 from nova import rpc
 
-from nova_shelve_accel import shelved
+from nova_shelve_accel import storage_groups
 
 CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
@@ -247,8 +247,8 @@ def _get_notifier():
 def _storage_groups():
     """Names of the storage groups of this host, read every few minutes."""
     try:
-        return shelved.this_host.get(nova_context.get_admin_context(),
-                                     CONF.host)[0]
+        return storage_groups.this_host.get(
+            nova_context.get_admin_context(), CONF.host)[0]
     except Exception as e:
         LOG.debug('Cannot read the storage groups of %s: %s', CONF.host, e)
         return []
@@ -256,4 +256,4 @@ def _storage_groups():
 
 def forget_storage_groups():
     """Read the groups again at the next event (tests change them)."""
-    shelved.this_host.forget()
+    storage_groups.this_host.forget()

@@ -17,14 +17,6 @@ Shared by the compute driver, which writes them, and the scheduler filter,
 which reads them; it imports nothing of libvirt.
 """
 
-import threading
-import time
-
-from nova import objects
-
-# Aggregate metadata key naming the storage group of the aggregate's hosts.
-GROUP_KEY = 'shelve_storage_group'
-
 # Compute node stat: free share of the filesystem holding instances_path,
 # in percent, read at the host's last resource update. The filter's floor
 # is about the storage's real fill; Nova's own free disk figure counts every
@@ -94,74 +86,3 @@ def reason_to_reclaim(instance, snapshot_id):
 # db archive_deleted_rows.
 ARCHIVED = ('the instance was deleted and archived: it is in no database '
             'while host %s that kept the disk is')
-
-
-def group_name(aggregate):
-    """The storage group the aggregate's metadata names, or None.
-
-    A blank name names no group.
-    """
-    # Both fields are nullable in the Aggregate object.
-    group = ((aggregate.metadata or {}).get(GROUP_KEY) or '').strip()
-    return group or None
-
-
-def storage_of_host(context, host):
-    """(names of ``host``'s storage groups, the other hosts in them).
-
-    A group is every aggregate naming it, whichever holds ``host``: one
-    query of the aggregates with the group key.
-    """
-    aggregates = objects.AggregateList.get_by_metadata_key(context, GROUP_KEY)
-    named = [(group_name(a), set(a.hosts or ())) for a in aggregates]
-    names = sorted({name for name, hosts in named if name and host in hosts})
-    peers = set()
-    for name, hosts in named:
-        if name in names:
-            peers |= hosts
-    peers.discard(host)
-    return names, sorted(peers)
-
-
-class StorageOfHost:
-    """``storage_of_host`` of this host, read again every TTL seconds.
-
-    On a compute host the aggregates are read through the conductor: worth
-    a call every few minutes, not one per event or per shelve.
-    """
-
-    TTL_SECONDS = 600
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._forget()
-
-    def _forget(self):
-        self._value = None
-        self._read_at = 0.0
-
-    def forget(self):
-        """Read again at the next call (tests change the aggregates)."""
-        with self._lock:
-            self._forget()
-
-    def get(self, context, host):
-        """(groups, peers); the last value read if the read fails.
-
-        Raises when nothing was ever read and the read fails.
-        """
-        with self._lock:
-            now = time.monotonic()
-            if self._value is None or now - self._read_at >= (
-                    self.TTL_SECONDS):
-                try:
-                    self._value = storage_of_host(context, host)
-                    self._read_at = now
-                except Exception:
-                    if self._value is None:
-                        raise
-            return self._value
-
-
-# The one of the process: its host is CONF.host.
-this_host = StorageOfHost()

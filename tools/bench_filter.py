@@ -38,6 +38,7 @@ from nova.scheduler import host_manager
 
 from nova_shelve_accel.scheduler import filters
 from nova_shelve_accel import shelved
+from nova_shelve_accel import storage_groups
 
 GROUP_SIZE = 10
 # (layout, hosts per storage group or None for one group of all, counts)
@@ -56,7 +57,7 @@ def make_hosts(count, group_size):
                                                         count))]
         aggregate = objects.Aggregate(
             id=group, name='g%d' % group, hosts=names,
-            metadata={filters.GROUP_KEY: 'g%d' % group})
+            metadata={storage_groups.GROUP_KEY: 'g%d' % group})
         for name in names:
             state = host_manager.HostState(name, name, CELL_UUID)
             state.aggregates = [aggregate]

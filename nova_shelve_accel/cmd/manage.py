@@ -62,6 +62,7 @@ from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel import storage_groups
 
 CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
@@ -791,7 +792,8 @@ def storage_usage(args):
         raise CommandError('Cannot read the probes of the hosts in %s: %s'
                            % (store.path, e))
     try:
-        groups, peers = shelved.storage_of_host(admin_context(), CONF.host)
+        groups, peers = storage_groups.storage_of_host(admin_context(),
+                                                       CONF.host)
         missing, outside = storage.sharing_problems(CONF.host, peers,
                                                     sharing)
     except Exception as e:

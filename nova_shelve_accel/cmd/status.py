@@ -31,7 +31,6 @@ says what each result means and what to do.
 from nova_shelve_accel import cmd; cmd.monkey_patch('eventlet')  # noqa
 # autopep8: on
 
-import collections
 import functools
 import importlib.util
 import os
@@ -54,8 +53,8 @@ from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel.scheduler import filters as accel_filters
 from nova_shelve_accel.scheduler import weights as accel_weights
 from nova_shelve_accel import service_user
-from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel import storage_groups
 from nova_shelve_accel.virt.libvirt import driver as accel_driver
 
 CONF = accel_conf.CONF
@@ -779,7 +778,7 @@ def _storage_group_aggregates():
         # unless something in this process already did.
         api_db_api.configure(CONF)
     return objects.AggregateList.get_by_metadata_key(
-        nova_context.get_admin_context(), shelved.GROUP_KEY)
+        nova_context.get_admin_context(), storage_groups.GROUP_KEY)
 
 
 def _cells_of_hosts(groups):
@@ -801,33 +800,8 @@ def _without_credentials(text):
     return re.sub(r'(://[^:/@\s]*:)[^@\s]*@', r'\1***@', text)
 
 
-class _StorageGroups:
-    """The storage groups the aggregates define, and what is wrong there."""
-
-    def __init__(self, aggregates):
-        self.hosts = collections.defaultdict(set)
-        self.blank = []
-        for aggregate in aggregates:
-            # Compared as the filter compares them: without surrounding
-            # whitespace, a blank value naming no group.
-            group = (aggregate.metadata or {}).get(shelved.GROUP_KEY, '')
-            group = group.strip()
-            if group:
-                self.hosts[group].update(aggregate.hosts or ())
-            else:
-                self.blank.append(aggregate)
-        self.groups_of = collections.defaultdict(set)
-        for group, hosts in self.hosts.items():
-            for host in hosts:
-                self.groups_of[host].add(group)
-
-    def peers_of(self, host):
-        """The other hosts of ``host``'s storage groups."""
-        peers = set()
-        for group in self.groups_of.get(host, ()):
-            peers |= self.hosts[group]
-        peers.discard(host)
-        return peers
+class _StorageGroups(storage_groups.StorageGroups):
+    """The storage groups, as the filter reads them, and what is wrong."""
 
     def problems(self):
         """``(code, text)`` pairs, one per kind of mistake."""
@@ -858,7 +832,7 @@ class _StorageGroups:
             'Aggregates with a blank %s: %s. It names no group and is '
             'ignored, so their hosts count as storage of their own. Set it '
             'to the name of the storage the hosts share, or unset it.'
-            % (shelved.GROUP_KEY,
+            % (storage_groups.GROUP_KEY,
                _listed('%s (id %s)' % (a.name, a.id) for a in self.blank))))
 
     def _small_groups(self):
@@ -872,7 +846,7 @@ class _StorageGroups:
             '(openstack aggregate add host), or the storage is not shared '
             'and %s is not needed.'
             % (_listed('%s (%s)' % (g, self._hosts_of(g)) for g in small),
-               shelved.GROUP_KEY)))
+               storage_groups.GROUP_KEY)))
 
     def cells_spanned(self, cells):
         """A failure for the groups whose hosts are in several cells.
@@ -919,7 +893,7 @@ class _StorageGroups:
         if not self.hosts:
             return ('No aggregate has a %s: every host is a storage of its '
                     'own, and a kept disk is reused only on the host that '
-                    'kept it.' % shelved.GROUP_KEY)
+                    'kept it.' % storage_groups.GROUP_KEY)
         groups = _listed('%s (%d hosts)' % (g, len(self.hosts[g]))
                          for g in sorted(self.hosts))
         mine = self.groups_of.get(CONF.host)

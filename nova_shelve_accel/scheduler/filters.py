@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-import collections
+import threading
 
 from oslo_context import context as oslo_context
 from oslo_log import log as logging
@@ -25,12 +25,15 @@ from nova.scheduler import utils as scheduler_utils
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
+from nova_shelve_accel import storage_groups
 
 CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
 
-# Aggregate metadata key naming the storage group of the aggregate's hosts.
-GROUP_KEY = shelved.GROUP_KEY
+# The instance the last request of this thread unshelves, as looked up for
+# it: the filter and then the headroom weigher decide the same request, in
+# the same thread, and the weigher needs the same instance.
+_last_lookup = threading.local()
 
 
 class HostAggregateGroupFilter(filters.BaseHostFilter):
@@ -68,7 +71,7 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
         if not kept_on:
             return hosts
         pending = shelved.pending_snapshot_id(instance)
-        storage = KeptDiskStorage(kept_on, hosts)
+        storage = storage_groups.KeptDiskStorage(kept_on, hosts)
         groups = storage.groups
         floor = 0 if pending else CONF.shelve_accel.free_space_floor_percent
         sharing = [h for h in hosts if storage.is_shared_by(h)]
@@ -101,25 +104,8 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
         return qualified
 
     def shelved_instance(self, spec_obj):
-        """The instance unshelved onto its kept disk, or None.
-
-        The headroom weigher tells these requests apart with it too.
-        """
-        if scheduler_utils.request_is_rebuild(spec_obj):
-            return None
-        # A move of an existing instance (unshelve, migrate, evacuate) is
-        # targeted at the instance's cell; a new boot is not, and skips the
-        # lookup.
-        destination = spec_obj.obj_attr_is_set('requested_destination') and \
-            spec_obj.requested_destination
-        cell = destination and destination.obj_attr_is_set('cell') and \
-            destination.cell
-        if not cell:
-            return None
-        instance = self._load_instance(cell, spec_obj.instance_uuid)
-        if instance is None or not is_offloaded_with_kept_disk(instance):
-            return None
-        return instance
+        """The instance unshelved onto its kept disk, or None."""
+        return instance_to_unshelve(spec_obj, self._load_instance)
 
     @staticmethod
     def _load_instance(cell, instance_uuid):
@@ -139,6 +125,42 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
                 request_context.update_store()
 
 
+def instance_to_unshelve(spec_obj, load_instance=None):
+    """The instance ``spec_obj`` unshelves onto its kept disk, or None.
+
+    Read from the instance's cell once per request: the headroom weigher,
+    which tells these requests apart too, gets the filter's answer.
+    """
+    # The request spec object, and the instance it is for: a multi-create
+    # request schedules its instances one after the other with one spec.
+    request = (spec_obj, spec_obj.instance_uuid)
+    last = getattr(_last_lookup, 'request', None)
+    if last is not None and last[0] is spec_obj and last[1] == request[1]:
+        return last[2]
+    instance = _instance_to_unshelve(
+        spec_obj, load_instance or HostAggregateGroupFilter._load_instance)
+    _last_lookup.request = request + (instance,)
+    return instance
+
+
+def _instance_to_unshelve(spec_obj, load_instance):
+    if scheduler_utils.request_is_rebuild(spec_obj):
+        return None
+    # A move of an existing instance (unshelve, migrate, evacuate) is
+    # targeted at the instance's cell; a new boot is not, and skips the
+    # lookup.
+    destination = spec_obj.obj_attr_is_set('requested_destination') and \
+        spec_obj.requested_destination
+    cell = destination and destination.obj_attr_is_set('cell') and \
+        destination.cell
+    if not cell:
+        return None
+    instance = load_instance(cell, spec_obj.instance_uuid)
+    if instance is None or not is_offloaded_with_kept_disk(instance):
+        return None
+    return instance
+
+
 def is_offloaded_with_kept_disk(instance):
     """Whether the instance is shelved-offloaded with its root disk kept."""
     return (instance.vm_state == vm_states.SHELVED_OFFLOADED and
@@ -146,103 +168,14 @@ def is_offloaded_with_kept_disk(instance):
                  shelved.pending_snapshot_id(instance)))
 
 
-class StorageGroups:
-    """The storage groups named by the aggregates of the hosts of a request.
-
-    The host states of Nova's host manager share one object per aggregate,
-    so each aggregate is read once per request, not once per host in it:
-    the cost grows with the number of hosts, not with its square. Shared by
-    the filter and the headroom weigher.
-    """
-
-    def __init__(self, host_states):
-        # id(aggregate) -> the group it names, or None.
-        self._group_of = {}
-        # (aggregate, group) for the aggregates that name a group.
-        self._named = []
-        for host_state in host_states:
-            for aggregate in host_state.aggregates:
-                if id(aggregate) in self._group_of:
-                    continue
-                group = _group_of_aggregate(aggregate)
-                self._group_of[id(aggregate)] = group
-                if group:
-                    self._named.append((aggregate, group))
-
-    def of_host_state(self, host_state):
-        """The groups of the aggregates a host of the request is in."""
-        groups = {self._group_of[id(aggregate)]
-                  for aggregate in host_state.aggregates}
-        groups.discard(None)
-        return groups
-
-    def listing(self, host):
-        """The groups whose aggregates list ``host``.
-
-        The aggregates, not the host states, say where a host is: it may
-        have been filtered out before.
-        """
-        return {group for aggregate, group in self._named
-                if host in (aggregate.hosts or ())}
-
-    def hosts_of(self, groups):
-        """The hosts the aggregates of ``groups`` list."""
-        hosts = set()
-        for aggregate, group in self._named:
-            if group in groups:
-                hosts.update(aggregate.hosts or ())
-        return hosts
-
-    def members(self):
-        """{group: the hosts its aggregates list}."""
-        hosts = collections.defaultdict(set)
-        for aggregate, group in self._named:
-            hosts[group].update(aggregate.hosts or ())
-        return hosts
-
-
-class KeptDiskStorage:
-    """Which hosts of one request share the storage holding a kept disk."""
-
-    def __init__(self, kept_on, host_states):
-        self.kept_on = kept_on
-        self._storage_groups = StorageGroups(host_states)
-        self.groups = self._storage_groups.listing(kept_on)
-        if len(self.groups) > 1:
-            _warn_several_groups(kept_on, self.groups)
-        # The hosts the aggregates of those groups list; a host in no group
-        # has storage of its own, shared with nobody.
-        self._sharing = self._storage_groups.hosts_of(self.groups)
-        self._sharing.add(kept_on)
-
-    def is_shared_by(self, host_state):
-        # Run for every host of the request: a set lookup, no logging for
-        # the hosts outside the group (the filter logs the count).
-        if host_state.host not in self._sharing:
-            return False
-        # The shelving host's groups were checked above.
-        if host_state.host != self.kept_on and len(
-                host_state.aggregates) > 1:
-            own_groups = self._storage_groups.of_host_state(host_state)
-            if len(own_groups) > 1:
-                _warn_several_groups(host_state.host, own_groups)
-        return True
-
-
 def _groups_of_host(host):
-    """The storage groups of ``host``, read from the database.
-
-    Only for the messages of an unshelve that cannot stay in the group:
-    there, no host handed to the filter may share an aggregate with
-    ``host``, so their aggregates cannot name its group.
-    """
+    """The storage groups of ``host``, read from the database, or none."""
     try:
-        aggregates = objects.AggregateList.get_by_host(
-            nova_context.get_admin_context(), host, key=GROUP_KEY)
+        return storage_groups.groups_of_host(
+            nova_context.get_admin_context(), host)
     except Exception:
         LOG.exception('Cannot read the aggregates of %s.', host)
         return set()
-    return {g for g in map(_group_of_aggregate, aggregates) if g}
 
 
 def _pending_message(instance, kept_on, groups, candidates):
@@ -259,26 +192,6 @@ def _pending_message(instance, kept_on, groups, candidates):
             candidates, kept_on, instance.uuid, snapshot_id))
     LOG.warning(message)
     return message
-
-
-def _group_of_aggregate(aggregate):
-    """The storage group the aggregate's metadata names, or None."""
-    group = shelved.group_name(aggregate)
-    if group is None and GROUP_KEY in (aggregate.metadata or {}):
-        LOG.warning('Aggregate %s (id %s) has a blank %s; it names no '
-                    'storage group and is ignored. Set it to the name of '
-                    'the storage its hosts share, or unset it.',
-                    aggregate.name, aggregate.id, GROUP_KEY)
-    return group
-
-
-def _warn_several_groups(host, groups):
-    LOG.warning('Host %s is in several storage groups (%s), but a host '
-                'mounts one storage at instances_path. Hosts of any of '
-                'them may take an unshelve; where the storage differs the '
-                'kept disk is not found and the snapshot is downloaded. '
-                'Remove the host from all aggregates but one with %s.',
-                host, ', '.join(sorted(groups)), GROUP_KEY)
 
 
 def _why_none_qualified(sharing, floor):

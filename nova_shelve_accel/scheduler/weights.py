@@ -32,6 +32,7 @@ from nova.scheduler import weights
 
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel.scheduler import filters
+from nova_shelve_accel import storage_groups
 
 CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
@@ -70,8 +71,6 @@ class ShelvedHeadroomWeigher(weights.BaseHostWeigher):
     maxval = 1.0
 
     def __init__(self):
-        # Tells the unshelve of a kept disk apart exactly as the filter does.
-        self._filter = filters.HostAggregateGroupFilter()
         # Nova's host manager creates each weigher once per scheduler
         # process, so this count lives as long as the process.
         self._demand = ShelvedDemand()
@@ -95,10 +94,12 @@ class ShelvedHeadroomWeigher(weights.BaseHostWeigher):
         return request.weight_of(host_state)
 
     def _weighing_for(self, hosts, spec_obj):
-        instance = self._filter.shelved_instance(spec_obj)
+        # Tells the unshelve of a kept disk apart exactly as the filter
+        # does, with the instance the filter read for this request.
+        instance = filters.instance_to_unshelve(spec_obj)
         kept_on = instance and instance.system_metadata.get('shelved_host')
         if kept_on:
-            storage = filters.KeptDiskStorage(kept_on, hosts)
+            storage = storage_groups.KeptDiskStorage(kept_on, hosts)
             # Otherwise the filter found no host of the group able to take
             # the instance and let every host through: the unshelve lands
             # outside the group, as any other request would.
@@ -136,9 +137,9 @@ class GroupHeadroom:
 
     def __init__(self, hosts, size, need_by_host):
         self._size = size
-        self._groups = filters.StorageGroups(hosts)
+        self._groups = storage_groups.StorageGroups.of_request(hosts)
         self._need = {}
-        for group, members in self._groups.members().items():
+        for group, members in self._groups.hosts.items():
             need = NO_NEED
             for host in members:
                 need = _add_need(need, need_by_host.get(host, NO_NEED))

@@ -31,6 +31,7 @@ from nova.tests.unit.scheduler import fakes
 
 from nova_shelve_accel.scheduler import filters
 from nova_shelve_accel import shelved
+from nova_shelve_accel import storage_groups
 
 SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
 OLD_SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000000'
@@ -44,6 +45,9 @@ class FilterTestCase(test.NoDBTestCase):
         super().setUp()
         self.flags(free_space_floor_percent=10, group='shelve_accel')
         self.filt = filters.HostAggregateGroupFilter()
+        # Each test sees the warnings of its own aggregates.
+        storage_groups.forget_warnings()
+        self.addCleanup(storage_groups.forget_warnings)
         self.cell = objects.CellMapping(uuid=uuids.cell, name='cell1')
         self.lookups = []
         self.db_instance = None
@@ -79,7 +83,8 @@ class FilterTestCase(test.NoDBTestCase):
 
     @staticmethod
     def aggregate(name, hosts, group=None, agg_id=1):
-        metadata = {filters.GROUP_KEY: group} if group is not None else {}
+        metadata = ({storage_groups.GROUP_KEY: group} if group is not None
+                    else {})
         return objects.Aggregate(id=agg_id, name=name, hosts=hosts,
                                  metadata=metadata)
 
@@ -115,7 +120,8 @@ class FilterTestCase(test.NoDBTestCase):
 
     def _logged(self, level, text):
         return [line for line in self.stdlog.logger.output.splitlines()
-                if ' %s [%s] ' % (level, filters.__name__) in line and
+                if any(' %s [%s] ' % (level, module.__name__) in line
+                       for module in (filters, storage_groups)) and
                 text in line]
 
 
@@ -365,7 +371,8 @@ class TestUnshelveWithPendingSnapshot(FilterTestCase):
         hosts = self.hosts('CD', [g1])
         error = self.assertRaises(exception.NoValidHost,
                                   self.filt.filter_all, hosts, self.spec())
-        self.assertEqual([('A', filters.GROUP_KEY)], self.aggregate_lookups)
+        self.assertEqual([('A', storage_groups.GROUP_KEY)],
+                         self.aggregate_lookups)
         message = str(error)
         self.assertIn(uuids.instance, message)
         self.assertIn(SNAPSHOT, message)
@@ -518,8 +525,8 @@ class TestMisconfiguredGroups(FilterTestCase):
         aggs = [self.aggregate('g1', names, 'g1', agg_id=1),
                 self.aggregate('az1', names, agg_id=2)]
         hosts = self.hosts(names, aggs)
-        with mock.patch.object(filters, '_group_of_aggregate',
-                               wraps=filters._group_of_aggregate) as read:
+        with mock.patch.object(storage_groups, 'group_name',
+                               wraps=storage_groups.group_name) as read:
             self.assertEqual(names, self.passing(hosts, self.spec()))
         self.assertEqual(2, read.call_count)
 

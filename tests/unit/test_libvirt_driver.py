@@ -46,6 +46,7 @@ from nova.virt import fake
 
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel import storage_groups
 from nova_shelve_accel.virt.libvirt import driver as accel_driver
 from tests.unit import disks
 
@@ -1235,10 +1236,10 @@ class TestStorageSharing(DriverTestCase):
         self.useFixture(fixtures.MockPatchObject(
             self.drvr._recovery, 'run', return_value=[]))
         self.peers = ['compute-b']
-        self.stub_out('nova_shelve_accel.shelved.storage_of_host',
+        self.stub_out('nova_shelve_accel.storage_groups.storage_of_host',
                       lambda context, host: (['g1'], self.peers))
-        shelved.this_host.forget()
-        self.addCleanup(shelved.this_host.forget)
+        storage_groups.this_host.forget()
+        self.addCleanup(storage_groups.this_host.forget)
 
     def other_host_on_the_storage(self, host):
         storage.KeptDiskStore(self.instances_path, '_shelve_kept', '_base',
@@ -1247,7 +1248,7 @@ class TestStorageSharing(DriverTestCase):
     def passes(self, count=1):
         for _ in range(count):
             self.drvr.manage_image_cache(self.context, [])
-            shelved.this_host.forget()
+            storage_groups.this_host.forget()
 
     def test_init_host_leaves_this_hosts_probe(self):
         self.useFixture(fixtures.MockPatch(
@@ -1288,7 +1289,7 @@ class TestStorageSharing(DriverTestCase):
         self.assertNotIn('compute-b', self.stdlog.logger.output)
 
     def test_groups_that_cannot_be_read_are_not_compared(self):
-        self.stub_out('nova_shelve_accel.shelved.storage_of_host',
+        self.stub_out('nova_shelve_accel.storage_groups.storage_of_host',
                       mock.Mock(side_effect=ValueError('conductor away')))
         self.passes()
         self.assertNotIn('Hosts', self.stdlog.logger.output)
@@ -1539,10 +1540,10 @@ class TestSnapshotAtShelve(DriverTestCase):
         self.glance.add(SNAPSHOT)
         # This host's storage group, with another host to resume uploads.
         self.peers = ['compute-b']
-        self.stub_out('nova_shelve_accel.shelved.storage_of_host',
+        self.stub_out('nova_shelve_accel.storage_groups.storage_of_host',
                       lambda context, host: (['g1'], self.peers))
-        shelved.this_host.forget()
-        self.addCleanup(shelved.this_host.forget)
+        storage_groups.this_host.forget()
+        self.addCleanup(storage_groups.this_host.forget)
 
     def shelving(self, sysmeta=None, **updates):
         # The manager sets shelved_image_id only after the snapshot.
@@ -1582,7 +1583,7 @@ class TestSnapshotAtShelve(DriverTestCase):
 
     def test_storage_groups_that_cannot_be_read_take_the_snapshot(self):
         disks.make_qcow2_instance(self.instances_path, uuids.instance)
-        self.stub_out('nova_shelve_accel.shelved.storage_of_host',
+        self.stub_out('nova_shelve_accel.storage_groups.storage_of_host',
                       mock.Mock(side_effect=ValueError('conductor away')))
         self.assert_stock_snapshot(self.shelving())
         self.assertIn('conductor away', self.stdlog.logger.output)

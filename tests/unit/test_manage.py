@@ -41,6 +41,7 @@ from nova_shelve_accel.cmd import manage
 from nova_shelve_accel.cmd import snapshots
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel import storage_groups
 from tests import notification_samples as samples
 from tests.unit import disks
 from tests.unit import test_libvirt_driver as driver_tests
@@ -834,9 +835,10 @@ class TestStorageUsage(ManageTestCase):
             aggregate.add_host(host)
 
     def test_group_is_read_from_the_aggregates_of_this_host(self):
-        self.make_aggregate('storage-a', {shelved.GROUP_KEY: ' group-a '},
+        self.make_aggregate('storage-a',
+                            {storage_groups.GROUP_KEY: ' group-a '},
                             [HOST, 'compute-b'])
-        self.make_aggregate('storage-b', {shelved.GROUP_KEY: 'group-b'},
+        self.make_aggregate('storage-b', {storage_groups.GROUP_KEY: 'group-b'},
                             ['compute-c'])
         self.make_aggregate('fast', {'ssd': 'true'}, [HOST])
 
@@ -847,7 +849,7 @@ class TestStorageUsage(ManageTestCase):
                          self.run_table('storage', 'usage')['storage group'])
 
     def test_a_host_in_no_group_says_none(self):
-        self.make_aggregate('storage-b', {shelved.GROUP_KEY: 'group-b'},
+        self.make_aggregate('storage-b', {storage_groups.GROUP_KEY: 'group-b'},
                             ['compute-c'])
 
         self.assertEqual([],
@@ -857,7 +859,7 @@ class TestStorageUsage(ManageTestCase):
                          self.run_table('storage', 'usage')['storage group'])
 
     def test_hosts_sharing_the_storage_against_the_group(self):
-        self.make_aggregate('storage-a', {shelved.GROUP_KEY: 'group-a'},
+        self.make_aggregate('storage-a', {storage_groups.GROUP_KEY: 'group-a'},
                             [HOST, 'compute-b', 'compute-c'])
         for host in (HOST, 'compute-b', 'compute-x'):
             disks.make_store(self.instances_path, host=host).leave_probe()

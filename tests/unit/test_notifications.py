@@ -24,7 +24,7 @@ from nova import rpc
 from nova import test
 
 from nova_shelve_accel import notifications
-from nova_shelve_accel import shelved
+from nova_shelve_accel import storage_groups
 from tests import notification_samples as samples
 
 # The fields of each payload class, as a hash: a change of fields without a
@@ -76,9 +76,9 @@ class NotificationsTestCase(test.TestCase):
                              snapshot_id=uuids.snapshot, **own)
 
     def group(self, name, hosts, aggregate_name=None):
-        aggregate = objects.Aggregate(self.context,
-                                      name=aggregate_name or name,
-                                      metadata={shelved.GROUP_KEY: name})
+        aggregate = objects.Aggregate(
+            self.context, name=aggregate_name or name,
+            metadata={storage_groups.GROUP_KEY: name})
         aggregate.create()
         for host in hosts:
             aggregate.add_host(host)
@@ -234,9 +234,9 @@ class TestStorageGroups(NotificationsTestCase):
         self.group('g1', ['c3'], aggregate_name='g1-rack2')
         self.group('g2', ['c4'])
         self.assertEqual((['g1'], ['c2', 'c3']),
-                         shelved.storage_of_host(self.context, 'c1'))
+                         storage_groups.storage_of_host(self.context, 'c1'))
         self.assertEqual(([], []),
-                         shelved.storage_of_host(self.context, 'c9'))
+                         storage_groups.storage_of_host(self.context, 'c9'))
 
     def test_other_aggregates_of_the_host_do_not_count(self):
         aggregate = objects.Aggregate(self.context, name='az1',
@@ -244,7 +244,7 @@ class TestStorageGroups(NotificationsTestCase):
         aggregate.create()
         aggregate.add_host('c1')
         blank = objects.Aggregate(self.context, name='blank',
-                                  metadata={shelved.GROUP_KEY: ' '})
+                                  metadata={storage_groups.GROUP_KEY: ' '})
         blank.create()
         blank.add_host('c1')
         self.assertEqual([], self.groups_sent())

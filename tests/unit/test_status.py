@@ -44,6 +44,7 @@ from nova import test
 
 from nova_shelve_accel.cmd import status
 from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel import storage_groups
 from tests.unit import disks
 
 CONF = nova.conf.CONF
@@ -595,7 +596,7 @@ class TestStorageGroups(CheckTestMixin, test.TestCase):
     def aggregate(self, name, group, *hosts):
         aggregate = objects.Aggregate(self.context, name=name)
         if group is not None:
-            aggregate.metadata = {status.shelved.GROUP_KEY: group}
+            aggregate.metadata = {storage_groups.GROUP_KEY: group}
         aggregate.create()
         for host in hosts:
             aggregate.add_host(host)
@@ -739,7 +740,7 @@ class TestStorageSharing(CheckTestMixin, test.TestCase):
     def aggregate(self, name, group, *hosts):
         aggregate = objects.Aggregate(
             self.context, name=name,
-            metadata={status.shelved.GROUP_KEY: group})
+            metadata={storage_groups.GROUP_KEY: group})
         aggregate.create()
         for host in hosts:
             aggregate.add_host(host)
@@ -800,7 +801,7 @@ class TestMain(test.TestCase):
         os.mkdir(self.instances_path)
         context = nova_context.get_admin_context()
         group = objects.Aggregate(context, name='g1', metadata={
-            status.shelved.GROUP_KEY: 'g1'})
+            storage_groups.GROUP_KEY: 'g1'})
         group.create()
         group.add_host('c1')
         group.add_host('c2')
@@ -942,7 +943,7 @@ class TestConsoleScriptReachesTheDatabase(testtools.TestCase):
             db.execute(sqlalchemy.insert(api_models.Aggregate).values(
                 id=1, uuid=uuids.g1, name='g1'))
             db.execute(sqlalchemy.insert(api_models.AggregateMetadata).values(
-                aggregate_id=1, key=status.shelved.GROUP_KEY, value='g1'))
+                aggregate_id=1, key=storage_groups.GROUP_KEY, value='g1'))
             for host in ('c1', 'c2'):
                 db.execute(sqlalchemy.insert(api_models.AggregateHost).values(
                     aggregate_id=1, host=host))

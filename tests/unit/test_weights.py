@@ -37,6 +37,7 @@ from nova.tests.unit.scheduler import fakes
 from nova_shelve_accel.scheduler import filters
 from nova_shelve_accel.scheduler import weights
 from nova_shelve_accel import shelved
+from nova_shelve_accel import storage_groups
 
 WEIGHER_PATH = 'nova_shelve_accel.scheduler.weights.ShelvedHeadroomWeigher'
 SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
@@ -83,7 +84,7 @@ class WeigherTestCase(test.TestCase):
     @staticmethod
     def aggregate(name, hosts, group=None, agg_id=1, **metadata):
         if group is not None:
-            metadata[filters.GROUP_KEY] = group
+            metadata[storage_groups.GROUP_KEY] = group
         return objects.Aggregate(id=agg_id, name=name, hosts=hosts,
                                  metadata=metadata)
 
@@ -409,6 +410,25 @@ class TestUnshelve(WeigherTestCase):
         # g1's need counts both: 9216 MB; 8192 - 1024 covers 7/9.
         self.assertAlmostEqual(7 / 9, self.raw_weights(
             self.g1_and_c(), spec)['A'])
+
+    def test_the_filter_s_read_of_the_instance_is_not_read_again(self):
+        # nova-scheduler runs the filter, then the weigher, on one request:
+        # one read of the instance's cell for both, and again for the next.
+        instance = self.shelved_instance('A', memory_mb=1024)
+        g1 = self.aggregate('g1', ['A', 'B'], 'g1')
+        hosts = [self.host('A', [g1], free_mb=2048),
+                 self.host('B', [g1], free_mb=4096)]
+        spec = self.unshelve_spec(instance)
+        group_filter = filters.HostAggregateGroupFilter()
+        with mock.patch.object(objects.Instance, 'get_by_uuid',
+                               wraps=objects.Instance.get_by_uuid) as get:
+            self.assertEqual(instance.uuid,
+                             group_filter.shelved_instance(spec).uuid)
+            self.assertEqual({'A': 0.5, 'B': 1.0},
+                             self.raw_weights(hosts, spec))
+            self.assertEqual(1, get.call_count)
+            self.raw_weights(hosts, self.unshelve_spec(instance))
+            self.assertEqual(2, get.call_count)
 
 
 class TestShelvedDemand(WeigherTestCase):
