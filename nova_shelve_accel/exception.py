@@ -33,6 +33,13 @@ class LeaseLost(Exception):
     """Another host took over the upload, or the kept disk was claimed."""
 
 
+class NotReused(Exception):
+    """The kept disk cannot serve this unshelve; the message says why.
+
+    The unshelve goes on as stock Nova's, from the snapshot.
+    """
+
+
 # -- the upload into the snapshot image ------------------------------------
 
 class UploadAbandoned(Exception):

@@ -686,15 +686,9 @@ class KeptDiskStore:
         """
         inst_dir = self.instance_dir(instance_uuid)
         source = self.kept_dir(instance_uuid, snapshot_id)
-        if not is_real_dir(source):
+        staging = self._take(source, STAGING, instance_uuid, snapshot_id)
+        if staging is None:
             return False
-        staging = self._in_flight_path(STAGING, instance_uuid, snapshot_id)
-        try:
-            os.rename(source, staging)
-        except OSError as e:
-            if vanished(e, source):
-                return False
-            raise
         faults.cut_point('claim.staged')
         try:
             # rename() replaces an empty directory but never a populated one,
@@ -1156,18 +1150,30 @@ class KeptDiskStore:
             record.instance_uuid, record.snapshot_id, reason,
             record.allocated_bytes)
 
+    def _take(self, source, kind, instance_uuid, snapshot_id):
+        """Rename the directory ``source`` to an in-flight name of ``kind``.
+
+        Returns that name, or None if ``source`` is gone (or is no real
+        directory). Of hosts racing for ``source``, exactly one renames it:
+        the rename is what makes a host its owner.
+        """
+        if not is_real_dir(source):
+            return None
+        in_flight = self._in_flight_path(kind, instance_uuid, snapshot_id)
+        try:
+            os.rename(source, in_flight)
+        except OSError as e:
+            if vanished(e, source):
+                return None
+            raise
+        return in_flight
+
     def reclaim_path(self, source, instance_uuid, snapshot_id, reason,
                      allocated_bytes=0):
         """Delete the kept-disk directory ``source`` (damaged ones too)."""
-        if not is_real_dir(source):
+        trash = self._take(source, TRASH, instance_uuid, snapshot_id)
+        if trash is None:
             return False
-        trash = self._in_flight_path(TRASH, instance_uuid, snapshot_id)
-        try:
-            os.rename(source, trash)
-        except OSError as e:
-            if vanished(e, source):
-                return False
-            raise
         if not os.path.lexists(trash):
             # The rename reported success for a source another client had
             # already moved (see ``claim``): that host won.

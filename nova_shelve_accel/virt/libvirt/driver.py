@@ -60,6 +60,7 @@ from nova_shelve_accel import faults
 from nova_shelve_accel import notifications
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel import storage_groups
 from nova_shelve_accel.virt.libvirt import eviction
 from nova_shelve_accel.virt.libvirt import recovery
 from nova_shelve_accel.virt.libvirt import upload
@@ -217,7 +218,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         storage group must resume it.
         """
         try:
-            _groups, peers = shelved.this_host.get(context, CONF.host)
+            _groups, peers = storage_groups.this_host.get(context, CONF.host)
         except Exception as e:
             return 'the storage groups of this host cannot be read: %s' % e
         if not peers:
@@ -477,21 +478,15 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                       block_device_info=block_device_info,
                       power_on=power_on, accel_info=accel_info)
         snapshot_id = self._unshelving_snapshot(instance)
-        not_reused = snapshot_id and self._claim_kept_disk(instance,
-                                                           snapshot_id)
-        if not snapshot_id or not_reused:
-            if snapshot_id:
-                self._refuse_claim_left_behind(instance)
-            if snapshot_id and shelved.pending_snapshot_id(instance):
-                self._refuse_queued_snapshot(context, instance, snapshot_id)
-            if not_reused and (shelved.kept_snapshot_id(instance) or
-                               shelved.pending_snapshot_id(instance)):
-                notifications.notify(
-                    'shelve_accel.unshelve.fallback', instance.uuid,
-                    context=context, project_id=instance.project_id,
-                    snapshot_id=snapshot_id, reason=not_reused)
+        if not snapshot_id:
             super().spawn(*args, **kwargs)
             self._forget_kept_disk(instance)
+            return
+        try:
+            self._claim_kept_disk(instance, snapshot_id)
+        except accel_exc.NotReused as e:
+            self._spawn_from_snapshot(context, instance, snapshot_id, str(e),
+                                      args, kwargs)
             return
 
         started = time.monotonic()
@@ -527,6 +522,21 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             'shelve_accel.disk.reused', instance.uuid, context=context,
             project_id=instance.project_id, snapshot_id=snapshot_id,
             duration_s=round(time.monotonic() - started, 3))
+
+    def _spawn_from_snapshot(self, context, instance, snapshot_id, why,
+                             args, kwargs):
+        """The unshelve as stock Nova's: the kept disk cannot serve it."""
+        self._refuse_claim_left_behind(instance)
+        if shelved.pending_snapshot_id(instance):
+            self._refuse_queued_snapshot(context, instance, snapshot_id)
+        if (shelved.kept_snapshot_id(instance) or
+                shelved.pending_snapshot_id(instance)):
+            notifications.notify(
+                'shelve_accel.unshelve.fallback', instance.uuid,
+                context=context, project_id=instance.project_id,
+                snapshot_id=snapshot_id, reason=why)
+        super().spawn(*args, **kwargs)
+        self._forget_kept_disk(instance)
 
     def get_info(self, instance, use_cache=True):
         if instance.uuid in self._spawned:
@@ -589,7 +599,8 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
     def _claim_kept_disk(self, instance, snapshot_id):
         """Take the kept disk of this shelve if it is here and sound.
 
-        Returns None once it is claimed, otherwise why it was not.
+        Returns its record once it is claimed, moved into the instance
+        directory; raises NotReused, saying why, when it was not.
         """
         try:
             record = self._kept_disks.find(instance.uuid, snapshot_id)
@@ -597,14 +608,16 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
             LOG.warning('Cannot look for a kept root disk in %s: %s. '
                         'Unshelving from snapshot %s.', self._kept_disks.path,
                         e, snapshot_id, instance=instance)
-            return 'cannot read %s: %s' % (self._kept_disks.path, e)
+            raise accel_exc.NotReused('cannot read %s: %s' % (
+                self._kept_disks.path, e))
         if record is None:
             if shelved.kept_snapshot_id(instance):
                 LOG.info('No kept root disk for snapshot %s on storage %s; '
                          'unshelving from the snapshot.', snapshot_id,
                          self._kept_disks.path, instance=instance)
-            return 'no kept root disk for snapshot %s in %s' % (
-                snapshot_id, self._kept_disks.path)
+            raise accel_exc.NotReused(
+                'no kept root disk for snapshot %s in %s' % (
+                    snapshot_id, self._kept_disks.path))
         host_format = root_disk_format()
         if host_format != record.disk_format:
             LOG.warning('Not reusing the kept root disk in %s: it is a %s '
@@ -616,8 +629,9 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                         record.disk_format, CONF.libvirt.images_type,
                         host_format or 'no file', snapshot_id,
                         instance=instance)
-            return 'the kept disk is %s and this host stores root disks ' \
-                   'as %s' % (record.disk_format, host_format or 'no file')
+            raise accel_exc.NotReused(
+                'the kept disk is %s and this host stores root disks as %s'
+                % (record.disk_format, host_format or 'no file'))
         try:
             self._kept_disks.verify(record, instance.uuid, snapshot_id)
             faults.cut_point('claim.verified')
@@ -628,11 +642,12 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                         'snapshot %s instead; the kept disk is reclaimed '
                         'once the instance runs.', e, snapshot_id,
                         instance=instance)
-            return 'verification failed: %s' % e
+            raise accel_exc.NotReused('verification failed: %s' % e)
         if not claimed:
             LOG.info('Another host claimed the kept root disk first; '
                      'unshelving from the snapshot.', instance=instance)
-            return 'another host claimed the kept disk first'
+            raise accel_exc.NotReused(
+                'another host claimed the kept disk first')
         faults.cut_point('claim.renamed')
         try:
             self._kept_disks.check_claimed(record, instance.uuid, snapshot_id)
@@ -643,8 +658,9 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                         snapshot_id, instance=instance)
             self._give_back(instance, snapshot_id, 'it changed after it was '
                             'claimed')
-            return 'the kept disk changed after it was claimed: %s' % e
-        return None
+            raise accel_exc.NotReused(
+                'the kept disk changed after it was claimed: %s' % e)
+        return record
 
     def _release_kept_disk(self, instance, snapshot_id):
         """After a failed spawn: remove the guest, then give the disk back.
@@ -725,9 +741,12 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
     def _create_and_inject_local_root(self, context, instance, disk_mapping,
                                       booted_from_volume, suffix, disk_images,
                                       injection_info, fallback_from_host):
-        # The claimed disk is the root disk: nothing to fetch, copy, resize or
-        # rebase, and Nova's image cache would look for the snapshot's base
-        # file, which this host does not have.
+        # Nova 34 calls this from _create_image, in spawn for the root disk
+        # (suffix ''), in rescue and finish_migration; _spawn marks the
+        # instance in _reusing around its spawn. The claimed disk is the
+        # root disk: nothing to fetch, copy, resize or rebase, and Nova's
+        # image cache would look for the snapshot's base file, which this
+        # host does not have.
         if instance.uuid in self._reusing and not suffix:
             return False
         return super()._create_and_inject_local_root(
@@ -768,7 +787,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         Each is logged when it changes, not at every pass.
         """
         try:
-            _groups, peers = shelved.this_host.get(context, CONF.host)
+            _groups, peers = storage_groups.this_host.get(context, CONF.host)
             sharing = self._kept_disks.hosts_sharing()
         except Exception as e:
             LOG.debug('Not comparing the storage group with the probes on '
