@@ -324,15 +324,18 @@ wait_for() {
 
 http_ok() { curl -s -o /dev/null -m 5 "$1"; }
 
-# Idle connections are kept 75 s, longer than any client here waits between
-# two requests: with gunicorn's 2 s, the openstack client's polls every 2 s
-# (server delete --wait) sometimes reused a connection the server was
-# closing that instant, and failed with "Remote end closed connection".
+# --keep-alive 0: every response closes its connection ("Connection:
+# close"), so no client reuses one. With gunicorn's default of 2 s the
+# openstack client, which polls every 2 s (server delete --wait), now and
+# then reused a connection the server was closing that instant ("Remote
+# end closed connection without response"); with 75 s, the two workers
+# nova-scheduler forks shared the Placement connection their parent had
+# opened, and each read the other's responses (BadStatusLine).
 gunicorn_app() {
     local name=$1 port=$2 app=$3; shift 3
     start "$name" env "$@" "$VENV/bin/gunicorn" \
         --bind "127.0.0.1:$port" --worker-class gthread --workers 1 \
-        --threads 8 --timeout 3600 --keep-alive 75 \
+        --threads 8 --timeout 3600 --keep-alive 0 \
         --pythonpath "$TOOLS" --no-control-socket \
         --access-logfile "$LOGS/$name-access.log" \
         --access-logformat '%(t)s "%(r)s" %(s)s %(B)s %(L)s' \
