@@ -27,13 +27,13 @@ from nova_shelve_accel import storage
 from nova_shelve_accel.virt.libvirt import eviction
 from tests import notification_samples as samples
 from tests.unit import disks
-from tests.unit import test_libvirt_driver as driver_tests
+from tests.unit import driver_fixtures
 
 # One snapshot per instance: the sentinels sort in this order.
 OLDEST, MIDDLE, NEWEST = uuids.oldest, uuids.middle, uuids.newest
 
 
-class EvictionTestCase(driver_tests.DriverTestCase):
+class EvictionTestCase(driver_fixtures.DriverTestCase):
     """Real kept disks on a real store; Glance and the cell DB in memory.
 
     The storage's free share is what the test says it is: the test cannot
@@ -44,10 +44,10 @@ class EvictionTestCase(driver_tests.DriverTestCase):
         super().setUp()
         self.flags(free_space_floor_percent=10, eviction_margin_percent=5,
                    group='shelve_accel')
-        self.glance = self.useFixture(driver_tests.FakeGlance())
+        self.glance = self.useFixture(driver_fixtures.FakeGlance())
         self.store = self.drvr._kept_disks
         self.evictor = self.drvr._evictor
-        cells = self.useFixture(driver_tests.CellDatabase())
+        cells = self.useFixture(driver_fixtures.CellDatabase())
         self.db, self.saved = cells.instances, cells.saved
         self.free_with_no_disk = 40.0
         self.stub_out(
@@ -186,10 +186,10 @@ class TestEvictionUnderPressure(EvictionTestCase):
 
     def test_the_resource_update_looks_for_pressure(self):
         self.three_disks()
-        self.useFixture(driver_tests.fixtures.MockPatch(
+        self.useFixture(driver_fixtures.fixtures.MockPatch(
             'nova.virt.libvirt.driver.LibvirtDriver.get_available_resource',
             side_effect=lambda node: {}))
-        self.drvr.get_available_resource(driver_tests.NODE)
+        self.drvr.get_available_resource(driver_fixtures.NODE)
         self.assertEqual(2, len(self.kept()))
 
 

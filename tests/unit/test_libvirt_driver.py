@@ -16,7 +16,6 @@ The driver is built as Nova's own libvirt unit tests build theirs; its
 instance storage is a temporary directory holding real disks.
 """
 
-import copy
 import dataclasses
 import json
 import math
@@ -34,14 +33,11 @@ from nova.compute import provider_tree
 from nova.compute import task_states
 from nova.compute import vm_states
 import nova.conf
-from nova import context as nova_context
 from nova import exception
 from nova.network import model as network_model
 from nova import objects
-from nova import test
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.unit import fake_block_device
-from nova.tests.unit import fake_instance
 from nova.virt import fake
 
 from nova_shelve_accel import shelved
@@ -49,180 +45,12 @@ from nova_shelve_accel import storage
 from nova_shelve_accel import storage_groups
 from nova_shelve_accel.virt.libvirt import driver as accel_driver
 from tests.unit import disks
+from tests.unit import driver_fixtures as fx
 
 CONF = nova.conf.CONF
-SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
-OLD_SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000000'
-NODE = 'compute-a'
-# What glanceclient reads at a time from the file it uploads.
-GLANCE_CHUNK = 64 * units.Ki
 
 
-class FakeGlance(fixtures.Fixture):
-    """Glance as ``nova.image.glance.API`` shows it, images in memory.
-
-    ``update`` with data reads it as glanceclient does, 64 KiB at a time
-    until it ends, and only then activates the image, as Glance does; an
-    error raised while reading leaves the image queued and without data.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.images = {}
-        self.data = {}
-        # (image id, metadata) of every update, with data or not.
-        self.updates = []
-        # Called with the number of chunks read so far, after each chunk.
-        self.after_chunk = None
-        # Raised by update before it reads anything.
-        self.error = None
-        # The status Glance gives the image once the data is in.
-        self.status_after_upload = 'active'
-        # (image id, protected) of every update of 'protected' alone; those
-        # are not in ``updates``.
-        self.protections = []
-        # Raised by such an update.
-        self.protect_error = None
-
-    def _setUp(self):
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.image.glance.API.get',
-            lambda api, context, image_id, *args, **kwargs: self.get(
-                context, image_id)))
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.image.glance.API.update',
-            lambda api, context, image_id, metadata, data=None,
-            purge_props=True: self.update(context, image_id, metadata,
-                                          data)))
-
-    def add(self, image_id, status='queued', name='instance-shelved'):
-        self.images[image_id] = {'id': image_id, 'name': name,
-                                 'status': status, 'properties': {},
-                                 'protected': False}
-
-    def get(self, context, image_id):
-        if image_id not in self.images:
-            raise exception.ImageNotFound(image_id=image_id)
-        return copy.deepcopy(self.images[image_id])
-
-    def update(self, context, image_id, metadata, data=None):
-        if set(metadata) == {'protected'} and data is None:
-            if self.protect_error is not None:
-                raise self.protect_error
-            if image_id not in self.images:
-                raise exception.ImageNotFound(image_id=image_id)
-            self.protections.append((image_id, metadata['protected']))
-            self.images[image_id]['protected'] = metadata['protected']
-            return copy.deepcopy(self.images[image_id])
-        self.updates.append((image_id, copy.deepcopy(metadata)))
-        if self.error is not None:
-            raise self.error
-        image = self.images[image_id]
-        if data is not None:
-            if image['status'] != 'queued':
-                raise exception.Invalid('image %s is %s, not queued'
-                                        % (image_id, image['status']))
-            chunks = []
-            while True:
-                chunk = data.read(GLANCE_CHUNK)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                if self.after_chunk is not None:
-                    self.after_chunk(len(chunks))
-            self.data[image_id] = b''.join(chunks)
-            image['status'] = self.status_after_upload
-        for key, value in metadata.items():
-            if key == 'properties':
-                image['properties'].update(value)
-            elif key != 'status':
-                image[key] = value
-        return copy.deepcopy(image)
-
-
-class CellDatabase(fixtures.Fixture):
-    """The cell database as far as the driver's background work asks it.
-
-    ``instances`` holds the instances ``Instance.get_by_uuid`` finds;
-    ``saved`` records (uuid, expected_task_state) of every save.
-    """
-
-    def _setUp(self):
-        self.instances = {}
-        self.saved = []
-
-        def get_by_uuid(cls, context, instance_uuid, expected_attrs=None):
-            if instance_uuid not in self.instances:
-                raise exception.InstanceNotFound(instance_id=instance_uuid)
-            return self.instances[instance_uuid]
-
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.objects.Instance.get_by_uuid', get_by_uuid))
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.objects.Instance.save',
-            lambda inst, expected_task_state=None: self.saved.append(
-                (inst.uuid, expected_task_state))))
-
-
-def converted(test, disk, source_format='qcow2', out_format='qcow2'):
-    """What Nova's cold snapshot uploads of ``disk``.
-
-    ``qemu-img convert`` as Nova runs it, ``snapshot_compression`` off.
-    """
-    out = os.path.join(test.useFixture(fixtures.TempDir()).path, 'copy')
-    disks.qemu_img('convert', '-f', source_format, '-O', out_format, disk,
-                   out)
-    with open(out, 'rb') as f:
-        return f.read()
-
-
-def make_disk_with_data(instances_path, instance_uuid):
-    """A qcow2 root disk whose base and overlay both hold data.
-
-    A copy that lost either layer differs from the disk.
-    """
-    base = disks.make_base(instances_path)
-    disks.qemu_io('raw', base, 'write -P 0x11 0 256k')
-    disk = disks.make_qcow2_instance(instances_path, instance_uuid,
-                                     backing=base)
-    disks.qemu_io('qcow2', disk, 'write -P 0x5a 512k 64k')
-    disks.age(disk)
-    return disk
-
-
-class DriverTestCase(test.NoDBTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.instances_path = self.useFixture(fixtures.TempDir()).path
-        self.flags(instances_path=self.instances_path)
-        self.flags(images_type='qcow2', group='libvirt')
-        # Tests of the floor set their own; the others must not depend on
-        # how full the test machine's disk is.
-        self.flags(free_space_floor_percent=0, group='shelve_accel')
-        self.useFixture(nova_fixtures.LibvirtFixture())
-        self.context = nova_context.get_admin_context()
-        self.flags_host = CONF.host
-        self.drvr = accel_driver.PartialOffloadLibvirtDriver(
-            fake.FakeVirtAPI(), False)
-
-    def instance(self, flavor=None, **updates):
-        updates.setdefault('system_metadata',
-                           {'shelved_image_id': SNAPSHOT})
-        # The host that offloads the instance owns it.
-        updates.setdefault('host', self.flags_host)
-        return fake_instance.fake_instance_obj(
-            self.context, flavor=flavor, expected_attrs=['system_metadata'],
-            **updates)
-
-    def keep(self, instance_uuid, snapshot_id=SNAPSHOT):
-        """A real kept disk for the instance on the driver's storage."""
-        disks.make_qcow2_instance(self.instances_path, instance_uuid)
-        return self.drvr._kept_disks.keep(instance_uuid, snapshot_id,
-                                          'qcow2')
-
-
-class TestDriverStorage(DriverTestCase):
+class TestDriverStorage(fx.DriverTestCase):
 
     def test_store_is_on_the_instances_path(self):
         store = self.drvr._kept_disks
@@ -248,7 +76,7 @@ class TestDriverStorage(DriverTestCase):
         self.assertIn('kept_disks_subdirectory', str(error))
 
 
-class TestReasonNotToKeep(DriverTestCase):
+class TestReasonNotToKeep(fx.DriverTestCase):
 
     def reason(self, instance=None, block_device_info=None):
         return self.drvr._reason_not_to_keep(instance or self.instance(),
@@ -336,7 +164,7 @@ class TestReasonNotToKeep(DriverTestCase):
                       self.reason())
 
 
-class TestRootDiskFormat(DriverTestCase):
+class TestRootDiskFormat(fx.DriverTestCase):
 
     def assert_format(self, expected, images_type, use_cow_images=True):
         self.flags(images_type=images_type, group='libvirt')
@@ -367,7 +195,7 @@ class TestRootDiskFormat(DriverTestCase):
                                                         None))
 
 
-class TestStorageReport(DriverTestCase):
+class TestStorageReport(fx.DriverTestCase):
     """The free share of the storage, for the filter's floor."""
 
     def stub_parent(self, stats):
@@ -376,7 +204,7 @@ class TestStorageReport(DriverTestCase):
             lambda drvr, nodename: {'local_gb': 7, 'stats': stats})
 
     def reported(self):
-        data = self.drvr.get_available_resource(NODE)
+        data = self.drvr.get_available_resource(fx.NODE)
         return data['stats']
 
     def test_reports_the_free_share_of_the_instance_storage(self):
@@ -401,12 +229,12 @@ class TestStorageReport(DriverTestCase):
         self.assertEqual('0.0', self.reported()[shelved.STORAGE_FREE_STAT])
 
 
-class TestUpdateProviderTree(DriverTestCase):
+class TestUpdateProviderTree(fx.DriverTestCase):
 
     def setUp(self):
         super().setUp()
         self.tree = provider_tree.ProviderTree()
-        self.tree.new_root(NODE, uuids.node)
+        self.tree.new_root(fx.NODE, uuids.node)
 
     def stub_parent(self, total, reserved, disk=True):
         """The stock driver reports this inventory; ours amends it."""
@@ -425,8 +253,8 @@ class TestUpdateProviderTree(DriverTestCase):
                       'update_provider_tree', update_provider_tree)
 
     def inventory(self):
-        self.drvr.update_provider_tree(self.tree, NODE)
-        return self.tree.data(NODE).inventory
+        self.drvr.update_provider_tree(self.tree, fx.NODE)
+        return self.tree.data(fx.NODE).inventory
 
     def test_reserved_unchanged_without_kept_disks(self):
         self.stub_parent(total=100, reserved=3)
@@ -454,7 +282,7 @@ class TestUpdateProviderTree(DriverTestCase):
             os.posix_fallocate(fd, 0, int(1.2 * units.Gi))
         finally:
             os.close(fd)
-        self.drvr._kept_disks.keep(uuids.instance, SNAPSHOT, 'raw')
+        self.drvr._kept_disks.keep(uuids.instance, fx.SNAPSHOT, 'raw')
         used = self.drvr._kept_disks.used_bytes()
         self.assertEqual(2, math.ceil(used / units.Gi))
 
@@ -485,7 +313,7 @@ class TestUpdateProviderTree(DriverTestCase):
         self.assertEqual(4, self.inventory()[orc.DISK_GB]['reserved'])
 
 
-class TestPeriodicPass(DriverTestCase):
+class TestPeriodicPass(fx.DriverTestCase):
     """The image cache pass: reclaim, protect, repair, on real files."""
 
     def setUp(self):
@@ -573,14 +401,14 @@ class TestPeriodicPass(DriverTestCase):
             instance_uuid = uuids.other_cell_pending if pending else (
                 uuids.other_cell)
             disks.make_qcow2_instance(self.instances_path, instance_uuid)
-            self.drvr._kept_disks.keep(instance_uuid, SNAPSHOT,
+            self.drvr._kept_disks.keep(instance_uuid, fx.SNAPSHOT,
                                        snapshot_pending=pending)
 
         self.assertEqual([], self.reclaim())
         self.reclaim()
 
-        self.assertEqual(sorted([(uuids.other_cell, SNAPSHOT),
-                                 (uuids.other_cell_pending, SNAPSHOT)]),
+        self.assertEqual(sorted([(uuids.other_cell, fx.SNAPSHOT),
+                                 (uuids.other_cell_pending, fx.SNAPSHOT)]),
                          self.kept())
         output = self.stdlog.logger.output
         self.assertEqual(2, output.count('Leaving'))
@@ -588,13 +416,13 @@ class TestPeriodicPass(DriverTestCase):
 
     def test_kept_disk_of_a_soft_deleted_row_is_reclaimed(self):
         self.keep(uuids.deleted)
-        self.in_db(uuids.deleted, SNAPSHOT, deleted=True)
+        self.in_db(uuids.deleted, fx.SNAPSHOT, deleted=True)
         self.assertEqual([], self.reclaim())
         self.assertEqual([], self.kept())
 
     def test_kept_disk_of_an_older_shelve_is_reclaimed(self):
-        self.keep(uuids.reshelved, OLD_SNAPSHOT)
-        self.in_db(uuids.reshelved, SNAPSHOT)
+        self.keep(uuids.reshelved, fx.OLD_SNAPSHOT)
+        self.in_db(uuids.reshelved, fx.SNAPSHOT)
         self.assertEqual([], self.reclaim())
         self.assertEqual([], self.kept())
 
@@ -606,9 +434,9 @@ class TestPeriodicPass(DriverTestCase):
 
     def test_kept_disk_of_the_current_shelve_is_kept_and_returned(self):
         self.keep(uuids.shelved)
-        owner = self.in_db(uuids.shelved, SNAPSHOT)
+        owner = self.in_db(uuids.shelved, fx.SNAPSHOT)
         self.assertEqual([owner], self.reclaim())
-        self.assertEqual([(uuids.shelved, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.shelved, fx.SNAPSHOT)], self.kept())
         self.assertEqual([], self.saved)
 
     def assert_pass_keeps_young(self, backing_file):
@@ -621,19 +449,19 @@ class TestPeriodicPass(DriverTestCase):
 
     def test_backing_file_of_a_kept_disk_is_kept_young(self):
         record = self.keep(uuids.shelved)
-        self.in_db(uuids.shelved, SNAPSHOT)
+        self.in_db(uuids.shelved, fx.SNAPSHOT)
         self.assert_pass_keeps_young(record.backing_file)
 
     def test_one_query_decides_every_kept_disk(self):
         self.keep(uuids.deleted)
-        self.keep(uuids.reshelved, OLD_SNAPSHOT)
-        self.in_db(uuids.reshelved, SNAPSHOT)
+        self.keep(uuids.reshelved, fx.OLD_SNAPSHOT)
+        self.in_db(uuids.reshelved, fx.SNAPSHOT)
         self.keep(uuids.shelved)
-        owner = self.in_db(uuids.shelved, SNAPSHOT)
+        owner = self.in_db(uuids.shelved, fx.SNAPSHOT)
 
         self.assertEqual([owner], self.reclaim())
 
-        self.assertEqual([(uuids.shelved, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.shelved, fx.SNAPSHOT)], self.kept())
         [(filters, expected_attrs)] = self.queries
         self.assertEqual(
             sorted([uuids.deleted, uuids.reshelved, uuids.shelved]),
@@ -649,7 +477,7 @@ class TestPeriodicPass(DriverTestCase):
         # EACCES. The disk of the deleted instance is still reclaimed and
         # Nova's own image cache pass still runs.
         self.keep(uuids.shelved)
-        owner = self.in_db(uuids.shelved, SNAPSHOT)
+        owner = self.in_db(uuids.shelved, fx.SNAPSHOT)
         self.keep(uuids.deleted)
         nova_pass = self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.driver.LibvirtDriver.manage_image_cache'))
@@ -658,7 +486,7 @@ class TestPeriodicPass(DriverTestCase):
                         side_effect=PermissionError(13, 'Permission denied')):
             self.drvr.manage_image_cache(self.context, [])
 
-        self.assertEqual([(uuids.shelved, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.shelved, fx.SNAPSHOT)], self.kept())
         nova_pass.mock.assert_called_once_with(self.context, [])
         self.assertIn('Permission denied', self.stdlog.logger.output)
         del owner
@@ -669,7 +497,7 @@ class TestPeriodicPass(DriverTestCase):
         # directory whose disk a keep moved away a moment later, and its
         # whole pass aborted with DiskNotFound.
         self.keep(uuids.shelved)
-        self.in_db(uuids.shelved, SNAPSHOT)
+        self.in_db(uuids.shelved, fx.SNAPSHOT)
         nova_pass = self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.driver.LibvirtDriver.manage_image_cache',
             side_effect=[exception.DiskNotFound(location='/moved/disk'),
@@ -696,44 +524,44 @@ class TestPeriodicPass(DriverTestCase):
     def test_a_kept_disk_without_its_marker_is_marked(self):
         # A restart between keeping the disk and saving the instance.
         self.keep(uuids.shelved)
-        owner = self.in_db(uuids.shelved, SNAPSHOT, marked=False)
+        owner = self.in_db(uuids.shelved, fx.SNAPSHOT, marked=False)
 
         self.assertEqual([owner], self.reclaim())
 
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          owner.system_metadata[shelved.KEPT_DISK_KEY])
         self.assertEqual([(uuids.shelved, [None])], self.saved)
 
     def test_a_busy_instance_is_not_marked(self):
         self.keep(uuids.shelved)
-        self.in_db(uuids.shelved, SNAPSHOT, marked=False,
+        self.in_db(uuids.shelved, fx.SNAPSHOT, marked=False,
                    task_state=task_states.UNSHELVING)
         self.reclaim()
         self.assertEqual([], self.saved)
 
     def test_interrupted_reclaims_are_finished(self):
         self.keep(uuids.shelved)
-        self.in_db(uuids.shelved, SNAPSHOT)
+        self.in_db(uuids.shelved, fx.SNAPSHOT)
         trash = os.path.join(
             self.drvr._kept_disks.path, '.reclaiming-%s-1234abcd-%s.%s' % (
-                self.drvr._kept_disks.host_tag, uuids.gone, SNAPSHOT))
+                self.drvr._kept_disks.host_tag, uuids.gone, fx.SNAPSHOT))
         os.makedirs(trash)
         disks.add_files(trash, 'disk')
 
         self.drvr._recovery.run(self.context, at_start=True)
 
         self.assertFalse(os.path.exists(trash))
-        self.assertEqual([(uuids.shelved, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.shelved, fx.SNAPSHOT)], self.kept())
 
     def damage(self, instance_uuid, text):
-        path = self.drvr._kept_disks.kept_dir(instance_uuid, SNAPSHOT)
+        path = self.drvr._kept_disks.kept_dir(instance_uuid, fx.SNAPSHOT)
         with open(os.path.join(path, 'kept.json'), 'w') as f:
             f.write(text)
         return path
 
     def test_a_damaged_kept_disk_is_reported_once_while_needed(self):
         self.keep(uuids.shelved)
-        self.in_db(uuids.shelved, SNAPSHOT)
+        self.in_db(uuids.shelved, fx.SNAPSHOT)
         path = self.damage(uuids.shelved, '{"broken')
 
         self.reclaim()
@@ -745,7 +573,7 @@ class TestPeriodicPass(DriverTestCase):
 
     def test_a_damaged_kept_disk_is_reclaimed_once_not_needed(self):
         self.keep(uuids.deleted)
-        self.in_db(uuids.deleted, SNAPSHOT, deleted=True)
+        self.in_db(uuids.deleted, fx.SNAPSHOT, deleted=True)
         path = self.damage(uuids.deleted, '{"broken')
         self.reclaim()
         self.assertFalse(os.path.exists(path))
@@ -763,7 +591,7 @@ class TestPeriodicPass(DriverTestCase):
 
     def test_a_damaged_disk_keeps_its_backing_file_young(self):
         record = self.keep(uuids.shelved)
-        self.in_db(uuids.shelved, SNAPSHOT)
+        self.in_db(uuids.shelved, fx.SNAPSHOT)
         self.damage(uuids.shelved, '{"broken')
         self.assert_pass_keeps_young(record.backing_file)
 
@@ -771,14 +599,14 @@ class TestPeriodicPass(DriverTestCase):
         record = self.keep(uuids.deleted)
         path = self.damage(uuids.deleted, dataclasses.replace(
             record, instance_uuid=uuids.victim).to_json())
-        self.in_db(uuids.victim, SNAPSHOT)
-        self.in_db(uuids.deleted, SNAPSHOT, deleted=True)
+        self.in_db(uuids.victim, fx.SNAPSHOT)
+        self.in_db(uuids.deleted, fx.SNAPSHOT, deleted=True)
         self.reclaim()
         self.assertFalse(os.path.exists(path))
 
     def test_a_record_left_in_a_running_instance_dir_is_removed(self):
         self.keep(uuids.running)
-        self.drvr._kept_disks.claim(uuids.running, SNAPSHOT)
+        self.drvr._kept_disks.claim(uuids.running, fx.SNAPSHOT)
         self.in_db(uuids.running, None, host=CONF.host)
         record_file = os.path.join(self.instances_path, uuids.running,
                                    'kept.json')
@@ -792,14 +620,14 @@ class TestPeriodicPass(DriverTestCase):
     # -- snapshot_upload = after_offload ------------------------------------
 
     def pending_in_db(self, instance_uuid, **updates):
-        instance = self.in_db(instance_uuid, SNAPSHOT, **updates)
-        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+        instance = self.in_db(instance_uuid, fx.SNAPSHOT, **updates)
+        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = fx.SNAPSHOT
         return instance
 
     def quarantined(self, instance_uuid):
         self.keep(instance_uuid)
-        self.drvr._kept_disks.claim(instance_uuid, SNAPSHOT)
-        return self.drvr._kept_disks.quarantine(instance_uuid, SNAPSHOT)
+        self.drvr._kept_disks.claim(instance_uuid, fx.SNAPSHOT)
+        return self.drvr._kept_disks.quarantine(instance_uuid, fx.SNAPSHOT)
 
     def test_a_quarantined_only_copy_is_kept_again_not_deleted(self):
         # The unshelve failed and the instance went to ERROR, but its
@@ -812,21 +640,21 @@ class TestPeriodicPass(DriverTestCase):
         remove_guest.assert_called_once_with(instance)
         self.assertFalse(os.path.exists(path))
         self.assertTrue(self.drvr._kept_disks.find(
-            uuids.instance, SNAPSHOT).snapshot_pending)
+            uuids.instance, fx.SNAPSHOT).snapshot_pending)
 
     def test_a_quarantined_disk_of_an_instance_in_error_is_kept_again(self):
         # Still shelved with that snapshot: the disk may be all there is
         # (the snapshot may be gone, which is what made it ERROR).
         path = self.quarantined(uuids.instance)
-        self.in_db(uuids.instance, SNAPSHOT, vm_state=vm_states.ERROR)
+        self.in_db(uuids.instance, fx.SNAPSHOT, vm_state=vm_states.ERROR)
         with mock.patch.object(self.drvr, 'remove_guest'):
             self.reclaim()
         self.assertFalse(os.path.exists(path))
-        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.instance, fx.SNAPSHOT)], self.kept())
 
     def test_a_quarantined_disk_of_a_deleted_instance_is_deleted(self):
         path = self.quarantined(uuids.instance)
-        self.in_db(uuids.instance, SNAPSHOT, deleted=True)
+        self.in_db(uuids.instance, fx.SNAPSHOT, deleted=True)
         with mock.patch.object(self.drvr, 'remove_guest'):
             self.reclaim()
         self.assertFalse(os.path.exists(path))
@@ -845,14 +673,14 @@ class TestPeriodicPass(DriverTestCase):
         self.cell_hosts.add(host)
         other = disks.make_store(self.instances_path, host)
         self.keep(instance_uuid)
-        other.claim(instance_uuid, SNAPSHOT)
-        return other.quarantine(instance_uuid, SNAPSHOT)
+        other.claim(instance_uuid, fx.SNAPSHOT)
+        return other.quarantine(instance_uuid, fx.SNAPSHOT)
 
     def test_another_hosts_quarantine_is_deleted_when_it_is_down(self):
         # Only its host can remove its guest; once that host is down and
         # no instance needs the disk, any host deletes it.
         path = self.quarantined_by('compute-b')
-        self.in_db(uuids.instance, SNAPSHOT, deleted=True)
+        self.in_db(uuids.instance, fx.SNAPSHOT, deleted=True)
         with mock.patch.object(self.drvr, 'remove_guest') as remove_guest:
             self.reclaim()
         remove_guest.assert_not_called()
@@ -861,7 +689,7 @@ class TestPeriodicPass(DriverTestCase):
     def test_another_hosts_quarantine_waits_for_it_while_it_is_up(self):
         path = self.quarantined_by('compute-b')
         self.hosts_up.add('compute-b')
-        self.in_db(uuids.instance, SNAPSHOT, deleted=True)
+        self.in_db(uuids.instance, fx.SNAPSHOT, deleted=True)
         self.reclaim()
         self.assertTrue(os.path.isdir(path))
 
@@ -883,12 +711,12 @@ class TestPeriodicPass(DriverTestCase):
     def stage(self, instance_uuid):
         """A kept pending disk put back where an interrupted keep left it."""
         disks.make_qcow2_instance(self.instances_path, instance_uuid)
-        self.drvr._kept_disks.keep(instance_uuid, SNAPSHOT, 'qcow2',
+        self.drvr._kept_disks.keep(instance_uuid, fx.SNAPSHOT, 'qcow2',
                                    snapshot_pending=True)
         staging = os.path.join(
             self.drvr._kept_disks.path, '.staging-%s-1234abcd-%s.%s' % (
-                self.drvr._kept_disks.host_tag, instance_uuid, SNAPSHOT))
-        os.rename(self.drvr._kept_disks.kept_dir(instance_uuid, SNAPSHOT),
+                self.drvr._kept_disks.host_tag, instance_uuid, fx.SNAPSHOT))
+        os.rename(self.drvr._kept_disks.kept_dir(instance_uuid, fx.SNAPSHOT),
                   staging)
         return staging
 
@@ -898,20 +726,20 @@ class TestPeriodicPass(DriverTestCase):
         self.drvr._recovery.run(self.context, at_start=True)
         self.assertFalse(os.path.exists(staging))
         self.assertTrue(self.drvr._kept_disks.find(
-            uuids.instance, SNAPSHOT).snapshot_pending)
+            uuids.instance, fx.SNAPSHOT).snapshot_pending)
 
     def test_a_staged_disk_of_an_instance_in_error_is_published(self):
         # ERROR, still shelved with that snapshot: nothing says the data is
         # elsewhere.
         staging = self.stage(uuids.instance)
-        self.in_db(uuids.instance, SNAPSHOT, vm_state=vm_states.ERROR)
+        self.in_db(uuids.instance, fx.SNAPSHOT, vm_state=vm_states.ERROR)
         self.drvr._recovery.run(self.context, at_start=True)
         self.assertFalse(os.path.exists(staging))
-        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.instance, fx.SNAPSHOT)], self.kept())
 
     def test_a_staged_disk_of_a_deleted_instance_is_deleted(self):
         staging = self.stage(uuids.instance)
-        self.in_db(uuids.instance, SNAPSHOT, deleted=True)
+        self.in_db(uuids.instance, fx.SNAPSHOT, deleted=True)
         self.drvr._recovery.run(self.context, at_start=True)
         self.assertFalse(os.path.exists(staging))
         self.assertEqual([], self.kept())
@@ -947,9 +775,9 @@ class TestPeriodicPass(DriverTestCase):
         # A restart during the spawn on the claimed disk: rolled back with
         # the disk kept again, still waiting for its upload.
         disks.make_qcow2_instance(self.instances_path, uuids.instance)
-        self.drvr._kept_disks.keep(uuids.instance, SNAPSHOT, 'qcow2',
+        self.drvr._kept_disks.keep(uuids.instance, fx.SNAPSHOT, 'qcow2',
                                    snapshot_pending=True)
-        self.drvr._kept_disks.claim(uuids.instance, SNAPSHOT)
+        self.drvr._kept_disks.claim(uuids.instance, fx.SNAPSHOT)
         instance = self.pending_in_db(uuids.instance, host=CONF.host,
                                       task_state=task_states.SPAWNING)
         self.drvr.virtapi.reportclient = mock.Mock()
@@ -958,12 +786,12 @@ class TestPeriodicPass(DriverTestCase):
             self.drvr._recovery.run(self.context, at_start=True)
         free.assert_called_once_with(self.context, instance)
         self.assertTrue(self.drvr._kept_disks.find(
-            uuids.instance, SNAPSHOT).snapshot_pending)
+            uuids.instance, fx.SNAPSHOT).snapshot_pending)
         self.assertFalse(os.path.exists(os.path.join(self.instances_path,
                                                      uuids.instance)))
         self.assertEqual([(uuids.instance, [task_states.SPAWNING])],
                          self.saved)
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
 
     # -- an unshelve a restart cut short -------------------------------------
@@ -972,22 +800,22 @@ class TestPeriodicPass(DriverTestCase):
         """An unshelve on a claimed disk of this host, cut short."""
         store = self.drvr._kept_disks
         disks.make_qcow2_instance(self.instances_path, uuids.instance)
-        store.keep(uuids.instance, SNAPSHOT, snapshot_pending=pending)
-        store.claim(uuids.instance, SNAPSHOT)
+        store.keep(uuids.instance, fx.SNAPSHOT, snapshot_pending=pending)
+        store.claim(uuids.instance, fx.SNAPSHOT)
         if guest_started:
             store.mark_unshelved(uuids.instance)
-        instance = self.in_db(uuids.instance, SNAPSHOT, host=CONF.host,
+        instance = self.in_db(uuids.instance, fx.SNAPSHOT, host=CONF.host,
                               task_state=task_states.SPAWNING,
-                              image_ref=SNAPSHOT, key_data=None,
+                              image_ref=fx.SNAPSHOT, key_data=None,
                               key_name='mykey')
         instance.system_metadata['image_base_image_ref'] = uuids.base_image
         instance.keypairs = objects.KeyPairList(objects=[
             objects.KeyPair(name='mykey', public_key='ssh-ed25519 AAAA')])
         if pending:
-            instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+            instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = fx.SNAPSHOT
         self.drvr.virtapi.reportclient = mock.Mock()
-        self.glance = self.useFixture(FakeGlance())
-        self.glance.add(SNAPSHOT, status='queued' if pending else 'active')
+        self.glance = self.useFixture(fx.FakeGlance())
+        self.glance.add(fx.SNAPSHOT, status='queued' if pending else 'active')
         self.glance.deleted = []
         self.stub_out('nova.image.glance.API.delete',
                       lambda api, context, image_id:
@@ -1015,7 +843,7 @@ class TestPeriodicPass(DriverTestCase):
         self.assertNotIn(shelved.KEPT_DISK_KEY, instance.system_metadata)
         self.assertEqual([(uuids.instance, [task_states.SPAWNING])],
                          self.saved)
-        self.assertEqual([SNAPSHOT], self.glance.deleted)
+        self.assertEqual([fx.SNAPSHOT], self.glance.deleted)
         self.drvr.virtapi.reportclient.delete_allocation_for_instance.\
             assert_not_called()
         inst_dir = os.path.join(self.instances_path, uuids.instance)
@@ -1023,11 +851,11 @@ class TestPeriodicPass(DriverTestCase):
 
     def test_a_finished_unshelve_of_a_pending_disk_unprotects_first(self):
         self.spawning(guest_started=True, pending=True)
-        self.glance.images[SNAPSHOT]['protected'] = True
+        self.glance.images[fx.SNAPSHOT]['protected'] = True
         with mock.patch.object(self.drvr, 'get_info'):
             self.drvr._recovery.run(self.context, at_start=True)
-        self.assertEqual([(SNAPSHOT, False)], self.glance.protections)
-        self.assertEqual([SNAPSHOT], self.glance.deleted)
+        self.assertEqual([(fx.SNAPSHOT, False)], self.glance.protections)
+        self.assertEqual([fx.SNAPSHOT], self.glance.deleted)
 
     def test_an_unshelve_cut_before_its_guest_started_is_undone(self):
         instance = self.spawning(guest_started=False)
@@ -1040,7 +868,7 @@ class TestPeriodicPass(DriverTestCase):
         self.assertEqual(uuids.base_image, instance.image_ref)
         self.assertEqual('ssh-ed25519 AAAA', instance.key_data)
         self.assertEqual([], self.glance.deleted)
-        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.instance, fx.SNAPSHOT)], self.kept())
         self.drvr.virtapi.reportclient.delete_allocation_for_instance.\
             assert_called_once_with(self.context, uuids.instance, force=True)
 
@@ -1078,13 +906,13 @@ class TestPeriodicPass(DriverTestCase):
         cinder_api.attachment_delete.assert_called_once_with(
             self.context, uuids.attachment)
         self.assertEqual(uuids.new, volume.attachment_id)
-        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.instance, fx.SNAPSHOT)], self.kept())
 
     def test_an_offload_run_again_frees_the_accelerators(self):
         # The API passes the instance's accelerator requests to the offload,
         # which deletes them; the re-run after a restart did not.
         self.keep(uuids.instance)
-        self.in_db(uuids.instance, SNAPSHOT, host=CONF.host,
+        self.in_db(uuids.instance, fx.SNAPSHOT, host=CONF.host,
                    vm_state=vm_states.SHELVED,
                    task_state=task_states.SHELVING_OFFLOADING,
                    flavor=objects.Flavor(extra_specs={
@@ -1126,7 +954,7 @@ class TestPeriodicPass(DriverTestCase):
 
     def pass_over_shelved_instance(self):
         """(instance, compute RPC) after a pass over a SHELVED instance."""
-        instance = self.in_db(uuids.instance, SNAPSHOT, marked=False,
+        instance = self.in_db(uuids.instance, fx.SNAPSHOT, marked=False,
                               host=CONF.host, vm_state=vm_states.SHELVED)
         rpc = self.useFixture(fixtures.MockPatch(
             'nova.compute.rpcapi.ComputeAPI')).mock.return_value
@@ -1143,25 +971,25 @@ class TestPeriodicPass(DriverTestCase):
         """A claimed disk a failed unshelve could not give back."""
         store = self.drvr._kept_disks
         disks.make_qcow2_instance(self.instances_path, uuids.instance)
-        store.keep(uuids.instance, SNAPSHOT, snapshot_pending=pending)
-        store.claim(uuids.instance, SNAPSHOT)
-        instance = self.in_db(uuids.instance, SNAPSHOT,
+        store.keep(uuids.instance, fx.SNAPSHOT, snapshot_pending=pending)
+        store.claim(uuids.instance, fx.SNAPSHOT)
+        instance = self.in_db(uuids.instance, fx.SNAPSHOT,
                               vm_state=vm_states.ERROR if fenced_by else
                               vm_states.SHELVED_OFFLOADED)
         if fenced_by:
             instance.system_metadata[shelved.FENCED_KEY] = fenced_by
         if pending:
-            instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+            instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = fx.SNAPSHOT
         return instance
 
     def test_a_claim_left_behind_is_given_back_by_any_host(self):
         instance = self.left_behind(pending=True)
         self.reclaim()
         self.assertTrue(self.drvr._kept_disks.find(
-            uuids.instance, SNAPSHOT).snapshot_pending)
+            uuids.instance, fx.SNAPSHOT).snapshot_pending)
         self.assertFalse(os.path.exists(os.path.join(self.instances_path,
                                                      uuids.instance)))
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.KEPT_DISK_KEY])
 
     def test_a_fence_of_this_host_is_lifted_once_the_guest_is_gone(self):
@@ -1171,7 +999,7 @@ class TestPeriodicPass(DriverTestCase):
         remove_guest.assert_called_once_with(instance)
         self.assertEqual(vm_states.SHELVED_OFFLOADED, instance.vm_state)
         self.assertNotIn(shelved.FENCED_KEY, instance.system_metadata)
-        self.assertEqual([(uuids.instance, SNAPSHOT)], self.kept())
+        self.assertEqual([(uuids.instance, fx.SNAPSHOT)], self.kept())
         self.assertEqual([(uuids.instance, [None])], self.saved)
 
     def test_a_fence_stays_while_the_guest_cannot_be_removed(self):
@@ -1217,16 +1045,16 @@ class TestPeriodicPass(DriverTestCase):
 
     def test_the_pending_mark_of_a_pending_disk_stays(self):
         disks.make_qcow2_instance(self.instances_path, uuids.shelved)
-        self.drvr._kept_disks.keep(uuids.shelved, SNAPSHOT, 'qcow2',
+        self.drvr._kept_disks.keep(uuids.shelved, fx.SNAPSHOT, 'qcow2',
                                    snapshot_pending=True)
         owner = self.pending_in_db(uuids.shelved)
         self.assertEqual([owner], self.reclaim())
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          owner.system_metadata[shelved.PENDING_UPLOAD_KEY])
         self.assertEqual([], self.saved)
 
 
-class TestStorageSharing(DriverTestCase):
+class TestStorageSharing(fx.DriverTestCase):
     """Probes on the storage against the storage group of the aggregates."""
 
     def setUp(self):
@@ -1253,7 +1081,7 @@ class TestStorageSharing(DriverTestCase):
     def test_init_host_leaves_this_hosts_probe(self):
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.driver.LibvirtDriver.init_host'))
-        self.drvr.init_host(NODE)
+        self.drvr.init_host(fx.NODE)
         self.assertEqual([CONF.host],
                          self.drvr._kept_disks.hosts_sharing())
 
@@ -1307,7 +1135,7 @@ class TestStorageSharing(DriverTestCase):
         self.assertNotIn('are in the storage group', self.stdlog.logger.output)
 
 
-class TestUnshelveOnKeptDisk(DriverTestCase):
+class TestUnshelveOnKeptDisk(fx.DriverTestCase):
     """spawn() on a claimed disk: real files, the stock spawn stubbed."""
 
     def setUp(self):
@@ -1320,8 +1148,8 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
     def offloaded(self, **updates):
         return self.instance(
             uuid=uuids.instance, vm_state=vm_states.SHELVED_OFFLOADED,
-            system_metadata={'shelved_image_id': SNAPSHOT,
-                             shelved.KEPT_DISK_KEY: SNAPSHOT}, **updates)
+            system_metadata={'shelved_image_id': fx.SNAPSHOT,
+                             shelved.KEPT_DISK_KEY: fx.SNAPSHOT}, **updates)
 
     def spawn(self, instance):
         self.drvr.spawn(self.context, instance, None, [], None, {})
@@ -1343,7 +1171,7 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         self.flags(use_cow_images=use_cow_images)
         self.spawn(self.offloaded())
         self.assertTrue(os.path.isdir(self.store.kept_dir(uuids.instance,
-                                                          SNAPSHOT)))
+                                                          fx.SNAPSHOT)))
         self.assertFalse(os.path.exists(self.inst_dir))
         self.stock_spawn.assert_called_once()
         self.assertIn('stores root disks as', self.stdlog.logger.output)
@@ -1352,7 +1180,7 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         # A guest that wrote a qcow2 header into its raw disk must not get
         # a backing file of its choice opened on the host.
         disks.make_raw_instance(self.instances_path, uuids.instance)
-        self.store.keep(uuids.instance, SNAPSHOT, 'raw')
+        self.store.keep(uuids.instance, fx.SNAPSHOT, 'raw')
         self.assert_not_claimed('qcow2')
 
     def test_a_qcow2_kept_disk_is_not_claimed_by_a_flat_host(self):
@@ -1385,7 +1213,7 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         del instance.system_metadata[shelved.KEPT_DISK_KEY]
         self.spawn(instance)
         self.assertFalse(os.path.exists(self.store.kept_dir(uuids.instance,
-                                                            SNAPSHOT)))
+                                                            fx.SNAPSHOT)))
 
     def test_a_record_that_cannot_be_removed_does_not_fail_the_unshelve(self):
         # The guest runs on the disk: failing now would leave it running
@@ -1405,7 +1233,7 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         with mock.patch.object(self.drvr, 'remove_guest') as remove_guest:
             self.assertRaises(ValueError, self.spawn, self.offloaded())
         remove_guest.assert_called_once()
-        self.assertIsNotNone(self.store.find(uuids.instance, SNAPSHOT))
+        self.assertIsNotNone(self.store.find(uuids.instance, fx.SNAPSHOT))
         self.assertFalse(os.path.exists(self.inst_dir))
 
     def test_a_guest_that_cannot_be_removed_quarantines_the_disk(self):
@@ -1416,8 +1244,8 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         with mock.patch.object(self.drvr, 'remove_guest',
                                side_effect=ValueError('libvirt is stuck')):
             self.assertRaises(ValueError, self.spawn, self.offloaded())
-        self.assertIsNone(self.store.find(uuids.instance, SNAPSHOT))
-        self.assertFalse(self.store.claim(uuids.instance, SNAPSHOT))
+        self.assertIsNone(self.store.find(uuids.instance, fx.SNAPSHOT))
+        self.assertFalse(self.store.claim(uuids.instance, fx.SNAPSHOT))
         self.assertFalse(os.path.exists(self.inst_dir))
         [quarantined] = os.listdir(self.store.path)
         self.assertTrue(quarantined.startswith('.quarantine-'))
@@ -1451,7 +1279,7 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
         # A failed unshelve could not give the disk back: Nova's image
         # backend would start the guest on whatever disk it finds there.
         self.keep(uuids.instance)
-        self.store.claim(uuids.instance, SNAPSHOT)
+        self.store.claim(uuids.instance, fx.SNAPSHOT)
         error = self.assertRaises(exception.InstanceUnacceptable,
                                   self.spawn, self.offloaded())
         self.assertIn('a failed unshelve left its kept root disk in %s'
@@ -1473,14 +1301,14 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
     def test_the_reuse_of_a_pending_disk_lifts_the_protection(self):
         # Nova deletes the queued snapshot after the spawn; Glance refuses
         # while it is protected.
-        glance = self.useFixture(FakeGlance())
-        glance.add(SNAPSHOT)
-        glance.images[SNAPSHOT]['protected'] = True
+        glance = self.useFixture(fx.FakeGlance())
+        glance.add(fx.SNAPSHOT)
+        glance.images[fx.SNAPSHOT]['protected'] = True
         self.keep(uuids.instance)
         instance = self.offloaded()
-        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = fx.SNAPSHOT
         self.spawn(instance)
-        self.assertEqual([(SNAPSHOT, False)], glance.protections)
+        self.assertEqual([(fx.SNAPSHOT, False)], glance.protections)
 
     def test_a_disk_swapped_for_a_link_after_the_claim_is_given_back(self):
         self.keep(uuids.instance)
@@ -1504,7 +1332,7 @@ class TestUnshelveOnKeptDisk(DriverTestCase):
                       'was claimed)', self.stdlog.logger.output)
 
 
-class TestKeepAtOffload(DriverTestCase):
+class TestKeepAtOffload(fx.DriverTestCase):
 
     def test_a_host_that_does_not_own_the_instance_does_not_keep(self):
         # A restarted host cleaning up an instance evacuated away from it,
@@ -1518,12 +1346,12 @@ class TestKeepAtOffload(DriverTestCase):
         self.keep(uuids.instance)
         instance = self.instance(uuid=uuids.instance)
         self.drvr._keep_root_disk(None, instance, None)
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.KEPT_DISK_KEY])
         self.assertNotIn('will download', self.stdlog.logger.output)
 
 
-class TestSnapshotAtShelve(DriverTestCase):
+class TestSnapshotAtShelve(fx.DriverTestCase):
     """snapshot(): skipped only for a shelve whose disk will be kept."""
 
     def setUp(self):
@@ -1536,8 +1364,8 @@ class TestSnapshotAtShelve(DriverTestCase):
             'nova.objects.BlockDeviceMappingList.get_by_instance_uuid',
             lambda cls, context, instance_uuid: (
                 objects.BlockDeviceMappingList(objects=[])))
-        self.glance = self.useFixture(FakeGlance())
-        self.glance.add(SNAPSHOT)
+        self.glance = self.useFixture(fx.FakeGlance())
+        self.glance.add(fx.SNAPSHOT)
         # This host's storage group, with another host to resume uploads.
         self.peers = ['compute-b']
         self.stub_out('nova_shelve_accel.storage_groups.storage_of_host',
@@ -1552,13 +1380,14 @@ class TestSnapshotAtShelve(DriverTestCase):
                              system_metadata=sysmeta or {}, **updates)
 
     def snapshot(self, instance):
-        self.drvr.snapshot(self.context, instance, SNAPSHOT,
+        self.drvr.snapshot(self.context, instance, fx.SNAPSHOT,
                            mock.sentinel.update_task_state)
 
     def assert_stock_snapshot(self, instance):
         self.snapshot(instance)
         self.stock_snapshot.assert_called_once_with(
-            self.context, instance, SNAPSHOT, mock.sentinel.update_task_state)
+            self.context, instance, fx.SNAPSHOT,
+            mock.sentinel.update_task_state)
         self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
 
     def test_a_shelve_that_keeps_the_disk_skips_the_snapshot(self):
@@ -1566,7 +1395,7 @@ class TestSnapshotAtShelve(DriverTestCase):
         instance = self.shelving()
         self.snapshot(instance)
         self.stock_snapshot.assert_not_called()
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
         self.assertIn('Shelve skips the snapshot', self.stdlog.logger.output)
         # Protected by the offload, once the shelve has recorded the image
@@ -1622,16 +1451,16 @@ class TestSnapshotAtShelve(DriverTestCase):
         # is pending for it.
         self.flags(free_space_floor_percent=100, group='shelve_accel')
         self.assert_stock_snapshot(self.shelving(
-            sysmeta={shelved.PENDING_UPLOAD_KEY: OLD_SNAPSHOT}))
+            sysmeta={shelved.PENDING_UPLOAD_KEY: fx.OLD_SNAPSHOT}))
 
     def test_the_decision_is_taken_for_the_new_snapshot(self):
         # shelved_image_id still names the previous shelve's snapshot, or
         # nothing: the decision must not depend on it.
         disks.make_qcow2_instance(self.instances_path, uuids.instance)
-        instance = self.shelving(sysmeta={'shelved_image_id': OLD_SNAPSHOT})
+        instance = self.shelving(sysmeta={'shelved_image_id': fx.OLD_SNAPSHOT})
         self.snapshot(instance)
         self.stock_snapshot.assert_not_called()
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
 
     # The offload keeps only what keep() accepts: shelve checks the same,
@@ -1673,7 +1502,7 @@ class TestSnapshotAtShelve(DriverTestCase):
         self.stock_snapshot.assert_not_called()
 
 
-class OffloadTestCase(DriverTestCase):
+class OffloadTestCase(fx.DriverTestCase):
     """destroy() of a shelve-offload, on real instance directories.
 
     The stock destroy is reduced to what it does to the files: it deletes
@@ -1683,22 +1512,22 @@ class OffloadTestCase(DriverTestCase):
     def setUp(self):
         super().setUp()
         self.flags(snapshot_upload='after_offload', group='shelve_accel')
-        self.glance = self.useFixture(FakeGlance())
-        self.glance.add(SNAPSHOT)
+        self.glance = self.useFixture(fx.FakeGlance())
+        self.glance.add(fx.SNAPSHOT)
         self.stub_out(
             'nova.virt.libvirt.driver.LibvirtDriver.destroy',
             lambda drvr, context, instance, network_info, **kwargs: (
                 drvr.delete_instance_files(instance)))
         self.store = self.drvr._kept_disks
         self.inst_dir = os.path.join(self.instances_path, uuids.instance)
-        self.disk = make_disk_with_data(self.instances_path, uuids.instance)
+        self.disk = fx.make_disk_with_data(self.instances_path, uuids.instance)
         self.schedule = self.useFixture(fixtures.MockPatchObject(
             self.drvr._uploads, 'schedule')).mock
 
     def offloading(self, pending=True, **updates):
-        sysmeta = {'shelved_image_id': SNAPSHOT}
+        sysmeta = {'shelved_image_id': fx.SNAPSHOT}
         if pending:
-            sysmeta[shelved.PENDING_UPLOAD_KEY] = SNAPSHOT
+            sysmeta[shelved.PENDING_UPLOAD_KEY] = fx.SNAPSHOT
         return self.instance(uuid=uuids.instance, system_metadata=sysmeta,
                              task_state=task_states.SHELVING_OFFLOADING,
                              **updates)
@@ -1715,23 +1544,23 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         self.offload(instance)
         # The queued image is the only image of the data until the upload:
         # nobody may delete it meanwhile.
-        self.assertEqual([(SNAPSHOT, True)], self.glance.protections)
-        record = self.store.find(uuids.instance, SNAPSHOT)
+        self.assertEqual([(fx.SNAPSHOT, True)], self.glance.protections)
+        record = self.store.find(uuids.instance, fx.SNAPSHOT)
         self.assertTrue(record.snapshot_pending)
         self.assertFalse(os.path.exists(self.inst_dir))
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.KEPT_DISK_KEY])
         self.schedule.assert_called_once_with(
-            self.context, uuids.instance, SNAPSHOT, delay=30)
+            self.context, uuids.instance, fx.SNAPSHOT, delay=30)
         self.assertEqual([], self.glance.updates)
 
     def test_an_image_that_cannot_be_protected_is_said_so(self):
         self.glance.protect_error = exception.ImageNotAuthorized(
-            image_id=SNAPSHOT)
+            image_id=fx.SNAPSHOT)
         instance = self.offloading()
         self.offload(instance)
         self.assertTrue(self.store.find(uuids.instance,
-                                        SNAPSHOT).snapshot_pending)
+                                        fx.SNAPSHOT).snapshot_pending)
         self.assertIn('could not be protected', self.stdlog.logger.output)
         self.assertIn('kept restore %s' % uuids.instance,
                       self.stdlog.logger.output)
@@ -1739,16 +1568,16 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
     def test_a_disk_kept_after_a_stock_snapshot_is_not_pending(self):
         self.offload(self.offloading(pending=False))
         self.assertFalse(self.store.find(uuids.instance,
-                                         SNAPSHOT).snapshot_pending)
+                                         fx.SNAPSHOT).snapshot_pending)
         self.schedule.assert_not_called()
         self.assertEqual([], self.glance.protections)
 
     def test_a_pending_mark_of_an_older_snapshot_is_not_pending(self):
         instance = self.offloading(pending=False)
-        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = OLD_SNAPSHOT
+        instance.system_metadata[shelved.PENDING_UPLOAD_KEY] = fx.OLD_SNAPSHOT
         self.offload(instance)
         self.assertFalse(self.store.find(uuids.instance,
-                                         SNAPSHOT).snapshot_pending)
+                                         fx.SNAPSHOT).snapshot_pending)
         self.schedule.assert_not_called()
 
     def refuse_keeps(self):
@@ -1758,13 +1587,13 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
 
     def test_a_refused_keep_uploads_the_disk_before_deleting_it(self):
         self.refuse_keeps()
-        expected = converted(self, self.disk)
+        expected = fx.converted(self, self.disk)
         instance = self.offloading()
 
         self.offload(instance)
 
-        self.assertEqual(expected, self.glance.data[SNAPSHOT])
-        self.assertEqual('active', self.glance.images[SNAPSHOT]['status'])
+        self.assertEqual(expected, self.glance.data[fx.SNAPSHOT])
+        self.assertEqual('active', self.glance.images[fx.SNAPSHOT]['status'])
         self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
         self.assertFalse(os.path.exists(self.inst_dir))
         self.assertEqual([], self.store.list_kept())
@@ -1781,9 +1610,9 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         self.assertRaises(ConnectionError, self.offload, instance)
 
         self.assertEqual(before, disks.tree(self.inst_dir))
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
-        self.assertEqual('queued', self.glance.images[SNAPSHOT]['status'])
+        self.assertEqual('queued', self.glance.images[fx.SNAPSHOT]['status'])
 
     def test_a_root_disk_that_is_a_link_fails_the_offload(self):
         # Nothing to upload from: the offload fails rather than delete the
@@ -1797,7 +1626,7 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         error = self.assertRaises(exception.NovaException, self.offload,
                                   self.offloading())
 
-        self.assertIn('is not there to upload into snapshot %s' % SNAPSHOT,
+        self.assertIn('is not there to upload into snapshot %s' % fx.SNAPSHOT,
                       str(error))
         self.assertTrue(os.path.islink(self.disk))
         self.assertEqual(before, disks.tree(self.instances_path)['host-file'])
@@ -1808,18 +1637,18 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         self.offload(self.offloading(pending=False))
         self.assertFalse(os.path.exists(self.inst_dir))
         self.assertEqual([], self.glance.updates)
-        self.assertIn('Unshelve will download snapshot %s' % SNAPSHOT,
+        self.assertIn('Unshelve will download snapshot %s' % fx.SNAPSHOT,
                       self.stdlog.logger.output)
 
     def test_a_disk_not_to_keep_any_more_is_uploaded_before_delete(self):
         # The storage filled up between the shelve and its offload.
-        expected = converted(self, self.disk)
+        expected = fx.converted(self, self.disk)
         self.flags(free_space_floor_percent=100, group='shelve_accel')
         instance = self.offloading()
 
         self.offload(instance)
 
-        self.assertEqual(expected, self.glance.data[SNAPSHOT])
+        self.assertEqual(expected, self.glance.data[fx.SNAPSHOT])
         self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
         self.assertFalse(os.path.exists(self.inst_dir))
         self.assertEqual([], self.store.list_kept())
@@ -1827,7 +1656,7 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
     def test_a_qcow2_disk_on_a_host_switched_to_flat_is_kept_as_qcow2(self):
         self.flags(images_type='flat', group='libvirt')
         self.offload(self.offloading())
-        record = self.store.find(uuids.instance, SNAPSHOT)
+        record = self.store.find(uuids.instance, fx.SNAPSHOT)
         self.assertEqual('qcow2', record.disk_format)
         self.assertEqual('0123456789abcdef', record.backing_file)
 
@@ -1836,13 +1665,13 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         # upload would hold the overlay file alone, without the base data.
         self.flags(images_type='flat', group='libvirt')
         self.refuse_keeps()
-        expected = converted(self, self.disk, source_format='qcow2')
+        expected = fx.converted(self, self.disk, source_format='qcow2')
 
         self.offload(self.offloading())
 
-        self.assertEqual(expected, self.glance.data[SNAPSHOT])
+        self.assertEqual(expected, self.glance.data[fx.SNAPSHOT])
         self.assertEqual('qcow2',
-                         self.glance.images[SNAPSHOT]['disk_format'])
+                         self.glance.images[fx.SNAPSHOT]['disk_format'])
 
     def test_a_raw_disk_with_a_guest_written_qcow2_header_stays_raw(self):
         # The guest of a raw disk wrote a qcow2 header naming a host file as
@@ -1865,9 +1694,9 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
 
         self.offload(self.offloading())
 
-        self.assertEqual(expected, self.glance.data[SNAPSHOT])
-        self.assertNotIn(b'SECRET', self.glance.data[SNAPSHOT])
-        self.assertEqual('raw', self.glance.images[SNAPSHOT]['disk_format'])
+        self.assertEqual(expected, self.glance.data[fx.SNAPSHOT])
+        self.assertNotIn(b'SECRET', self.glance.data[fx.SNAPSHOT])
+        self.assertEqual('raw', self.glance.images[fx.SNAPSHOT]['disk_format'])
 
     def test_a_raw_disk_on_a_qcow2_host_is_kept_as_raw(self):
         shutil.rmtree(self.inst_dir)
@@ -1875,7 +1704,7 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         self.offload(self.offloading())
         self.assertEqual('raw',
                          self.store.find(uuids.instance,
-                                         SNAPSHOT).disk_format)
+                                         fx.SNAPSHOT).disk_format)
 
     def test_no_recorded_format_fails_the_offload_and_deletes_nothing(self):
         os.unlink(os.path.join(self.inst_dir, 'disk.info'))
@@ -1897,7 +1726,7 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
             '_domain_disk_format', lambda drvr, instance: 'qcow2')
         self.offload(self.offloading())
         self.assertEqual('qcow2', self.store.find(uuids.instance,
-                                                  SNAPSHOT).disk_format)
+                                                  fx.SNAPSHOT).disk_format)
 
     def test_an_offload_run_again_finishes_on_the_kept_disk(self):
         # Killed after the disk was kept; since then the storage fell below
@@ -1911,10 +1740,10 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
 
         self.offload(instance)
 
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.KEPT_DISK_KEY])
         self.assertTrue(self.store.find(uuids.instance,
-                                        SNAPSHOT).snapshot_pending)
+                                        fx.SNAPSHOT).snapshot_pending)
         self.assertEqual([], self.glance.updates)
 
     def test_an_empty_instance_dir_does_not_block_adopting(self):
@@ -1925,10 +1754,10 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
 
         self.offload(instance)
 
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.KEPT_DISK_KEY])
         self.assertFalse(os.path.exists(self.inst_dir))
-        self.assertIsNotNone(self.store.find(uuids.instance, SNAPSHOT))
+        self.assertIsNotNone(self.store.find(uuids.instance, fx.SNAPSHOT))
 
     def test_another_hosts_instance_is_not_uploaded_here(self):
         # A host cleaning up an instance that now belongs to another host
@@ -1938,50 +1767,50 @@ class TestOffloadAfterSkippedSnapshot(OffloadTestCase):
         self.assertFalse(os.path.exists(self.inst_dir))
 
 
-class TestSpawnWithPendingSnapshot(DriverTestCase):
+class TestSpawnWithPendingSnapshot(fx.DriverTestCase):
 
     def setUp(self):
         super().setUp()
         self.stock_spawn = self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.driver.LibvirtDriver.spawn')).mock
-        self.glance = self.useFixture(FakeGlance())
+        self.glance = self.useFixture(fx.FakeGlance())
         self.store = self.drvr._kept_disks
 
     def offloaded(self):
         return self.instance(
             uuid=uuids.instance, vm_state=vm_states.SHELVED_OFFLOADED,
-            system_metadata={'shelved_image_id': SNAPSHOT,
-                             shelved.KEPT_DISK_KEY: SNAPSHOT,
-                             shelved.PENDING_UPLOAD_KEY: SNAPSHOT})
+            system_metadata={'shelved_image_id': fx.SNAPSHOT,
+                             shelved.KEPT_DISK_KEY: fx.SNAPSHOT,
+                             shelved.PENDING_UPLOAD_KEY: fx.SNAPSHOT})
 
     def spawn(self, instance):
         self.drvr.spawn(self.context, instance, None, [], None, {})
 
     def test_a_queued_snapshot_without_a_claimable_disk_is_refused(self):
-        self.glance.add(SNAPSHOT)
+        self.glance.add(fx.SNAPSHOT)
         instance = self.offloaded()
         error = self.assertRaises(exception.ImageUnacceptable, self.spawn,
                                   instance)
-        self.assertIn(self.store.kept_dir(uuids.instance, SNAPSHOT),
+        self.assertIn(self.store.kept_dir(uuids.instance, fx.SNAPSHOT),
                       str(error))
-        self.assertIn(SNAPSHOT, str(error))
+        self.assertIn(fx.SNAPSHOT, str(error))
         self.stock_spawn.assert_not_called()
-        self.assertEqual(SNAPSHOT,
+        self.assertEqual(fx.SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
 
     def test_a_kept_disk_this_host_cannot_use_is_refused_too(self):
-        self.glance.add(SNAPSHOT)
+        self.glance.add(fx.SNAPSHOT)
         self.keep(uuids.instance)
         self.flags(images_type='flat', group='libvirt')
         self.assertRaises(exception.ImageUnacceptable, self.spawn,
                           self.offloaded())
         self.stock_spawn.assert_not_called()
-        self.assertIsNotNone(self.store.find(uuids.instance, SNAPSHOT))
+        self.assertIsNotNone(self.store.find(uuids.instance, fx.SNAPSHOT))
 
     def test_an_active_snapshot_is_spawned_from_as_stock_nova_does(self):
         # Uploaded just before the unshelve, with no chance to clear the
         # mark.
-        self.glance.add(SNAPSHOT, status='active')
+        self.glance.add(fx.SNAPSHOT, status='active')
         instance = self.offloaded()
         self.spawn(instance)
         self.stock_spawn.assert_called_once()
@@ -1998,7 +1827,7 @@ class TestSpawnWithPendingSnapshot(DriverTestCase):
         self.assertNotIn(shelved.PENDING_UPLOAD_KEY, instance.system_metadata)
 
 
-class TestUploadsFromTheDriver(DriverTestCase):
+class TestUploadsFromTheDriver(fx.DriverTestCase):
     """Where the driver hands over to the uploader."""
 
     def setUp(self):
@@ -2011,7 +1840,7 @@ class TestUploadsFromTheDriver(DriverTestCase):
 
     def keep_pending(self):
         disks.make_qcow2_instance(self.instances_path, uuids.instance)
-        return self.drvr._kept_disks.keep(uuids.instance, SNAPSHOT, 'qcow2',
+        return self.drvr._kept_disks.keep(uuids.instance, fx.SNAPSHOT, 'qcow2',
                                           snapshot_pending=True)
 
     def test_the_resource_periodic_starts_pending_uploads(self):
@@ -2020,14 +1849,14 @@ class TestUploadsFromTheDriver(DriverTestCase):
             'nova.virt.libvirt.driver.LibvirtDriver.get_available_resource',
             side_effect=lambda node: {'local_gb': 7})).mock
 
-        self.assertEqual(7, self.drvr.get_available_resource(NODE)[
+        self.assertEqual(7, self.drvr.get_available_resource(fx.NODE)[
             'local_gb'])
         # The next periodic, within SCAN_SECONDS, does not scan again.
-        self.drvr.get_available_resource(NODE)
+        self.drvr.get_available_resource(fx.NODE)
 
-        stock.assert_has_calls([mock.call(NODE), mock.call(NODE)])
+        stock.assert_has_calls([mock.call(fx.NODE), mock.call(fx.NODE)])
         [(_context, key, not_before, at_start)] = self.started
-        self.assertEqual(((uuids.instance, SNAPSHOT), False),
+        self.assertEqual(((uuids.instance, fx.SNAPSHOT), False),
                          (key, at_start))
         self.assertLessEqual(not_before, time.monotonic())
 
@@ -2036,14 +1865,15 @@ class TestUploadsFromTheDriver(DriverTestCase):
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.driver.LibvirtDriver.init_host'))
         self.useFixture(fixtures.MockPatchObject(self.drvr._recovery, 'run'))
-        self.drvr.init_host(NODE)
+        self.drvr.init_host(fx.NODE)
         [(_context, key, _delay, at_start)] = self.started
-        self.assertEqual(((uuids.instance, SNAPSHOT), True), (key, at_start))
+        self.assertEqual(((uuids.instance, fx.SNAPSHOT), True),
+                         (key, at_start))
 
     def test_cleanup_host_stops_the_uploads(self):
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.driver.LibvirtDriver.cleanup_host'))
-        self.drvr.cleanup_host(NODE)
+        self.drvr.cleanup_host(fx.NODE)
         self.assertFalse(self.drvr._uploads.schedule(
-            self.context, uuids.instance, SNAPSHOT))
+            self.context, uuids.instance, fx.SNAPSHOT))
         self.assertEqual([], self.started)

@@ -44,7 +44,7 @@ from nova_shelve_accel import storage
 from nova_shelve_accel import storage_groups
 from tests import notification_samples as samples
 from tests.unit import disks
-from tests.unit import test_libvirt_driver as driver_tests
+from tests.unit import driver_fixtures
 
 CONF = nova.conf.CONF
 # oslo.log's own setup, before Nova's logging fixture replaces it.
@@ -954,7 +954,7 @@ class SnapshotsTestCase(ManageTestCase):
 
     def setUp(self):
         super().setUp()
-        self.glance = self.useFixture(driver_tests.FakeGlance())
+        self.glance = self.useFixture(driver_fixtures.FakeGlance())
         self.glance.deleted = []
         self.glance.created = []
 
@@ -977,7 +977,7 @@ class SnapshotsTestCase(ManageTestCase):
 
     def keep_with_data(self, instance_uuid, snapshot=SNAPSHOT,
                        pending=False):
-        driver_tests.make_disk_with_data(self.instances_path, instance_uuid)
+        driver_fixtures.make_disk_with_data(self.instances_path, instance_uuid)
         return self.store.keep(instance_uuid, snapshot,
                                snapshot_pending=pending)
 
@@ -1016,7 +1016,7 @@ class TestKeptDrain(SnapshotsTestCase):
         self.assertEqual(sorted(pending),
                          [e['instance'] for e in report['uploads']])
         for instance_uuid, snapshot in snapshots.items():
-            self.assertEqual(driver_tests.converted(
+            self.assertEqual(driver_fixtures.converted(
                 self, self.kept_disk(instance_uuid, snapshot)),
                 self.glance.data[snapshot])
             self.assertEqual('active', self.glance.images[snapshot]['status'])
@@ -1114,7 +1114,8 @@ class TestKeptRestore(SnapshotsTestCase):
         instance = self.instance(instance_uuid)
         instance.task_state = 'unshelving'
         instance.save()
-        expected = driver_tests.converted(self, self.kept_disk(instance_uuid))
+        expected = driver_fixtures.converted(self,
+                                             self.kept_disk(instance_uuid))
 
         report = self.run_json('kept', 'restore', instance_uuid)
 

@@ -43,29 +43,29 @@ from nova_shelve_accel.virt.libvirt import driver as accel_driver
 from nova_shelve_accel.virt.libvirt import qemu
 from nova_shelve_accel.virt.libvirt import upload
 from tests.unit import disks
-from tests.unit import test_libvirt_driver as driver_tests
+from tests.unit import driver_fixtures
 
-SNAPSHOT = driver_tests.SNAPSHOT
+SNAPSHOT = driver_fixtures.SNAPSHOT
 KEY = (uuids.instance, SNAPSHOT)
 
 
-class UploadTestCase(driver_tests.DriverTestCase):
+class UploadTestCase(driver_fixtures.DriverTestCase):
 
     def setUp(self):
         super().setUp()
         self.flags(snapshot_upload='after_offload', group='shelve_accel')
-        self.glance = self.useFixture(driver_tests.FakeGlance())
+        self.glance = self.useFixture(driver_fixtures.FakeGlance())
         self.glance.add(SNAPSHOT)
         self.store = self.drvr._kept_disks
         self.uploader = self.drvr._uploads
         self.clock = self.useFixture(disks.WatchClock())
-        cells = self.useFixture(driver_tests.CellDatabase())
+        cells = self.useFixture(driver_fixtures.CellDatabase())
         self.db, self.saved = cells.instances, cells.saved
 
     def keep_pending(self, instance_uuid=uuids.instance):
         """A kept disk waiting for its upload, and its instance."""
-        self.disk = driver_tests.make_disk_with_data(self.instances_path,
-                                                     instance_uuid)
+        self.disk = driver_fixtures.make_disk_with_data(self.instances_path,
+                                                        instance_uuid)
         record = self.store.keep(instance_uuid, SNAPSHOT, 'qcow2',
                                  snapshot_pending=True)
         self.kept_disk = os.path.join(
@@ -99,7 +99,7 @@ class TestUpload(UploadTestCase):
 
     def test_the_upload_is_what_novas_cold_snapshot_uploads(self):
         self.keep_pending()
-        expected = driver_tests.converted(self, self.kept_disk)
+        expected = driver_fixtures.converted(self, self.kept_disk)
 
         self.run_upload()
 
@@ -132,8 +132,8 @@ class TestUpload(UploadTestCase):
     def test_snapshot_image_format_is_honoured(self):
         self.flags(snapshot_image_format='raw', group='libvirt')
         self.keep_pending()
-        expected = driver_tests.converted(self, self.kept_disk,
-                                          out_format='raw')
+        expected = driver_fixtures.converted(self, self.kept_disk,
+                                             out_format='raw')
         self.run_upload()
         self.assertEqual(expected, self.glance.data[SNAPSHOT])
         self.assertEqual('raw', self.glance.updates[0][1]['disk_format'])
@@ -348,7 +348,7 @@ class TestUpload(UploadTestCase):
         # pass reclaims the disk.
         self.keep_pending()
         self.db[uuids.instance].system_metadata['shelved_image_id'] = (
-            driver_tests.OLD_SNAPSHOT)
+            driver_fixtures.OLD_SNAPSHOT)
         self.run_upload()
         del self.db[uuids.instance]
         self.run_upload()
@@ -476,7 +476,7 @@ class TestUploadFromQuarantine(UploadTestCase):
 
     def test_any_host_uploads_it_as_it_is_now(self):
         path = self.quarantine()
-        expected = driver_tests.converted(self, os.path.join(path, 'disk'))
+        expected = driver_fixtures.converted(self, os.path.join(path, 'disk'))
         other = accel_driver.PartialOffloadLibvirtDriver(fake.FakeVirtAPI(),
                                                          False)
         other._kept_disks = disks.make_store(self.instances_path,
@@ -875,9 +875,9 @@ class TestClearPendingMark(UploadTestCase):
         self.assertFalse(upload.clear_pending_mark(self.pending(), SNAPSHOT))
 
     def test_the_mark_of_another_snapshot_is_left(self):
-        instance = self.pending(mark=driver_tests.OLD_SNAPSHOT)
+        instance = self.pending(mark=driver_fixtures.OLD_SNAPSHOT)
         self.assertTrue(upload.clear_pending_mark(instance, SNAPSHOT))
-        self.assertEqual(driver_tests.OLD_SNAPSHOT,
+        self.assertEqual(driver_fixtures.OLD_SNAPSHOT,
                          instance.system_metadata[shelved.PENDING_UPLOAD_KEY])
         self.assertEqual([], self.saved)
 
