@@ -330,7 +330,7 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
                 'one running nova-api or nova-scheduler, or add a '
                 '--config-file that sets it.'))
         try:
-            groups = _StorageGroups(_storage_group_aggregates())
+            groups = _storage_groups()
             cells = _cells_of_hosts(groups)
         except Exception as e:
             # As nova-status does for Cinder: whatever stops the read is
@@ -391,7 +391,7 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
                 'it). nova-compute compares them at each image cache pass '
                 'and logs a warning naming the hosts that differ.' % seen))
         try:
-            groups = _StorageGroups(_storage_group_aggregates())
+            groups = _storage_groups()
         except Exception as e:
             problems.append((WARNING, (
                 '%s Not compared with the storage groups: cannot read the '
@@ -771,14 +771,13 @@ def _mount_point(mountinfo_line):
 
 # -- storage groups -------------------------------------------------------
 
-def _storage_group_aggregates():
-    """The aggregates carrying the storage group key, from the API DB."""
+def _storage_groups():
+    """The storage groups the aggregates of the API DB define."""
     if not api_db_api.context_manager.is_started:
         # Configured from [api_database] as Nova's services configure it,
         # unless something in this process already did.
         api_db_api.configure(CONF)
-    return objects.AggregateList.get_by_metadata_key(
-        nova_context.get_admin_context(), storage_groups.GROUP_KEY)
+    return _StorageGroups.from_database(nova_context.get_admin_context())
 
 
 def _cells_of_hosts(groups):

@@ -131,15 +131,14 @@ def instance_to_unshelve(spec_obj, load_instance=None):
     Read from the instance's cell once per request: the headroom weigher,
     which tells these requests apart too, gets the filter's answer.
     """
-    # The request spec object, and the instance it is for: a multi-create
-    # request schedules its instances one after the other with one spec.
-    request = (spec_obj, spec_obj.instance_uuid)
+    # Keyed by the spec object and its instance: a multi-create request
+    # schedules its instances one after the other with one spec.
     last = getattr(_last_lookup, 'request', None)
-    if last is not None and last[0] is spec_obj and last[1] == request[1]:
+    if last and last[0] is spec_obj and last[1] == spec_obj.instance_uuid:
         return last[2]
     instance = _instance_to_unshelve(
         spec_obj, load_instance or HostAggregateGroupFilter._load_instance)
-    _last_lookup.request = request + (instance,)
+    _last_lookup.request = (spec_obj, spec_obj.instance_uuid, instance)
     return instance
 
 
