@@ -54,14 +54,11 @@ import logging
 import math
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 # Imported first: it patches eventlet in, as for the tests.
-from tests.functional import base  # noqa: E402
-from tests.functional import burst  # noqa: E402
+from tests.functional import base
+from tests.functional import burst
 
 # (label, HostAggregateGroupFilter enabled)
 CONFIGURATIONS = (

@@ -25,7 +25,7 @@ metadata) is answered from memory and counted, so the times are the
 filter's own in-memory work per request; the lookup count shows it stays
 constant as hosts grow.
 
-    python tools/bench_filter.py [--requests N]
+    python -m tools.bench_filter [--requests N]
 """
 
 import argparse

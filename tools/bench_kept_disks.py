@@ -21,22 +21,19 @@ walk of the whole kept tree that every provider update made before
 directories with a small file and a real record, written directly: what
 is measured is directory and record I/O, not qemu-img.
 
-    python tools/bench_kept_disks.py [--counts 10,1000,10000]
+    python -m tools.bench_kept_disks [--counts 10,1000,10000]
 """
 
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 
-from nova_shelve_accel import storage  # noqa: E402
-from tests.unit import disks  # noqa: E402
+from nova_shelve_accel import storage
+from tests.unit import disks
 
 SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
 

@@ -16,7 +16,7 @@ import csv
 import os
 import statistics
 
-import phases
+from tools import phases
 
 MODES = ('stock', 'plugin', 'fast-shelve')
 MODE_LABELS = {'stock': 'stock', 'plugin': 'at_shelve',

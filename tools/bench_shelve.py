@@ -63,19 +63,16 @@ import argparse
 import functools
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 
 import openstack
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
-import bench_report  # noqa: E402
-import cloudstat  # noqa: E402
-import phases  # noqa: E402
-from tests.e2e import cloud  # noqa: E402
+from tests.e2e import cloud
+from tools import bench_report
+from tools import cloudstat
+from tools import phases
 
 MODES = bench_report.MODES
 POLL = 0.2

@@ -43,10 +43,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 # Imported first: it patches eventlet in, as for the tests.
-from tests.functional import base  # noqa: E402
+from tests.functional import base
 
 WEIGHER_PATH = 'nova_shelve_accel.scheduler.weights.ShelvedHeadroomWeigher'
 GROUP_HOSTS = ('A', 'B')

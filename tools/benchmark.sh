@@ -20,4 +20,4 @@ if [ ! -f "$STATE/mode" ]; then
 fi
 "$VENV/bin/pip" install -q -c upper-constraints.txt \
     -r tools/bench-requirements.txt
-exec "$VENV/bin/python" tools/bench_shelve.py "$@"
+exec "$VENV/bin/python" -m tools.bench_shelve "$@"

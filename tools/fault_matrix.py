@@ -13,8 +13,8 @@
 
 """Crash nova-compute at every cut point and check what the cloud makes of it.
 
-    tools/fault_matrix.py [--rows keep.staged,spawn.finished] [--list]
-                          [--mode plugin|fast-shelve]
+    python3 -m tools.fault_matrix [--rows keep.staged,spawn.finished] [--list]
+                                  [--mode plugin|fast-shelve]
 
 Needs the loopback cloud of ``tools/cloud/cloud.sh up`` in plugin mode, and
 root (it restarts nova-compute on c1 and c2 through ``cloud.sh
@@ -33,16 +33,13 @@ takes two to four minutes.
 """
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
-from tests.e2e import cloud  # noqa: E402
-from tests.e2e import invariants  # noqa: E402
-from tests.e2e import matrix  # noqa: E402
+from tests.e2e import cloud
+from tests.e2e import invariants
+from tests.e2e import matrix
 
 
 def log(message):

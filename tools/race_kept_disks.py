@@ -12,7 +12,7 @@
 
 """Race processes for the same kept disk and print the outcome counts.
 
-    python tools/race_kept_disks.py [--rounds 1000] [--dir PATH
+    python -m tools.race_kept_disks [--rounds 1000] [--dir PATH
                                      [--other-client PATH ...]]
 
 Scenarios: eight claims of one disk; claim against reclaim; reclaim against
@@ -37,10 +37,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 
-from tests.unit import races  # noqa: E402
+from tests.unit import races
 
 
 def main():

@@ -23,8 +23,8 @@ for skew in +10m -10m +2h -2h; do
     skewed="$mounts/skewed$skew"
     CLIENT_SKEW=$skew bash "$here/gluster.sh" mount "$state" "$skewed" \
         < /dev/null || exit 2
-    python "$here/skew_kept_disks.py" --dir "$mounts/right" \
-        --skewed-client "$skewed" --skew="$skew" || rc=1
+    (cd "$here/.." && python -m tools.skew_kept_disks --dir "$mounts/right" \
+        --skewed-client "$skewed" --skew="$skew") || rc=1
     bash "$here/gluster.sh" umount "$skewed"
 done
 bash "$here/gluster.sh" umount "$mounts/right"

@@ -12,7 +12,7 @@
 
 """Hosts with skewed clocks on one kept-disk storage: print the verdicts.
 
-    python tools/skew_kept_disks.py [--skew +2h ...]
+    python -m tools.skew_kept_disks [--skew +2h ...]
                                     [--dir PATH [--skewed-client PATH]]
 
 For each skew (default: +10m, -10m, +2h, -2h), each kind of work (an
@@ -29,15 +29,12 @@ with it. Exits non-zero if any scenario is not ok.
 """
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
 
-from tests.unit import skew  # noqa: E402
+from tests.unit import skew
 
 
 def main():

@@ -13,7 +13,7 @@
 
 """Shelve and unshelve a few servers many times; nothing may be lost or left.
 
-    tools/soak.py [--cycles 200] [--servers 4] [--parallel 1]
+    python3 -m tools.soak [--cycles 200] [--servers 4] [--parallel 1]
 
 Needs the loopback cloud of ``tools/cloud/cloud.sh up`` in mode plugin or
 fast-shelve (``snapshot_upload = after_offload``: a shelve skips the
@@ -52,10 +52,8 @@ import threading
 import time
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
-from tests.e2e import cloud  # noqa: E402
-from tests.e2e import invariants  # noqa: E402
+from tests.e2e import cloud
+from tests.e2e import invariants
 
 TIMEOUT = 300
 FALLBACK_EVERY = 7
