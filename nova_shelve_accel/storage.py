@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import uuid
@@ -52,7 +51,9 @@ from oslo_utils import units
 
 from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import faults
+from nova_shelve_accel import safe_files
 from nova_shelve_accel import untouched
+from nova_shelve_accel import upload_lease
 
 LOG = logging.getLogger(__name__)
 
@@ -60,24 +61,16 @@ RECORD_NAME = 'kept.json'
 # What a claim's record becomes in the instance directory once a guest
 # started on the disk (see mark_unshelved).
 UNSHELVED_MARK = 'kept.json.unshelved'
-# Held, in the kept-disk directory, by the host uploading the kept disk into
-# its queued snapshot image; it moves away with the disk when it is claimed.
-# The lease files are upload.lease.<generation>; taking a lease over creates
-# the next generation.
-UPLOAD_LEASE = 'upload.lease'
-# The holder touches its lease every UPLOAD_LEASE_SECONDS / 4; a lease seen
-# untouched for longer belongs to a dead host.
-UPLOAD_LEASE_SECONDS = 300
 RECORD_VERSION = 1
 ROOT_DISK = 'disk'
 # What an unshelve on the root disk needs besides the disk itself. Ephemeral
 # and swap disks are not kept: stock unshelve gives the guest fresh ones.
 KEPT_FILES = (ROOT_DISK, 'disk.info', 'disk.config')
 DISK_FORMATS = ('qcow2', 'raw')
-# Kept disks and their records are the service user's alone; QEMU reads a
-# disk only once it is claimed back into an instance directory.
+# Kept disks are the service user's alone (their records too: see
+# safe_files.NEW_FILE_MODE); QEMU reads a disk only once it is claimed back
+# into an instance directory.
 KEPT_DIR_MODE = 0o700
-RECORD_MODE = 0o600
 # What Nova gives an instance directory, restored when a disk is claimed.
 INSTANCE_DIR_MODE = 0o755
 # A keep, release or reclaim moves a disk through staging or trash in well
@@ -111,8 +104,6 @@ _CLOCK_PROBE = '.clock-%s'
 # share this storage, as the hosts see it, not as the aggregates say.
 _HOST_PROBE = '.host-%s'
 _HOST_PROBE_NAME = re.compile(r'^\.host-(?P<tag>[0-9a-f]{8})$')
-_LEASE_NAME = re.compile(r'^%s(?:\.(?P<generation>[0-9]{1,9}))?$'
-                         % re.escape(UPLOAD_LEASE))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,114 +223,9 @@ def qemu_img_info(path, disk_format):
     return json.loads(out)
 
 
-def is_real_dir(path):
-    """True for a directory that is not a symbolic link.
-
-    Raises PermissionError when the storage does not let this host look.
-    """
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-
-
-def is_regular_file(path):
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-
-
 def _allocated_bytes(directory, names):
     return sum(os.lstat(os.path.join(directory, n)).st_blocks * 512
                for n in names)
-
-
-def vanished(error, path):
-    """Whether ``error``, raised by an operation on ``path``, means it is gone.
-
-    ENOENT says so. A network filesystem may answer ESTALE or EIO instead
-    for a name that another client has just moved or deleted (GlusterFS
-    does): the name is gone once lstat agrees, and anything else is a real
-    error.
-    """
-    if error.errno == errno.ENOENT:
-        return True
-    if error.errno not in (errno.ESTALE, errno.EIO):
-        return False
-    try:
-        os.lstat(path)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
-# GlusterFS, rarely, answers EEXIST to an exclusive create or a mkdir and
-# creates nothing, when another client looks the name up at that moment.
-_PHANTOM_EXIST_RETRIES = 3
-# A directory removed under rmtree by another client is looked at again.
-_STALE_RETRIES = 3
-
-
-def create_new(path, make):
-    """``make(path)``, an exclusive create, trusting EEXIST only if it is so.
-
-    FileExistsError is raised only when the name really stands; an EEXIST
-    for a name that is not there is retried a few times.
-    """
-    for attempt in range(_PHANTOM_EXIST_RETRIES + 1):
-        try:
-            return make(path)
-        except FileExistsError:
-            if os.path.lexists(path) or attempt == _PHANTOM_EXIST_RETRIES:
-                raise
-            LOG.info('The storage said %s exists, but it does not: trying '
-                     'again', path)
-
-
-def open_new(path):
-    """A descriptor of ``path``, a new file, not following a link."""
-    return create_new(path, lambda p: os.open(
-        p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-        RECORD_MODE))
-
-
-def remove_tree(path):
-    """Delete ``path`` without following links; False if it was gone.
-
-    Another host of the storage may delete the same tree at the same time
-    (an interrupted reclaim that both see as abandoned): entries vanishing
-    under us are expected, any other error is raised.
-    """
-    def vanished_is_fine(function, failed_path, excinfo):
-        error = excinfo[1]
-        if not (isinstance(error, OSError) and
-                vanished(error, failed_path)):
-            raise error
-
-    try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            os.unlink(path)
-            return True
-    except OSError as e:
-        if vanished(e, path):
-            return False
-        raise
-    for attempt in range(_STALE_RETRIES + 1):
-        try:
-            shutil.rmtree(path, onerror=vanished_is_fine)
-            return True
-        except OSError as e:
-            # rmtree checks each directory it opens with fstat, outside
-            # onerror: another client may have just moved or deleted it
-            # (ESTALE on GlusterFS). What is left is looked at again.
-            if vanished(e, path):
-                return False
-            if (e.errno not in (errno.ESTALE, errno.EIO) or
-                    attempt == _STALE_RETRIES):
-                raise
 
 
 class KeptDiskStore:
@@ -358,6 +244,8 @@ class KeptDiskStore:
         # Paths already reported as foreign or damaged: reported once.
         self._reported = set()
         self._watch = untouched.Watch(FORGET_UNSEEN_SECONDS)
+        self.leases = upload_lease.UploadLeases(self.host_tag,
+                                                self.untouched_for)
 
     def instance_dir(self, instance_uuid):
         return os.path.join(self.instances_path, instance_uuid)
@@ -380,11 +268,11 @@ class KeptDiskStore:
         if not os.path.lexists(self.path):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             try:
-                create_new(self.path,
-                           lambda p: os.mkdir(p, KEPT_DIR_MODE))
+                safe_files.create_new(
+                    self.path, lambda p: os.mkdir(p, KEPT_DIR_MODE))
             except FileExistsError:
                 pass            # another host made it meanwhile
-        if not is_real_dir(self.path):
+        if not safe_files.is_real_dir(self.path):
             raise accel_exc.KeepRefused(
                 '%s is not a directory (a link or a file '
                 'stands there)' % self.path)
@@ -402,8 +290,8 @@ class KeptDiskStore:
         self.ensure_directory()
         path = os.path.join(self.path, _HOST_PROBE % self.host_tag)
         tmp = path + '.tmp'
-        remove_tree(tmp)
-        with os.fdopen(open_new(tmp), 'w') as f:
+        safe_files.remove_tree(tmp)
+        with os.fdopen(safe_files.open_new(tmp), 'w') as f:
             f.write(self.host + '\n')
         os.rename(tmp, path)
 
@@ -413,7 +301,7 @@ class KeptDiskStore:
         A probe counts only if the host it names has the tag in its file
         name: a file planted or damaged by hand names nobody.
         """
-        if not is_real_dir(self.path):
+        if not safe_files.is_real_dir(self.path):
             return []
         with os.scandir(self.path) as entries:
             probes = [(e.name, m.group('tag')) for e in entries
@@ -472,12 +360,12 @@ class KeptDiskStore:
         that the disk still has to be uploaded into its snapshot image.
         """
         inst_dir = source or self.instance_dir(instance_uuid)
-        if not source and not is_regular_file(os.path.join(inst_dir,
-                                                           ROOT_DISK)):
+        if not source and not safe_files.is_regular_file(
+                os.path.join(inst_dir, ROOT_DISK)):
             adopted = self.find(instance_uuid, snapshot_id)
             if adopted is not None:
                 return adopted
-        if not is_real_dir(inst_dir):
+        if not safe_files.is_real_dir(inst_dir):
             raise accel_exc.KeepRefused(
                 'instance directory %s does not exist or is '
                 'not a directory' % inst_dir)
@@ -533,11 +421,12 @@ class KeptDiskStore:
         snapshot only for a disk that the offload will keep.
         """
         inst_dir = self.instance_dir(instance_uuid)
-        if not is_real_dir(inst_dir):
+        if not safe_files.is_real_dir(inst_dir):
             raise accel_exc.KeepRefused(
                 'instance directory %s does not exist or is '
                 'not a directory' % inst_dir)
-        if os.path.lexists(self.path) and not is_real_dir(self.path):
+        if (os.path.lexists(self.path) and
+                not safe_files.is_real_dir(self.path)):
             raise accel_exc.KeepRefused(
                 '%s is not a directory (a link or a file '
                 'stands there)' % self.path)
@@ -567,7 +456,7 @@ class KeptDiskStore:
                 'disk format %s is not a file format we keep '
                 '(%s)' % (disk_format, ', '.join(DISK_FORMATS)))
         disk = os.path.join(inst_dir, ROOT_DISK)
-        if not is_regular_file(disk):
+        if not safe_files.is_regular_file(disk):
             raise accel_exc.KeepRefused(
                 'root disk %s does not exist or is not a '
                 'regular file' % disk)
@@ -586,7 +475,7 @@ class KeptDiskStore:
         backing = self._backing_name(disk, details)
         st = os.lstat(disk)
         files = tuple(f for f in KEPT_FILES
-                      if is_regular_file(os.path.join(inst_dir, f)))
+                      if safe_files.is_regular_file(os.path.join(inst_dir, f)))
         return KeptDiskRecord(
             instance_uuid=instance_uuid, snapshot_id=snapshot_id,
             disk_format=disk_format, backing_file=backing,
@@ -607,7 +496,7 @@ class KeptDiskStore:
             raise accel_exc.KeepRefused(
                 'root disk %s is backed by %s, outside the '
                 'image cache %s' % (disk, backing, self.base_dir))
-        if not is_regular_file(backing):
+        if not safe_files.is_regular_file(backing):
             raise accel_exc.KeepRefused(
                 'backing file %s of %s is missing or not a '
                 'regular file' % (backing, disk))
@@ -618,7 +507,7 @@ class KeptDiskStore:
     def find(self, instance_uuid, snapshot_id):
         """Return the record of the kept disk of this shelve, or None."""
         where = self.kept_dir(instance_uuid, snapshot_id)
-        if not is_real_dir(where):
+        if not safe_files.is_real_dir(where):
             return None
         record = read_record(where)
         if record is None or (record.instance_uuid,
@@ -637,10 +526,10 @@ class KeptDiskStore:
                 '%s was kept for instance %s at snapshot %s, not for %s at '
                 '%s' % (where, record.instance_uuid, record.snapshot_id,
                         instance_uuid, snapshot_id))
-        if not is_real_dir(where):
+        if not safe_files.is_real_dir(where):
             raise accel_exc.VerificationFailed('%s is not a directory' % where)
         odd = [f for f in record.files
-               if not is_regular_file(os.path.join(where, f))]
+               if not safe_files.is_regular_file(os.path.join(where, f))]
         if odd:
             raise accel_exc.VerificationFailed(
                 '%s lacks %s (or has links or special '
@@ -667,7 +556,7 @@ class KeptDiskStore:
             raise accel_exc.VerificationFailed(
                 '%s is backed by %s, the record says %s'
                 % (disk, backing, expected))
-        if expected and not is_regular_file(expected):
+        if expected and not safe_files.is_regular_file(expected):
             raise accel_exc.VerificationFailed(
                 'backing file %s of %s is missing or '
                 'not a regular file' % (expected, disk))
@@ -695,7 +584,7 @@ class KeptDiskStore:
             # so files left by an earlier attempt are never overwritten.
             os.rename(staging, inst_dir)
         except OSError as e:
-            if vanished(e, staging):
+            if safe_files.vanished(e, staging):
                 return False
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                 self._put_back(staging, source)
@@ -775,25 +664,22 @@ class KeptDiskStore:
         The recovery removes the mark once Nova saved the instance.
         """
         inst_dir = self.instance_dir(instance_uuid)
-        for _generation, lease in _leases(inst_dir):
-            remove_tree(lease)
+        upload_lease.remove_all(inst_dir)
         os.rename(os.path.join(inst_dir, RECORD_NAME),
                   os.path.join(inst_dir, UNSHELVED_MARK))
 
     def unshelved(self, instance_uuid):
         """Whether an unshelve started a guest on this instance's claim."""
-        return is_regular_file(os.path.join(self.instance_dir(instance_uuid),
-                                            UNSHELVED_MARK))
+        return safe_files.is_regular_file(
+            os.path.join(self.instance_dir(instance_uuid), UNSHELVED_MARK))
 
     def finish_claim(self, instance_uuid):
         """The instance runs on the disk now: it is no longer a kept disk."""
         inst_dir = self.instance_dir(instance_uuid)
         try:
-            leases = _leases(inst_dir)
+            upload_lease.remove_all(inst_dir)
         except (FileNotFoundError, NotADirectoryError):
             return
-        for _generation, lease in leases:
-            remove_tree(lease)
         for name in (RECORD_NAME, UNSHELVED_MARK):
             try:
                 os.unlink(os.path.join(inst_dir, name))
@@ -803,7 +689,9 @@ class KeptDiskStore:
     def claimed_record(self, instance_uuid):
         """The record left in an instance directory by a claim, or None."""
         inst_dir = self.instance_dir(instance_uuid)
-        return read_record(inst_dir) if is_real_dir(inst_dir) else None
+        if not safe_files.is_real_dir(inst_dir):
+            return None
+        return read_record(inst_dir)
 
     def claimed_dirs(self, marks=(RECORD_NAME, UNSHELVED_MARK)):
         """Uuids of the instance directories holding a claim's record.
@@ -866,92 +754,6 @@ class KeptDiskStore:
             return False
         return True
 
-    def take_upload_lease(self, directory, at_start=False):
-        """A token for the lease on uploading the disk in ``directory``.
-
-        None while another host holds a live lease. A lease this host saw
-        untouched for UPLOAD_LEASE_SECONDS, or this host's
-        own at start-up, is taken over by creating the lease file of the
-        next generation: of the hosts taking over the same lease exactly
-        one creates it (O_EXCL), and a holder that finds a newer generation
-        knows it lost its lease. A file that stands is never renamed away,
-        so a fresh lease can never be taken from its holder.
-        """
-        try:
-            leases = _leases(directory)
-        except (FileNotFoundError, NotADirectoryError):
-            return None         # claimed or reclaimed meanwhile
-        generation = 1
-        if leases:
-            newest, path = leases[-1]
-            if not self._lease_abandoned(path, at_start):
-                return None
-            generation = newest + 1
-        holder = '%s-%s' % (self.host_tag, uuid.uuid4().hex[:8])
-        try:
-            fd = open_new(_lease_file(directory, generation))
-        except FileExistsError:
-            return None         # another host took it over first
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        with os.fdopen(fd, 'w') as f:
-            f.write(holder)
-        if leases:
-            LOG.info('Took over the upload lease in %s (generation %d): '
-                     'its holder left it untouched for longer than %d s, '
-                     'or it was this host\'s own before a restart.',
-                     directory, generation, UPLOAD_LEASE_SECONDS)
-        # What stood before is a lost lease (a planted link or directory
-        # too): removed without being followed.
-        for _generation, old in leases:
-            remove_tree(old)
-        return '%d/%s' % (generation, holder)
-
-    def _lease_abandoned(self, path, at_start):
-        try:
-            holder = _read_small(path)
-            age = self.untouched_for(path)
-        except (OSError, ValueError):
-            # Gone, or not a file we wrote (a planted link): take it over.
-            return True
-        mine = holder.startswith(self.host_tag + '-')
-        return (at_start and mine) or age > UPLOAD_LEASE_SECONDS
-
-    def check_upload_lease(self, directory, token):
-        """Raise LeaseLost unless ``token`` is the newest lease there."""
-        generation, holder = token.split('/', 1)
-        path = _lease_file(directory, int(generation))
-        try:
-            if _read_small(path) != holder:
-                raise accel_exc.LeaseLost('%s now names another host' % path)
-            if _leases(directory)[-1][1] != path:
-                raise accel_exc.LeaseLost(
-                    'another host took over the lease %s' % path)
-        except (OSError, ValueError):
-            raise accel_exc.LeaseLost(
-                '%s is gone (the disk was claimed or the lease '
-                'taken over)' % path)
-        return path
-
-    def renew_upload_lease(self, directory, token):
-        """Touch our lease; raise LeaseLost if it is not ours any more."""
-        path = self.check_upload_lease(directory, token)
-        try:
-            os.utime(path, None, follow_symlinks=False)
-        except OSError:
-            raise accel_exc.LeaseLost(
-                '%s is gone (the disk was claimed or the lease '
-                'taken over)' % path)
-
-    def drop_upload_lease(self, directory, token):
-        generation, holder = token.split('/', 1)
-        path = _lease_file(directory, int(generation))
-        try:
-            if _read_small(path) == holder:
-                os.unlink(path)
-        except (OSError, ValueError):
-            pass
-
     # -- inventory and reclaim ---------------------------------------------
 
     def inventory(self):
@@ -962,7 +764,7 @@ class KeptDiskStore:
         once and left alone.
         """
         kept, damaged, in_flight = [], [], []
-        if not is_real_dir(self.path):
+        if not safe_files.is_real_dir(self.path):
             self._used_bytes = 0
             return kept, damaged, in_flight
         used = 0
@@ -992,7 +794,7 @@ class KeptDiskStore:
             try:
                 record = _load_record(path)
             except FileNotFoundError:
-                if is_real_dir(path):
+                if safe_files.is_real_dir(path):
                     damaged.append(Damaged(path, instance, snapshot,
                                            'it has no %s' % RECORD_NAME))
                 # Otherwise claimed or reclaimed while we listed: not ours
@@ -1139,7 +941,7 @@ class KeptDiskStore:
         if not name:
             return
         path = os.path.join(self.base_dir, name)
-        if not is_regular_file(path):
+        if not safe_files.is_regular_file(path):
             return
         (touch or (lambda p: os.utime(p, None)))(path)
 
@@ -1157,13 +959,13 @@ class KeptDiskStore:
         directory). Of hosts racing for ``source``, exactly one renames it:
         the rename is what makes a host its owner.
         """
-        if not is_real_dir(source):
+        if not safe_files.is_real_dir(source):
             return None
         in_flight = self._in_flight_path(kind, instance_uuid, snapshot_id)
         try:
             os.rename(source, in_flight)
         except OSError as e:
-            if vanished(e, source):
+            if safe_files.vanished(e, source):
                 return None
             raise
         return in_flight
@@ -1182,7 +984,7 @@ class KeptDiskStore:
         LOG.info('Reclaiming kept root disk %s of instance %s: %s',
                  source, instance_uuid, reason)
         faults.cut_point('reclaim.trashed')
-        remove_tree(trash)
+        safe_files.remove_tree(trash)
         return True
 
     # -- interrupted work --------------------------------------------------
@@ -1275,7 +1077,7 @@ def _read_disk_info(directory):
     path = os.path.join(directory, 'disk.info')
     if not os.path.lexists(path):
         return {}
-    if not is_regular_file(path):
+    if not safe_files.is_regular_file(path):
         raise accel_exc.KeepRefused('%s is not a regular file' % path)
     try:
         with open(path) as f:
@@ -1285,31 +1087,6 @@ def _read_disk_info(directory):
     if not isinstance(info, dict):
         raise accel_exc.KeepRefused('%s is not a JSON object' % path)
     return info
-
-
-def _lease_file(directory, generation):
-    return os.path.join(directory, '%s.%d' % (UPLOAD_LEASE, generation))
-
-
-def _leases(directory):
-    """[(generation, path)] of the upload leases in ``directory``.
-
-    Oldest first; a lease written before generations existed is the 0th.
-    """
-    with os.scandir(directory) as entries:
-        matches = [(_LEASE_NAME.match(e.name), e.path) for e in entries]
-    return sorted((int(m.group('generation') or 0), path)
-                  for m, path in matches if m)
-
-
-def _read_small(path):
-    """The text of a small file we wrote, never through a link."""
-    # O_NONBLOCK: opening a planted FIFO must not wait for a writer.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd) as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ValueError('%s is not a regular file' % path)
-        return f.read(256)
 
 
 def _load_record(directory):
@@ -1369,7 +1146,7 @@ def _write_record(directory, record):
     tmp = path + '.tmp'
     if os.path.lexists(tmp):
         os.unlink(tmp)
-    with os.fdopen(open_new(tmp), 'w') as f:
+    with os.fdopen(safe_files.open_new(tmp), 'w') as f:
         f.write(record.to_json())
         f.flush()
         os.fsync(f.fileno())
@@ -1383,4 +1160,4 @@ def _prune(directory, keep):
     for name in names:
         if name in keep or name == RECORD_NAME:
             continue
-        remove_tree(os.path.join(directory, name))
+        safe_files.remove_tree(os.path.join(directory, name))

@@ -50,6 +50,7 @@ from nova import objects
 from nova.scheduler import filters as nova_filters
 
 from nova_shelve_accel import conf as accel_conf
+from nova_shelve_accel import safe_files
 from nova_shelve_accel.scheduler import filters as accel_filters
 from nova_shelve_accel.scheduler import weights as accel_weights
 from nova_shelve_accel import service_user
@@ -277,7 +278,7 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
             CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
             CONF.image_cache.subdirectory_name, CONF.host)
         try:
-            if not storage.is_real_dir(store.path):
+            if not safe_files.is_real_dir(store.path):
                 return upgradecheck.Result(SUCCESS, (
                     'No kept disks in %s.' % store.path))
             held = _Held(store)

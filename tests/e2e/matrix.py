@@ -107,9 +107,9 @@ CLIENT_STOPS = {
 # c1 killed in its upload and kept down: c2 takes the upload over.
 TAKEOVER_ROWS = ('takeover.upload',)
 TAKEOVER_CUT = 'upload.started'
-# storage.UPLOAD_LEASE_SECONDS (the tools run this module with the system's
-# Python, without the plugin's dependencies; a unit test keeps the two
-# equal).
+# upload_lease.UPLOAD_LEASE_SECONDS (the tools run this module with the
+# system's Python, without the plugin's dependencies; a unit test keeps the
+# two equal).
 UPLOAD_LEASE_SECONDS = 300
 # c2 takes over a lease it saw untouched for UPLOAD_LEASE_SECONDS: it looks
 # at its scan, every upload.SCAN_SECONDS, and c1 touched the lease up to a

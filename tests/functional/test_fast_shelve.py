@@ -38,6 +38,7 @@ from nova import objects
 
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel import upload_lease
 from nova_shelve_accel.virt.libvirt import upload
 from tests.functional import base
 from tests.unit import disks
@@ -165,7 +166,7 @@ class TestFastShelve(base.ShelveAccelTestBase):
     @staticmethod
     def _leases(directory):
         return sorted(n for n in os.listdir(directory)
-                      if n.startswith(storage.UPLOAD_LEASE))
+                      if n.startswith(upload_lease.UPLOAD_LEASE))
 
     def _lease(self, kept):
         """The newest lease file in the kept-disk directory."""
@@ -433,7 +434,7 @@ class TestFastShelve(base.ShelveAccelTestBase):
 
         # Nobody touches the lease any more: B sees it untouched for longer
         # than UPLOAD_LEASE_SECONDS, and takes the upload over.
-        clock.advance(storage.UPLOAD_LEASE_SECONDS + 60)
+        clock.advance(upload_lease.UPLOAD_LEASE_SECONDS + 60)
         self._scan_for_uploads('B')
         self._wait_for(lambda: self._status(snapshot_id) == 'active')
         self._wait_for_uploads('B')

@@ -27,8 +27,10 @@ import os
 import traceback
 import uuid
 
+from nova_shelve_accel import safe_files
 from nova_shelve_accel import storage
 from nova_shelve_accel import untouched
+from nova_shelve_accel import upload_lease
 
 SNAPSHOT = 'a1b2c3d4-0000-4000-8000-000000000001'
 SUBDIR = '_shelve_kept'
@@ -56,7 +58,7 @@ def lay_out_kept_disk(instances_path):
 def _lease(instances_path, instance):
     return os.path.join(instances_path, SUBDIR,
                         storage.kept_name(instance, SNAPSHOT),
-                        storage.UPLOAD_LEASE + '.1')
+                        upload_lease.UPLOAD_LEASE + '.1')
 
 
 def lay_out_dead_lease(instances_path, instance):
@@ -77,7 +79,7 @@ class _WatchedForLong:
 
 
 def _take_lease(store, instance):
-    return store.take_upload_lease(store.kept_dir(instance, SNAPSHOT))
+    return store.leases.take(store.kept_dir(instance, SNAPSHOT))
 
 
 def _claim(store, instance):
@@ -94,7 +96,7 @@ def _empty_trash(store, instance):
     _kept, _damaged, in_flight = store.inventory()
     for item in in_flight:
         if item.kind == storage.TRASH:
-            storage.remove_tree(item.path)
+            safe_files.remove_tree(item.path)
     return False
 
 
@@ -113,7 +115,7 @@ def _worker(instances_path, host, operation, barrier, tasks, results):
         if operation == 'take-lease':
             # Every racer has watched the dead lease go untouched for long.
             store.untouched_for(_lease(instances_path, instance))
-            clock.offset += 2 * storage.UPLOAD_LEASE_SECONDS
+            clock.offset += 2 * upload_lease.UPLOAD_LEASE_SECONDS
         barrier.wait()
         try:
             results.put((host, operation, function(store, instance), None))
@@ -151,7 +153,7 @@ def _outcome(instances_path, instance, answers):
         return 'left behind', 'reclaimed %s still on the storage' % instance
     if leased:
         leases = sorted(n for n in os.listdir(kept)
-                        if n.startswith(storage.UPLOAD_LEASE))
+                        if n.startswith(upload_lease.UPLOAD_LEASE))
         with open(os.path.join(kept, leases[-1])) as f:
             holder = f.read()
         if len(leases) != 1 or leased[0] != '2/' + holder:
@@ -178,7 +180,7 @@ def _clear(instances_path, instance):
             os.path.join(subdir, name) for name in os.listdir(subdir)
             if instance in name]:
         try:
-            storage.remove_tree(path)
+            safe_files.remove_tree(path)
         except OSError as e:
             stuck.append('%s: %s' % (os.path.basename(path), e))
     return stuck

@@ -39,7 +39,9 @@ import sys
 import time
 
 from nova_shelve_accel import exception as accel_exc
+from nova_shelve_accel import safe_files
 from nova_shelve_accel import storage
+from nova_shelve_accel import upload_lease
 from tests.unit import races
 
 LEASE_SECONDS = 2
@@ -62,7 +64,7 @@ def libfaketime():
 
 
 def _shortened():
-    storage.UPLOAD_LEASE_SECONDS = LEASE_SECONDS
+    upload_lease.UPLOAD_LEASE_SECONDS = LEASE_SECONDS
     storage.STALE_SECONDS = STALE_SECONDS
 
 
@@ -85,11 +87,11 @@ def hold(kind, instances_path, host, seconds):
     store = _store(instances_path, host)
     kept_dir = _kept_dir(instances_path)
     if kind == 'lease':
-        token = store.take_upload_lease(kept_dir)
+        token = store.leases.take(kept_dir)
         assert token, 'no lease to hold in %s' % kept_dir
 
         def beat(n):
-            store.renew_upload_lease(kept_dir, token)
+            store.leases.renew(kept_dir, token)
     else:
         instance, snapshot = os.path.basename(kept_dir).split('.')
         staging = store._in_flight_path(storage.STAGING, instance, snapshot)
@@ -126,12 +128,12 @@ def watch(kind, instances_path, host, seconds):
     taken = None
     while time.monotonic() - start < seconds and taken is None:
         if kind == 'lease':
-            if store.take_upload_lease(kept_dir):
+            if store.leases.take(kept_dir):
                 taken = time.monotonic() - start
         else:
             _kept, _damaged, in_flight = store.inventory()
             for item in store.abandoned(in_flight, at_start=False):
-                storage.remove_tree(item.path)
+                safe_files.remove_tree(item.path)
                 taken = time.monotonic() - start
         time.sleep(WATCHER_LOOK)
     print(json.dumps({'taken_after': taken}))

@@ -31,7 +31,9 @@ import fixtures
 import testtools
 
 from nova_shelve_accel import exception as accel_exc
+from nova_shelve_accel import safe_files
 from nova_shelve_accel import storage
+from nova_shelve_accel import upload_lease
 from tests.unit import disks
 
 INSTANCE = '6f0f9c2a-0d0c-4c55-9a0e-0a4c7d3b2e11'
@@ -55,7 +57,7 @@ class BadInputTestCase(testtools.TestCase):
         self.inst_dir = os.path.join(self.instances_path, INSTANCE)
         self.kept_dir = self.store.kept_dir(INSTANCE, SNAPSHOT)
         self.log = self.useFixture(fixtures.FakeLogger(
-            name='nova_shelve_accel.storage', level=logging.INFO))
+            name='nova_shelve_accel', level=logging.INFO))
 
     def tearDown(self):
         self.assertEqual(self.outside_before, disks.tree(self.outside),
@@ -239,7 +241,7 @@ class TestHostileEntries(BadInputTestCase):
         self.assertEqual([], in_flight)
         # Removing it removes the link, not what it points to (checked in
         # tearDown).
-        self.assertTrue(storage.remove_tree(link))
+        self.assertTrue(safe_files.remove_tree(link))
         self.assertFalse(os.path.lexists(link))
 
     def test_links_inside_a_pruned_directory_are_not_followed(self):
@@ -401,18 +403,19 @@ class TestHostileLeases(BadInputTestCase):
         self.useFixture(fixtures.Timeout(60, gentle=True))
         self.record = self.keep()
         # What a planted entry is named: the newest lease there.
-        self.lease = os.path.join(self.kept_dir, storage.UPLOAD_LEASE + '.1')
+        self.lease = os.path.join(self.kept_dir,
+                                  upload_lease.UPLOAD_LEASE + '.1')
 
     def assert_lease_taken(self):
-        token = self.store.take_upload_lease(self.kept_dir)
+        token = self.store.leases.take(self.kept_dir)
         self.assertIsNotNone(token)
-        taken = os.path.join(self.kept_dir, storage.UPLOAD_LEASE + '.2')
+        taken = os.path.join(self.kept_dir, upload_lease.UPLOAD_LEASE + '.2')
         self.assertTrue(stat.S_ISREG(os.lstat(taken).st_mode))
         with open(taken) as f:
             self.assertEqual(token, '2/' + f.read())
         # Nothing of the planted entry is left behind.
         self.assertEqual(sorted(['disk', 'disk.info', storage.RECORD_NAME,
-                                 storage.UPLOAD_LEASE + '.2']),
+                                 upload_lease.UPLOAD_LEASE + '.2']),
                          sorted(os.listdir(self.kept_dir)))
         return token
 
@@ -427,14 +430,14 @@ class TestHostileLeases(BadInputTestCase):
         self.assertFalse(os.path.lexists(target))
 
     def test_renew_does_not_touch_a_link_swapped_in(self):
-        token = self.store.take_upload_lease(self.kept_dir)
+        token = self.store.leases.take(self.kept_dir)
         secret = os.path.join(self.outside, 'secret')
         os.unlink(self.lease)
         os.symlink(secret, self.lease)
-        self.assertRaises(accel_exc.LeaseLost, self.store.renew_upload_lease,
+        self.assertRaises(accel_exc.LeaseLost, self.store.leases.renew,
                           self.kept_dir, token)
         # Nor is the link's target removed when the lease is dropped.
-        self.store.drop_upload_lease(self.kept_dir, token)
+        self.store.leases.drop(self.kept_dir, token)
         self.assertTrue(os.path.islink(self.lease))
 
     def test_a_lease_that_is_a_fifo_is_taken_over(self):

@@ -127,13 +127,13 @@ class TestFaultMatrixConstants(testtools.TestCase):
     """What the fault matrix, run without the plugin's dependencies, copies.
 
     tools/fault_matrix.py imports tests.e2e.matrix with the system's
-    Python, which cannot import the storage module.
+    Python, which cannot import the upload_lease module.
     """
 
     def test_the_matrix_waits_for_the_real_lease_lifetime(self):
-        from nova_shelve_accel import storage
+        from nova_shelve_accel import upload_lease
         from tests.e2e import matrix
-        self.assertEqual(storage.UPLOAD_LEASE_SECONDS,
+        self.assertEqual(upload_lease.UPLOAD_LEASE_SECONDS,
                          matrix.UPLOAD_LEASE_SECONDS)
 
     def test_every_row_has_a_scenario(self):

@@ -1039,8 +1039,8 @@ class TestKeptDrain(SnapshotsTestCase):
         self.glance.add(SNAPSHOT)
         self.keep_with_data(instance_uuid, pending=True)
         other = disks.make_store(self.instances_path, 'compute-b')
-        token = other.take_upload_lease(self.store.kept_dir(instance_uuid,
-                                                            SNAPSHOT))
+        token = other.leases.take(self.store.kept_dir(instance_uuid,
+                                                      SNAPSHOT))
         self.useFixture(fixtures.MonkeyPatch(
             'nova_shelve_accel.cmd.snapshots.DRAIN_POLL_SECONDS', 0))
         real_drain_one = snapshots.drain_one
@@ -1050,8 +1050,8 @@ class TestKeptDrain(SnapshotsTestCase):
             # compute-b's upload ends: the disk is uploaded, lease gone.
             record = self.store.find(instance_uuid, SNAPSHOT)
             self.store.mark_uploaded(record)
-            other.drop_upload_lease(self.store.kept_dir(instance_uuid,
-                                                        SNAPSHOT), token)
+            other.leases.drop(self.store.kept_dir(instance_uuid,
+                                                  SNAPSHOT), token)
             return entry
 
         self.useFixture(fixtures.MonkeyPatch(

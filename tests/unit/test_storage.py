@@ -25,7 +25,9 @@ import fixtures
 import testtools
 
 from nova_shelve_accel import exception as accel_exc
+from nova_shelve_accel import safe_files
 from nova_shelve_accel import storage
+from nova_shelve_accel import upload_lease
 from tests.unit import disks
 from tests.unit import races
 from tests.unit import skew
@@ -48,7 +50,7 @@ class StoreTestCase(testtools.TestCase):
         self.kept_dir = os.path.join(self.instances_path, disks.KEPT_SUBDIR,
                                      '%s.%s' % (INSTANCE, SNAPSHOT))
         self.log = self.useFixture(fixtures.FakeLogger(
-            name='nova_shelve_accel.storage', level=logging.INFO))
+            name='nova_shelve_accel', level=logging.INFO))
 
     def keep_qcow2(self, instance=INSTANCE, snapshot=SNAPSHOT, **kwargs):
         disks.make_qcow2_instance(self.instances_path, instance, **kwargs)
@@ -713,20 +715,21 @@ class TestVanished(testtools.TestCase):
                                  'entry')
 
     def test_enoent_is_gone(self):
-        self.assertTrue(storage.vanished(
+        self.assertTrue(safe_files.vanished(
             OSError(errno.ENOENT, 'gone'), self.path))
 
     def test_estale_and_eio_are_gone_once_lstat_agrees(self):
         for code in (errno.ESTALE, errno.EIO):
-            self.assertTrue(storage.vanished(OSError(code, 'x'), self.path))
+            self.assertTrue(safe_files.vanished(OSError(code, 'x'), self.path))
 
     def test_estale_and_eio_of_a_name_still_there_are_errors(self):
         os.mkdir(self.path)
         for code in (errno.ESTALE, errno.EIO):
-            self.assertFalse(storage.vanished(OSError(code, 'x'), self.path))
+            self.assertFalse(
+                safe_files.vanished(OSError(code, 'x'), self.path))
 
     def test_other_errors_are_errors(self):
-        self.assertFalse(storage.vanished(
+        self.assertFalse(safe_files.vanished(
             OSError(errno.EACCES, 'denied'), self.path))
 
     def test_remove_tree_tolerates_estale_for_entries_gone_meanwhile(self):
@@ -739,7 +742,7 @@ class TestVanished(testtools.TestCase):
             raise OSError(errno.ESTALE, 'Stale file handle', path)
 
         with mock.patch('os.unlink', side_effect=unlink):
-            self.assertTrue(storage.remove_tree(self.path))
+            self.assertTrue(safe_files.remove_tree(self.path))
         self.assertFalse(os.path.exists(self.path))
 
     def test_remove_tree_raises_estale_for_entries_still_there(self):
@@ -748,7 +751,7 @@ class TestVanished(testtools.TestCase):
 
         with mock.patch('os.unlink', side_effect=OSError(
                 errno.ESTALE, 'Stale file handle')):
-            self.assertRaises(OSError, storage.remove_tree, self.path)
+            self.assertRaises(OSError, safe_files.remove_tree, self.path)
         self.assertTrue(os.path.exists(os.path.join(self.path, 'disk')))
 
     def test_remove_tree_of_a_directory_moved_away_meanwhile(self):
@@ -766,7 +769,7 @@ class TestVanished(testtools.TestCase):
             return real_fstat(fd)
 
         with mock.patch('os.fstat', side_effect=fstat):
-            self.assertFalse(storage.remove_tree(self.path))
+            self.assertFalse(safe_files.remove_tree(self.path))
         self.assertTrue(os.path.exists(os.path.join(moved, 'disk')))
 
     def test_remove_tree_retries_a_subdirectory_gone_meanwhile(self):
@@ -784,7 +787,7 @@ class TestVanished(testtools.TestCase):
             return real_fstat(fd)
 
         with mock.patch('os.fstat', side_effect=fstat):
-            self.assertTrue(storage.remove_tree(self.path))
+            self.assertTrue(safe_files.remove_tree(self.path))
         self.assertFalse(os.path.exists(self.path))
 
     def test_remove_tree_raises_estale_that_does_not_go_away(self):
@@ -793,7 +796,7 @@ class TestVanished(testtools.TestCase):
 
         with mock.patch('os.fstat', side_effect=OSError(
                 errno.ESTALE, 'Stale file handle')):
-            self.assertRaises(OSError, storage.remove_tree, self.path)
+            self.assertRaises(OSError, safe_files.remove_tree, self.path)
         self.assertTrue(os.path.exists(os.path.join(self.path, 'disk')))
 
 
@@ -821,7 +824,7 @@ class TestPhantomExist(StoreTestCase):
     def test_open_new_tries_again_when_nothing_stands(self):
         path = os.path.join(self.instances_path, 'new')
         calls = self.phantom_once('open', 'new')
-        os.close(storage.open_new(path))
+        os.close(safe_files.open_new(path))
         self.assertEqual([path, path], calls)
         self.assertTrue(os.path.isfile(path))
         self.assertIn('said %s exists, but it does not' % path,
@@ -832,7 +835,7 @@ class TestPhantomExist(StoreTestCase):
         disks.add_files(self.instances_path, 'taken')
         with open(path) as f:
             before = f.read()
-        self.assertRaises(FileExistsError, storage.open_new, path)
+        self.assertRaises(FileExistsError, safe_files.open_new, path)
         with open(path) as f:
             self.assertEqual(before, f.read())
 
@@ -840,8 +843,8 @@ class TestPhantomExist(StoreTestCase):
         path = os.path.join(self.instances_path, 'never')
         with mock.patch('os.open', side_effect=FileExistsError(
                 errno.EEXIST, 'File exists')) as always:
-            self.assertRaises(FileExistsError, storage.open_new, path)
-        self.assertEqual(storage._PHANTOM_EXIST_RETRIES + 1,
+            self.assertRaises(FileExistsError, safe_files.open_new, path)
+        self.assertEqual(safe_files._PHANTOM_EXIST_RETRIES + 1,
                          always.call_count)
 
     def test_the_record_is_written_despite_a_phantom_exist(self):
@@ -855,8 +858,8 @@ class TestPhantomExist(StoreTestCase):
     def test_the_upload_lease_is_taken_despite_a_phantom_exist(self):
         self.keep_qcow2()
         calls = self.phantom_once('open', os.path.basename(
-            storage._lease_file(self.kept_dir, 1)))
-        self.assertIsNotNone(self.store.take_upload_lease(self.kept_dir))
+            upload_lease.lease_file(self.kept_dir, 1)))
+        self.assertIsNotNone(self.store.leases.take(self.kept_dir))
         self.assertEqual(2, len(calls))
 
     def test_the_kept_disks_directory_is_made_despite_a_phantom_exist(self):
@@ -864,7 +867,7 @@ class TestPhantomExist(StoreTestCase):
         calls = self.phantom_once('mkdir', disks.KEPT_SUBDIR)
         self.store.ensure_directory()
         self.assertEqual(2, len(calls))
-        self.assertTrue(storage.is_real_dir(self.store.path))
+        self.assertTrue(safe_files.is_real_dir(self.store.path))
 
 
 class TestClockSkew(testtools.TestCase):
@@ -1172,9 +1175,9 @@ class TestReclaim(StoreTestCase):
             return real_rmdir(path, *args, **kwargs)
 
         with mock.patch('os.rmdir', side_effect=another_host_got_there_first):
-            self.assertTrue(storage.remove_tree(trash))
+            self.assertTrue(safe_files.remove_tree(trash))
         self.assertFalse(os.path.exists(trash))
-        self.assertFalse(storage.remove_tree(trash))
+        self.assertFalse(safe_files.remove_tree(trash))
 
     def test_finish_staging_publishes_an_interrupted_keep(self):
         record = self.keep_qcow2()
@@ -1377,12 +1380,12 @@ class TestUploadLease(StoreTestCase):
         self.other = disks.make_store(self.instances_path, 'compute-b')
 
     def take(self, store=None, at_start=False):
-        return (store or self.store).take_upload_lease(self.kept_dir,
-                                                       at_start=at_start)
+        return (store or self.store).leases.take(self.kept_dir,
+                                                 at_start=at_start)
 
     def leases(self):
         return sorted(n for n in os.listdir(self.kept_dir)
-                      if n.startswith(storage.UPLOAD_LEASE))
+                      if n.startswith(upload_lease.UPLOAD_LEASE))
 
     def newest(self):
         return os.path.join(self.kept_dir, self.leases()[-1])
@@ -1395,14 +1398,14 @@ class TestUploadLease(StoreTestCase):
         """The lease untouched while ``watchers`` watched it, long enough."""
         for store in watchers:
             store.untouched_for(self.newest())
-        self.clock.advance(storage.UPLOAD_LEASE_SECONDS + 60)
+        self.clock.advance(upload_lease.UPLOAD_LEASE_SECONDS + 60)
 
     def test_take_gives_a_token_written_in_the_lease(self):
         token = self.take()
         self.assertEqual('1/', token[:2])
         self.assertTrue(token[2:].startswith(self.store.host_tag + '-'))
         self.assertEqual(token[2:], self.holder())
-        self.assertEqual([storage.UPLOAD_LEASE + '.1'], self.leases())
+        self.assertEqual([upload_lease.UPLOAD_LEASE + '.1'], self.leases())
         self.assertEqual(0o600, os.lstat(self.newest()).st_mode & 0o777)
 
     def test_a_live_lease_is_not_taken_by_another_host(self):
@@ -1417,14 +1420,14 @@ class TestUploadLease(StoreTestCase):
         taken = self.take(self.other)
         self.assertEqual('2/', taken[:2])
         self.assertEqual(taken[2:], self.holder())
-        self.assertRaises(accel_exc.LeaseLost, self.store.renew_upload_lease,
+        self.assertRaises(accel_exc.LeaseLost, self.store.leases.renew,
                           self.kept_dir, token)
         # The stale lease is gone, not left beside the new one.
-        self.assertEqual([storage.UPLOAD_LEASE + '.2'], self.leases())
+        self.assertEqual([upload_lease.UPLOAD_LEASE + '.2'], self.leases())
 
     def test_a_takeover_is_logged_and_a_first_lease_is_not(self):
         logged = self.useFixture(fixtures.FakeLogger(
-            name='nova_shelve_accel.storage'))
+            name='nova_shelve_accel.upload_lease'))
         self.take()
         self.assertNotIn('Took over', logged.output)
         self.make_stale(self.other)
@@ -1439,21 +1442,21 @@ class TestUploadLease(StoreTestCase):
         third = disks.make_store(self.instances_path, 'compute-c')
         self.make_stale(self.other, third)
         judged = []
-        real_abandoned = storage.KeptDiskStore._lease_abandoned
+        real_abandoned = upload_lease.UploadLeases._abandoned
 
-        def abandoned(store, path, at_start):
-            verdict = real_abandoned(store, path, at_start)
-            judged.append(store.host)
+        def abandoned(leases, path, at_start):
+            verdict = real_abandoned(leases, path, at_start)
+            judged.append(leases.host_tag)
             if len(judged) == 1:
                 # compute-c, judging in the same instant, takes it first.
                 self.assertIsNotNone(self.take(third))
             return verdict
 
-        with mock.patch.object(storage.KeptDiskStore, '_lease_abandoned',
+        with mock.patch.object(upload_lease.UploadLeases, '_abandoned',
                                abandoned):
             self.assertIsNone(self.take(self.other))
         self.assertTrue(self.holder().startswith(third.host_tag + '-'))
-        self.assertEqual([storage.UPLOAD_LEASE + '.2'], self.leases())
+        self.assertEqual([upload_lease.UPLOAD_LEASE + '.2'], self.leases())
 
     def test_a_holder_that_finds_a_newer_generation_has_lost(self):
         token = self.take()
@@ -1461,26 +1464,26 @@ class TestUploadLease(StoreTestCase):
         self.take(self.other)
         # However its own file came back (a slow storage, say).
         with open(os.path.join(self.kept_dir,
-                               storage.UPLOAD_LEASE + '.1'), 'w') as f:
+                               upload_lease.UPLOAD_LEASE + '.1'), 'w') as f:
             f.write(token[2:])
         error = self.assertRaises(accel_exc.LeaseLost,
-                                  self.store.check_upload_lease,
+                                  self.store.leases.check,
                                   self.kept_dir, token)
         self.assertIn('took over', str(error))
 
     def test_a_lease_of_an_earlier_release_is_the_0th_generation(self):
-        with open(os.path.join(self.kept_dir, storage.UPLOAD_LEASE),
+        with open(os.path.join(self.kept_dir, upload_lease.UPLOAD_LEASE),
                   'w') as f:
             f.write('%s-12345678' % self.other.host_tag)
         self.assertIsNone(self.take())
         self.make_stale(self.store)
         self.assertEqual('1/', self.take()[:2])
-        self.assertEqual([storage.UPLOAD_LEASE + '.1'], self.leases())
+        self.assertEqual([upload_lease.UPLOAD_LEASE + '.1'], self.leases())
 
     def test_a_lease_younger_than_its_lifetime_is_live(self):
         self.take()
         self.assertIsNone(self.take(self.other))
-        self.clock.advance(storage.UPLOAD_LEASE_SECONDS - 60)
+        self.clock.advance(upload_lease.UPLOAD_LEASE_SECONDS - 60)
         self.assertIsNone(self.take(self.other))
 
     def test_a_lease_first_seen_is_live_however_old_its_timestamp(self):
@@ -1490,7 +1493,7 @@ class TestUploadLease(StoreTestCase):
         disks.age(self.newest(), 7200)
         with mock.patch('time.time', return_value=time.time() + 86400):
             self.assertIsNone(self.take(self.other))
-            self.clock.advance(storage.UPLOAD_LEASE_SECONDS - 60)
+            self.clock.advance(upload_lease.UPLOAD_LEASE_SECONDS - 60)
             self.assertIsNone(self.take(self.other))
 
     def test_a_lease_stamped_in_the_future_is_taken_over_once_stale(self):
@@ -1506,8 +1509,8 @@ class TestUploadLease(StoreTestCase):
         token = self.take()
         self.assertIsNone(self.take(self.other))
         for _ in range(3):
-            self.clock.advance(storage.UPLOAD_LEASE_SECONDS // 2)
-            self.store.renew_upload_lease(self.kept_dir, token)
+            self.clock.advance(upload_lease.UPLOAD_LEASE_SECONDS // 2)
+            self.store.leases.renew(self.kept_dir, token)
             disks.age(self.newest(), 7200 - self.clock.offset)
             self.assertIsNone(self.take(self.other))
 
@@ -1523,14 +1526,14 @@ class TestUploadLease(StoreTestCase):
     def test_renew_touches_the_lease(self):
         token = self.take()
         self.make_stale(self.other)
-        self.store.renew_upload_lease(self.kept_dir, token)
+        self.store.leases.renew(self.kept_dir, token)
         self.assertIsNone(self.take(self.other))
 
     def test_renew_of_a_claimed_disk_loses_the_lease(self):
         token = self.take()
         self.store.claim(INSTANCE, SNAPSHOT)
         error = self.assertRaises(accel_exc.LeaseLost,
-                                  self.store.renew_upload_lease,
+                                  self.store.leases.renew,
                                   self.kept_dir, token)
         self.assertIn('is gone', str(error))
 
@@ -1541,25 +1544,25 @@ class TestUploadLease(StoreTestCase):
 
     def test_drop_removes_only_our_own_lease(self):
         token = self.take()
-        self.store.drop_upload_lease(self.kept_dir, '1/compute-b-12345678')
+        self.store.leases.drop(self.kept_dir, '1/compute-b-12345678')
         self.assertEqual(token[2:], self.holder())
-        self.store.drop_upload_lease(self.kept_dir, token)
+        self.store.leases.drop(self.kept_dir, token)
         self.assertEqual([], self.leases())
         # Nothing left to drop: no error.
-        self.store.drop_upload_lease(self.kept_dir, token)
+        self.store.leases.drop(self.kept_dir, token)
 
     def test_drop_after_a_takeover_leaves_the_new_lease(self):
         token = self.take()
         self.make_stale(self.other)
         taken = self.take(self.other)
-        self.store.drop_upload_lease(self.kept_dir, token)
+        self.store.leases.drop(self.kept_dir, token)
         self.assertEqual(taken[2:], self.holder())
 
     def test_finish_claim_removes_the_lease_and_the_record(self):
         self.take()
         self.store.claim(INSTANCE, SNAPSHOT)
         self.assertTrue(os.path.isfile(os.path.join(
-            self.inst_dir, storage.UPLOAD_LEASE + '.1')))
+            self.inst_dir, upload_lease.UPLOAD_LEASE + '.1')))
         self.store.finish_claim(INSTANCE)
         self.assertEqual(['disk', 'disk.info'],
                          sorted(os.listdir(self.inst_dir)))

@@ -39,6 +39,7 @@ from nova.virt import fake
 from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel import upload_lease
 from nova_shelve_accel.virt.libvirt import driver as accel_driver
 from nova_shelve_accel.virt.libvirt import qemu
 from nova_shelve_accel.virt.libvirt import upload
@@ -92,7 +93,7 @@ class UploadTestCase(driver_fixtures.DriverTestCase):
 
     def lease_path(self, generation=1):
         return os.path.join(self.store.kept_dir(*KEY),
-                            '%s.%d' % (storage.UPLOAD_LEASE, generation))
+                            '%s.%d' % (upload_lease.UPLOAD_LEASE, generation))
 
 
 class TestUpload(UploadTestCase):
@@ -174,7 +175,7 @@ class TestUpload(UploadTestCase):
         # The lease went with the disk; the unshelve removes it.
         self.assertTrue(os.path.isfile(os.path.join(
             self.instances_path, uuids.instance,
-            storage.UPLOAD_LEASE + '.1')))
+            upload_lease.UPLOAD_LEASE + '.1')))
 
     def test_an_abandoned_upload_is_not_retried(self):
         self.keep_pending()
@@ -320,7 +321,7 @@ class TestUpload(UploadTestCase):
     def test_a_lease_held_by_another_host_uploads_nothing(self):
         self.keep_pending()
         other = disks.make_store(self.instances_path, 'compute-b')
-        token = other.take_upload_lease(self.store.kept_dir(*KEY))
+        token = other.leases.take(self.store.kept_dir(*KEY))
 
         self.run_upload()
 
@@ -331,7 +332,7 @@ class TestUpload(UploadTestCase):
 
     def test_an_own_lease_left_by_a_restart_is_taken_over_at_start(self):
         self.keep_pending()
-        self.store.take_upload_lease(self.store.kept_dir(*KEY))
+        self.store.leases.take(self.store.kept_dir(*KEY))
         self.run_upload()
         self.assertEqual([], self.glance.updates)
         self.run_upload(at_start=True)
@@ -492,7 +493,7 @@ class TestUploadFromQuarantine(UploadTestCase):
         # Still quarantined, for its host to resolve.
         self.assertTrue(os.path.isdir(path))
         self.assertEqual([], [n for n in os.listdir(path)
-                              if n.startswith(storage.UPLOAD_LEASE)])
+                              if n.startswith(upload_lease.UPLOAD_LEASE)])
 
     def test_the_scan_finds_it(self):
         self.quarantine()
@@ -825,7 +826,7 @@ class TestHeartbeat(UploadTestCase):
     def test_the_heartbeat_keeps_the_lease_young(self):
         self.keep_pending()
         kept_dir = self.store.kept_dir(*KEY)
-        token = self.store.take_upload_lease(kept_dir)
+        token = self.store.leases.take(kept_dir)
         disks.age(self.lease_path())
         before = os.lstat(self.lease_path()).st_mtime
         beat = upload._Heartbeat(self.store, kept_dir, token)
@@ -837,11 +838,11 @@ class TestHeartbeat(UploadTestCase):
     def test_a_lease_taken_over_abandons_the_upload(self):
         self.keep_pending()
         kept_dir = self.store.kept_dir(*KEY)
-        token = self.store.take_upload_lease(kept_dir)
+        token = self.store.leases.take(kept_dir)
         other = disks.make_store(self.instances_path, 'compute-b')
-        self.assertIsNone(other.take_upload_lease(kept_dir))
-        self.clock.advance(storage.UPLOAD_LEASE_SECONDS + 60)
-        self.assertIsNotNone(other.take_upload_lease(kept_dir))
+        self.assertIsNone(other.leases.take(kept_dir))
+        self.clock.advance(upload_lease.UPLOAD_LEASE_SECONDS + 60)
+        self.assertIsNotNone(other.leases.take(kept_dir))
         beat = upload._Heartbeat(self.store, kept_dir, token)
         beat._done = self.Ticks(3)
         beat._beat()

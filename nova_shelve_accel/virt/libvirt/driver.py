@@ -58,6 +58,7 @@ from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import faults
 from nova_shelve_accel import notifications
+from nova_shelve_accel import safe_files
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 from nova_shelve_accel import storage_groups
@@ -427,7 +428,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         snapshot_id = instance.system_metadata['shelved_image_id']
         disk = os.path.join(self._kept_disks.instance_dir(instance.uuid),
                             storage.ROOT_DISK)
-        if not storage.is_regular_file(disk):
+        if not safe_files.is_regular_file(disk):
             raise exception.NovaException(
                 'The root disk %s is not there to upload into snapshot %s; '
                 'nothing was deleted. If a staging directory of this '

@@ -77,6 +77,7 @@ from nova.volume import cinder
 from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import faults
 from nova_shelve_accel import notifications
+from nova_shelve_accel import safe_files
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
 from nova_shelve_accel.virt.libvirt import upload
@@ -184,7 +185,7 @@ class Recovery:
         if item.kind == storage.TRASH:
             LOG.info('Deleting %s, left by an interrupted reclaim.',
                      item.path, instance_uuid=item.instance_uuid)
-            storage.remove_tree(item.path)
+            safe_files.remove_tree(item.path)
         elif item.kind == storage.STAGING:
             self._resolve_staging(item, known)
         else:
@@ -207,7 +208,7 @@ class Recovery:
         if why:
             LOG.info('Deleting %s, left by an interrupted keep: %s.',
                      item.path, why, instance_uuid=item.instance_uuid)
-            storage.remove_tree(item.path)
+            safe_files.remove_tree(item.path)
             return
         self._protect(item.path, item.instance_uuid)
         self._report_kept(item.path, item.instance_uuid, known.doubt(
@@ -232,7 +233,7 @@ class Recovery:
         if why and (mine or known.host_down(item.host_tag)):
             LOG.info('Deleting quarantined disk %s: %s.', item.path, why,
                      instance_uuid=item.instance_uuid)
-            storage.remove_tree(item.path)
+            safe_files.remove_tree(item.path)
         elif mine and record is not None and _needs(instance,
                                                     item.snapshot_id):
             self._store.keep(item.instance_uuid, item.snapshot_id,
@@ -281,7 +282,7 @@ class Recovery:
     def _offload_failed_after_keep(self, instance):
         """Whether the shelved instance's disk is kept, not in its dir."""
         snapshot_id = instance.system_metadata.get('shelved_image_id')
-        return bool(snapshot_id) and not storage.is_regular_file(
+        return bool(snapshot_id) and not safe_files.is_regular_file(
             os.path.join(self._store.instance_dir(instance.uuid),
                          storage.ROOT_DISK)) and (
             self._store.find(instance.uuid, snapshot_id) is not None)
@@ -299,7 +300,7 @@ class Recovery:
             return
         inst_dir = self._store.instance_dir(instance.uuid)
         claimed = self._store.claimed_record(instance.uuid)
-        if storage.is_real_dir(inst_dir):
+        if safe_files.is_real_dir(inst_dir):
             if claimed is None and not shelved.kept_snapshot_id(instance):
                 return      # a stock unshelve: Nova's business
             self._free_host_resources(context, instance)
@@ -439,7 +440,7 @@ class Recovery:
             LOG.info('Deleting %s, the root disk a failed unshelve left in '
                      'the instance directory: %s.', inst_dir, why,
                      instance_uuid=instance_uuid)
-            storage.remove_tree(inst_dir)
+            safe_files.remove_tree(inst_dir)
         elif record is not None and not why and _idle_elsewhere(
                 instance_uuid):
             self._give_back(instance, record, fenced=bool(fenced_by))

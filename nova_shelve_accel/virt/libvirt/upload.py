@@ -72,9 +72,11 @@ from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import faults
 from nova_shelve_accel import notifications
+from nova_shelve_accel import safe_files
 from nova_shelve_accel import service_user
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
+from nova_shelve_accel import upload_lease
 from nova_shelve_accel.virt.libvirt import qemu
 
 CONF = accel_conf.CONF
@@ -315,7 +317,7 @@ class SnapshotUploader:
         if instance is None or instance.system_metadata.get(
                 'shelved_image_id') != snapshot_id:
             return NOT_NEEDED   # the recovery reclaims it
-        token = self._store.take_upload_lease(where, at_start=at_start)
+        token = self._store.leases.take(where, at_start=at_start)
         if token is None:
             LOG.debug('Another host uploads snapshot %s.', snapshot_id,
                       instance=instance)
@@ -326,7 +328,7 @@ class SnapshotUploader:
             self._upload_leased(context, instance, record, where, heartbeat)
         finally:
             heartbeat.stop()
-            self._store.drop_upload_lease(where, token)
+            self._store.leases.drop(where, token)
         return UPLOADED
 
     def _upload_leased(self, context, instance, record, where, heartbeat):
@@ -472,12 +474,12 @@ class SnapshotUploader:
         os.makedirs(directory, exist_ok=True)
         scratch = os.path.join(directory, '%s%s-%s' % (
             SCRATCH_PREFIX, self._store.host_tag, uuid.uuid4().hex[:8]))
-        storage.create_new(scratch, lambda p: os.mkdir(p, 0o700))
+        safe_files.create_new(scratch, lambda p: os.mkdir(p, 0o700))
         self._scratch.add(scratch)
         try:
             yield scratch
         finally:
-            storage.remove_tree(scratch)
+            safe_files.remove_tree(scratch)
             self._scratch.discard(scratch)
 
     def clean_scratch(self, at_start):
@@ -517,7 +519,7 @@ class SnapshotUploader:
             LOG.info('Removing %s, left by a snapshot upload that was '
                      'interrupted.', path)
             try:
-                storage.remove_tree(path)
+                safe_files.remove_tree(path)
             except OSError as e:
                 LOG.warning('Cannot remove %s: %s', path, e)
 
@@ -681,9 +683,9 @@ class _Heartbeat:
         self._thread.start()
 
     def _beat(self):
-        while not self._done.wait(storage.UPLOAD_LEASE_SECONDS / 4):
+        while not self._done.wait(upload_lease.UPLOAD_LEASE_SECONDS / 4):
             try:
-                self._store.renew_upload_lease(self._directory, self._token)
+                self._store.leases.renew(self._directory, self._token)
             except accel_exc.LeaseLost as e:
                 self._lost = e
                 return
@@ -696,7 +698,7 @@ class _Heartbeat:
         """
         if self._lost is None:
             try:
-                self._store.check_upload_lease(self._directory, self._token)
+                self._store.leases.check(self._directory, self._token)
             except accel_exc.LeaseLost as e:
                 self._lost = e
         if self._lost is not None:
