@@ -62,15 +62,18 @@ def print_sample(row):
 
 
 def print_burst(row):
-    print('   %-13s %d servers x %s: all SHELVED_OFFLOADED after %.1f s, '
-          'all snapshots active after %.1f s; all ACTIVE after %.1f s '
-          '(median server %.1f s, %.1f unshelves/s) on %s, Glance sent %.0f '
-          'MiB' % (
+    print('   %-13s %d servers x %s: all ACTIVE after a start in %.1f s; all '
+          'SHELVED_OFFLOADED after %.1f s, all snapshots active after '
+          '%.1f s; all ACTIVE after an unshelve in %.1f s (%.2fx the start, '
+          '%d failed; median server %.1f s, %.1f unshelves/s) on %s, Glance '
+          'sent %.0f MiB' % (
               MODE_LABELS[row['mode']], row['servers'],
-              size_label(row['data_mib'] * MIB), row['all_shelved_s'],
-              row['all_uploaded_s'], row['all_active_s'],
-              row['median_server_s'], row['unshelves_per_s'],
-              row['on_hosts'], row['glance_mib']), flush=True)
+              size_label(row['data_mib'] * MIB), row['all_started_s'],
+              row['all_shelved_s'], row['all_uploaded_s'],
+              row['all_active_s'], row['unshelve_vs_start'],
+              row['failed_unshelves'], row['median_server_s'],
+              row['unshelves_per_s'], row['on_hosts'], row['glance_mib']),
+          flush=True)
 
 
 # -- summary -----------------------------------------------------------------
@@ -241,18 +244,24 @@ def print_busy(summary):
 def print_bursts(bursts):
     if not bursts:
         return
-    print('\nBurst: servers shelved at once (from SHUTOFF), then unshelved '
-          'at once; peak cores of the busiest services while unshelving:')
+    print('\nBurst: the same servers started at once (the floor: nothing is '
+          'copied), shelved at once (from SHUTOFF), then unshelved at once; '
+          'peak cores of the busiest services while unshelving:')
     services = sorted({key[len('peak_cores_'):] for row in bursts
                        for key in row if key.startswith('peak_cores_')})
-    lines = [('mode', 'servers', 'all offloaded s', 'all uploaded s',
-              'all ACTIVE s', 'median s', 'unshelves/s', 'Glance MiB',
-              'hosts') + tuple(services)]
+    lines = [('mode', 'servers', 'data', 'all started s', 'all offloaded s',
+              'all uploaded s', 'all ACTIVE s', 'x start', 'failed',
+              'median s', 'unshelves/s', 'Glance MiB', 'hosts') +
+             tuple(services)]
     for row in bursts:
         lines.append((MODE_LABELS[row['mode']], str(row['servers']),
+                      size_label(row['data_mib'] * MIB),
+                      '%.1f' % row['all_started_s'],
                       '%.1f' % row['all_shelved_s'],
                       '%.1f' % row['all_uploaded_s'],
                       '%.1f' % row['all_active_s'],
+                      '%.2f' % row['unshelve_vs_start'],
+                      str(row['failed_unshelves']),
                       '%.1f' % row['median_server_s'],
                       '%.2f' % row['unshelves_per_s'],
                       '%.0f' % row['glance_mib'], row['on_hosts']) +

@@ -48,9 +48,14 @@ from; every mode pays for them alike.
 
 Then, per mode, a burst: ``--burst`` tiny guests (flavor m1.burst, the
 least RAM the firmware boots in) with ``--burst-size`` of data each,
-shelved at once (the time until all are SHELVED_OFFLOADED, and until all
-their snapshots are active), then all unshelved at once: the time until
-each is ACTIVE, the Glance bytes and the peak CPU of each service.
+started at once from SHUTOFF and stopped again (the floor: the same guests
+on the same hosts, nothing copied), shelved at once (the time until all are
+SHELVED_OFFLOADED, and until all their snapshots are active), then all
+unshelved at once: the time until each is ACTIVE and its ratio to the
+start burst, the Glance bytes and the peak CPU of each service. An unshelve
+that fails (the server goes back to SHELVED_OFFLOADED, or to ERROR) is
+printed with the error of its instance action, counted in the ``failed``
+column, and the run goes on.
 
 Times are taken through the API (openstacksdk), polling every 0.2 s.
 Output: tables on the terminal; in the output directory ``samples.csv``
@@ -128,29 +133,51 @@ class Bench(object):
                     server_id, srv.status, srv.task_state, status))
             time.sleep(POLL)
 
-    def _wait_all(self, server_ids, status, since, timeout=1800):
-        """{server: seconds from since until it reached status}.
+    def _wait_all(self, server_ids, status, since, timeout=1800,
+                  refused_as=None):
+        """({server: seconds from since until it reached status}, failed).
 
         One listing per poll, so that each server's time is its own and not
-        the time its turn came in a loop of waits.
+        the time its turn came in a loop of waits. ``failed`` names each
+        server that went to ERROR or, its request refused, back to
+        ``refused_as`` with no task (an unshelve that found no host goes
+        back to SHELVED_OFFLOADED: the API set its task before answering,
+        so no server is seen so before its request ran), with why.
         """
-        waiting, done = set(server_ids), {}
+        waiting, done, failed = set(server_ids), {}, {}
         deadline = time.monotonic() + timeout
         while waiting:
             for srv in self.conn.compute.servers(details=True):
                 if srv.id not in waiting:
                     continue
                 if srv.status == 'ERROR':
-                    raise RuntimeError('server %s: ERROR: %s' % (
-                        srv.id, srv.fault))
-                if srv.status == status and not srv.task_state:
+                    failed[srv.id] = 'ERROR: %s' % (srv.fault,)
+                elif srv.status == refused_as and not srv.task_state:
+                    failed[srv.id] = 'back to %s: %s' % (
+                        refused_as, self._last_error(srv.id))
+                elif srv.status == status and not srv.task_state:
                     done[srv.id] = time.monotonic() - since
+                if srv.id in done or srv.id in failed:
                     waiting.discard(srv.id)
             if waiting and time.monotonic() > deadline:
                 raise RuntimeError('%d servers not %s after %d s' % (
                     len(waiting), status, timeout))
             if waiting:
                 time.sleep(POLL)
+        return done, failed
+
+    def _last_error(self, server_id):
+        """The message of the server's last failed action, or '?'."""
+        for action in self.conn.compute.server_actions(server_id):
+            if action.message:
+                return action.message
+        return '?'
+
+    def _wait_all_or_raise(self, server_ids, status):
+        done, failed = self._wait_all(server_ids, status, time.monotonic())
+        if failed:
+            raise RuntimeError('setting up the burst: %s' % '; '.join(
+                '%s %s' % item for item in sorted(failed.items())))
         return done
 
     def _wait_gone(self, server_ids, timeout=600):
@@ -301,10 +328,10 @@ class Bench(object):
             image_id=self.image.id, networks='none',
             host=cloud.GROUP_HOSTS[n % len(cloud.GROUP_HOSTS)]).id
             for n in range(count)]
-        self._wait_all(servers, 'ACTIVE', time.monotonic())
+        self._wait_all_or_raise(servers, 'ACTIVE')
         for server_id in servers:
             self.conn.compute.stop_server(server_id)
-        self._wait_all(servers, 'SHUTOFF', time.monotonic())
+        self._wait_all_or_raise(servers, 'SHUTOFF')
         for server_id in servers:
             host = self.conn.compute.get_server(server_id).compute_host
             cloud.write_data(cloud.disk_path(host, server_id), size,
@@ -312,16 +339,37 @@ class Bench(object):
         os.sync()
         return servers
 
+    def start_burst(self, servers):
+        """Start the stopped servers at once: the floor of an unshelve burst.
+
+        The same guests on the same hosts, nothing copied: what an unshelve
+        burst would take if the unshelve cost nothing but the start.
+        Returns ({server: seconds until ACTIVE}, failed); stops them again.
+        """
+        start = time.monotonic()
+        for server_id in servers:
+            self.conn.compute.start_server(server_id)
+        times = self._wait_all(servers, 'ACTIVE', start, refused_as='SHUTOFF')
+        for server_id in servers:
+            self.conn.compute.stop_server(server_id)
+        self._wait_all_or_raise(servers, 'SHUTOFF')
+        return times
+
     def burst(self, mode, count, size):
         # Shelved from SHUTOFF: the burst measures the snapshots and the
         # offloads, not the guests' shutdown.
         servers = self.boot_many(count, size)
         try:
+            started, start_failed = self.start_burst(servers)
             start = time.monotonic()
             with cloudstat.Recorder() as shelving:
                 for server_id in servers:
                     self.conn.compute.shelve_server(server_id)
-                shelved = self._wait_all(servers, 'SHELVED_OFFLOADED', start)
+                shelved, shelve_failed = self._wait_all(
+                    servers, 'SHELVED_OFFLOADED', start)
+            if shelve_failed:
+                raise RuntimeError('shelve burst: %s' % '; '.join(
+                    '%s %s' % item for item in sorted(shelve_failed.items())))
             all_uploaded_s = max(self.wait_snapshot_active(s, start)
                                  for s in servers)
             os.sync()
@@ -330,15 +378,26 @@ class Bench(object):
             with cloudstat.Recorder() as unshelving:
                 for server_id in servers:
                     self.conn.compute.unshelve_server(server_id)
-                active = self._wait_all(servers, 'ACTIVE', start)
+                active, failed = self._wait_all(
+                    servers, 'ACTIVE', start, refused_as='SHELVED_OFFLOADED')
+            for server_id, why in sorted(failed.items()):
+                print('   unshelve of %s failed: %s' % (server_id, why),
+                      flush=True)
             hosts = sorted(self.conn.compute.get_server(s).compute_host
-                           for s in servers)
+                           for s in active)
+            all_active_s = max(active.values(), default=float('nan'))
+            all_started_s = max(started.values(), default=float('nan'))
             row = {'mode': mode, 'servers': count, 'data_mib': size // MIB,
+                   'all_started_s': all_started_s,
+                   'failed_starts': len(start_failed),
                    'all_shelved_s': max(shelved.values()),
                    'all_uploaded_s': all_uploaded_s,
-                   'all_active_s': max(active.values()),
-                   'median_server_s': bench_report.median(active.values()),
-                   'unshelves_per_s': count / max(active.values()),
+                   'all_active_s': all_active_s,
+                   'failed_unshelves': len(failed),
+                   'unshelve_vs_start': all_active_s / all_started_s,
+                   'median_server_s': (bench_report.median(active.values())
+                                       if active else float('nan')),
+                   'unshelves_per_s': len(active) / all_active_s,
                    'glance_mib': round(glance.bytes_sent() / MIB, 1),
                    'on_hosts': ' '.join('%s:%d' % (h, hosts.count(h))
                                         for h in sorted(set(hosts)))}
