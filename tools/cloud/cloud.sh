@@ -617,6 +617,9 @@ compute_conf_args() {
 
 write_mode_conf() {
     local mode=$1 driver filters upload=at_shelve
+    # Nova's default weighers; with the plugin, its headroom weigher beside
+    # them, on one line as the install guide (weigher.rst) writes it.
+    local weighers=nova.scheduler.weights.all_weighers
     local delay=${SHELVE_ACCEL_UPLOAD_DELAY:-0}
     # Debug logs of the scheduler and computes: the phase profile
     # (tools/bench_phases.py) reads its timestamps from them.
@@ -632,6 +635,7 @@ write_mode_conf() {
     plugin|fast-shelve)
         driver=nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver
         filters=$filters,HostAggregateGroupFilter
+        weighers=$weighers,nova_shelve_accel.scheduler.weights.ShelvedHeadroomWeigher
         if [ "$mode" = fast-shelve ]; then
             upload=after_offload
         else
@@ -649,6 +653,7 @@ compute_driver = $driver
 debug = $debug
 [filter_scheduler]
 enabled_filters = $filters
+weight_classes = $weighers
 [shelve_accel]
 snapshot_upload = $upload
 snapshot_upload_delay = $delay
