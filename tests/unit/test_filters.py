@@ -19,9 +19,11 @@ from unittest import mock
 
 from oslo_context import context as oslo_context
 from oslo_utils.fixture import uuidsentinel as uuids
+import sqlalchemy as sa
 
 from nova.compute import vm_states
 from nova import context as nova_context
+from nova.db.main import api as main_db
 from nova import exception
 from nova import objects
 from nova.scheduler import filters as nova_filters
@@ -531,40 +533,87 @@ class TestMisconfiguredGroups(FilterTestCase):
         self.assertEqual(2, read.call_count)
 
 
-class TestInstanceLookup(test.NoDBTestCase):
-    """The filter's one database lookup, with the request's context."""
+class TestInstanceLookup(test.TestCase):
+    """The filter's one database lookup, against a real cell database."""
 
-    # Nova's real target_cell(), not the single-cell stand-in of NoDB tests:
-    # the lookup itself is faked, the context handling is under test.
-    USES_DB_SELF = True
+    def setUp(self):
+        super().setUp()
+        self.cell = self.cell_mappings['cell1']
+        self.ctxt = nova_context.get_admin_context()
+
+    def create(self, sysmeta, vm_state=vm_states.SHELVED_OFFLOADED):
+        with nova_context.target_cell(self.ctxt, self.cell) as cctxt:
+            instance = objects.Instance(
+                cctxt, uuid=uuids.instance, project_id='p', user_id='u',
+                vm_state=vm_state, system_metadata=sysmeta)
+            instance.create()
+        return instance
+
+    def load(self, instance_uuid=uuids.instance):
+        return filters.HostAggregateGroupFilter._load_instance(
+            self.cell, instance_uuid)
+
+    def queries(self):
+        """SELECT statements sent to the cell database from now on.
+
+        (oslo.db's SQLite sends a BEGIN of its own besides.)
+        """
+        with nova_context.target_cell(self.ctxt, self.cell) as cctxt:
+            engine = main_db.get_engine(context=cctxt)
+        sent = []
+
+        def count(conn, cursor, statement, *args):
+            if statement.lstrip().upper().startswith('SELECT'):
+                sent.append(statement)
+        sa.event.listen(engine, 'before_cursor_execute', count)
+        self.addCleanup(sa.event.remove, engine, 'before_cursor_execute',
+                        count)
+        return sent
+
+    def test_reads_state_owner_and_system_metadata_in_one_statement(self):
+        self.create({'shelved_host': 'a', 'shelved_image_id': uuids.image,
+                     shelved.KEPT_DISK_KEY: uuids.image})
+        sent = self.queries()
+        found = self.load()
+        self.assertEqual(1, len(sent), sent)
+        self.assertEqual(uuids.instance, found.uuid)
+        self.assertEqual(vm_states.SHELVED_OFFLOADED, found.vm_state)
+        self.assertEqual('p', found.project_id)
+        self.assertEqual({'shelved_host': 'a', 'shelved_image_id': uuids.image,
+                          shelved.KEPT_DISK_KEY: uuids.image},
+                         dict(found.system_metadata))
+        self.assertTrue(filters.is_offloaded_with_kept_disk(found))
+
+    def test_metadata_removed_since_is_not_read(self):
+        # Nova soft-deletes a removed item: the row stays, deleted != 0.
+        instance = self.create({'shelved_host': 'a',
+                                'shelved_image_id': uuids.image})
+        del instance.system_metadata['shelved_host']
+        instance.save()
+        self.assertEqual({'shelved_image_id': uuids.image},
+                         dict(self.load().system_metadata))
+
+    def test_an_instance_without_system_metadata_has_none(self):
+        self.create({}, vm_state=vm_states.ACTIVE)
+        found = self.load()
+        self.assertEqual({}, dict(found.system_metadata))
+        self.assertEqual(vm_states.ACTIVE, found.vm_state)
+
+    def test_a_deleted_or_unknown_instance_is_none(self):
+        instance = self.create({'shelved_host': 'a'})
+        self.assertIsNone(self.load(uuids.other))
+        instance.destroy()
+        self.assertIsNone(self.load())
 
     def test_request_context_stays_current(self):
         # The scheduler logs with the thread's current context: after the
         # lookup it must still be the request's, not the cell-targeted
         # admin copy the lookup used.
+        self.create({'shelved_host': 'a'})
         request = nova_context.RequestContext(user_id='u', project_id='p')
-        instance = fake_instance.fake_instance_obj(request)
-        with mock.patch.object(objects.Instance, 'get_by_uuid',
-                               return_value=instance) as get:
-            found = filters.HostAggregateGroupFilter._load_instance(
-                objects.CellMapping(uuid=uuids.cell, name='cell1',
-                                    database_connection='fake://',
-                                    transport_url='fake://'),
-                instance.uuid)
-        self.assertIs(instance, found)
-        self.assertTrue(get.call_args[0][0].is_admin)
+        self.assertIsNotNone(self.load())
         self.assertIs(request, oslo_context.get_current())
-
-    def test_request_context_stays_current_when_not_found(self):
-        request = nova_context.RequestContext(user_id='u', project_id='p')
-        with mock.patch.object(
-                objects.Instance, 'get_by_uuid',
-                side_effect=exception.InstanceNotFound(instance_id='x')):
-            self.assertIsNone(
-                filters.HostAggregateGroupFilter._load_instance(
-                    objects.CellMapping(uuid=uuids.cell, name='cell1',
-                                        database_connection='fake://',
-                                        transport_url='fake://'), 'x'))
+        self.assertIsNone(self.load(uuids.other))
         self.assertIs(request, oslo_context.get_current())
 
 

@@ -420,8 +420,8 @@ class TestUnshelve(WeigherTestCase):
                  self.host('B', [g1], free_mb=4096)]
         spec = self.unshelve_spec(instance)
         group_filter = filters.HostAggregateGroupFilter()
-        with mock.patch.object(objects.Instance, 'get_by_uuid',
-                               wraps=objects.Instance.get_by_uuid) as get:
+        with mock.patch.object(filters, '_instance_rows',
+                               wraps=filters._instance_rows) as get:
             self.assertEqual(instance.uuid,
                              group_filter.shelved_instance(spec).uuid)
             self.assertEqual({'A': 0.5, 'B': 1.0},
