@@ -80,6 +80,7 @@ from tools import cloudstat
 from tools import phases
 
 MODES = bench_report.MODES
+DEFAULT_MODES = bench_report.DEFAULT_MODES
 POLL = 0.2
 MIB = bench_report.MIB
 IMAGE_MB = 64
@@ -475,7 +476,7 @@ def main():
     parser.add_argument('--burst-size', default='64M',
                         help='data written per burst server')
     parser.add_argument('--out', default='bench-results')
-    parser.add_argument('--modes', default=','.join(MODES),
+    parser.add_argument('--modes', default=','.join(DEFAULT_MODES),
                         help='modes to run (default %(default)s)')
     parser.add_argument('--no-debug', dest='debug', action='store_false',
                         help='leave the debug logs off (no phase profile)')

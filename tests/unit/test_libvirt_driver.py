@@ -39,6 +39,7 @@ from nova import objects
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.unit import fake_block_device
 from nova.virt import fake
+from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
@@ -74,6 +75,45 @@ class TestDriverStorage(fx.DriverTestCase):
             accel_driver.PartialOffloadLibvirtDriver, fake.FakeVirtAPI(),
             False)
         self.assertIn('kept_disks_subdirectory', str(error))
+
+
+class TestInert(fx.DriverTestCase):
+    """NOVA_SHELVE_ACCEL_INERT=1: loaded, but Nova's own code runs."""
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.EnvironmentVariable(
+            accel_driver.INERT_ENV, '1'))
+        self.inert = accel_driver.PartialOffloadLibvirtDriver(
+            fake.FakeVirtAPI(), False)
+
+    def test_every_override_is_nova_s_own_method(self):
+        overridden = [
+            name for name in vars(accel_driver.PartialOffloadLibvirtDriver)
+            if name != '__init__' and callable(getattr(
+                libvirt_driver.LibvirtDriver, name, None))]
+        # The hooks the plugin lives by are among them.
+        self.assertEqual(set(), {
+            'destroy', 'delete_instance_files', 'spawn', 'snapshot',
+            '_create_and_inject_local_root', 'manage_image_cache',
+            'init_host', 'update_provider_tree'} - set(overridden))
+        for name in overridden:
+            self.assertIs(getattr(libvirt_driver.LibvirtDriver, name),
+                          getattr(self.inert, name).__func__, name)
+
+    def test_the_plugin_s_own_methods_stay_and_nothing_is_set_up(self):
+        plugin = accel_driver.PartialOffloadLibvirtDriver
+        self.assertIs(plugin._claim_kept_disk,
+                      self.inert._claim_kept_disk.__func__)
+        self.assertFalse(hasattr(self.inert, '_kept_disks'))
+        self.assertFalse(hasattr(self.inert, '_uploads'))
+
+    def test_a_driver_without_the_variable_runs_the_plugin(self):
+        self.useFixture(fixtures.EnvironmentVariable(accel_driver.INERT_ENV))
+        drvr = accel_driver.PartialOffloadLibvirtDriver(fake.FakeVirtAPI(),
+                                                        False)
+        self.assertIs(accel_driver.PartialOffloadLibvirtDriver.spawn,
+                      drvr.spawn.__func__)
 
 
 class TestReasonNotToKeep(fx.DriverTestCase):

@@ -36,6 +36,10 @@
 #                            caller's environment sets [shelve_accel]
 #                            snapshot_upload_delay (default 0)
 #   cloud.sh mode stock      computes run libvirt.LibvirtDriver, no filter
+#   cloud.sh mode inert      computes load PartialOffloadLibvirtDriver with
+#                            NOVA_SHELVE_ACCEL_INERT=1 (every hook Nova's
+#                            own), no filter: the benchmark's A/B of the
+#                            cost of loading the plugin
 #   cloud.sh status          what runs, where the logs are
 #   cloud.sh compute-restart HOST
 #                            stop nova-compute on HOST (c1, c2 or c3) as
@@ -644,7 +648,12 @@ write_mode_conf() {
     stock)
         driver=libvirt.LibvirtDriver
         delay=0;;
-    *) die "unknown mode '$mode': use 'plugin', 'fast-shelve' or 'stock'";;
+    inert)
+        # The plugin's driver loaded, every hook Nova's own (see
+        # start_compute): the benchmark's A/B of loading the plugin.
+        driver=nova_shelve_accel.virt.libvirt.PartialOffloadLibvirtDriver
+        delay=0;;
+    *) die "unknown mode '$mode': use 'plugin', 'fast-shelve', 'stock' or 'inert'";;
     esac
     cat > "$ETC/nova/mode.conf" <<EOF
 # Written by 'cloud.sh mode $mode'.
@@ -787,8 +796,12 @@ start_compute() {
         enter=(nsenter "--mount=$(host_namespace "$host")" --)
     fi
     mapfile -t clock < <(host_clock "$host")
+    local inert=()
+    if [ "$(cat "$STATE/mode" 2>/dev/null)" = inert ]; then
+        inert=(env NOVA_SHELVE_ACCEL_INERT=1)
+    fi
     # shellcheck disable=SC2046
-    start "nova-compute-$host" "${enter[@]}" "${clock[@]}" \
+    start "nova-compute-$host" "${enter[@]}" "${clock[@]}" "${inert[@]}" \
         "$VENV/bin/nova-compute" $(compute_conf_args "$host")
 }
 
@@ -1194,7 +1207,7 @@ main() {
     *) printf 'usage: %s up [--storage local|gluster] %s\n' "$0" \
             "[--skew HOST=OFFSET]... [--token-expiration SECONDS]" >&2
         printf '       %s %s\n' "$0" "down|status" \
-            "$0" "mode plugin|fast-shelve|stock" \
+            "$0" "mode plugin|fast-shelve|stock|inert" \
             "$0" "token-expiration SECONDS" \
             "$0" "compute-restart HOST|compute-alive HOST" \
             "$0" "storage-client-kill HOST|storage-remount HOST" >&2

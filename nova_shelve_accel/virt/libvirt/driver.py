@@ -34,8 +34,10 @@ Wherever a kept disk cannot be used the stock code path runs unchanged.
 """
 
 import dataclasses
+import inspect
 import os
 import time
+import types
 
 import os_resource_classes as orc
 from oslo_concurrency import processutils
@@ -68,6 +70,13 @@ from nova_shelve_accel.virt.libvirt import upload
 
 CONF = accel_conf.CONF
 LOG = logging.getLogger(__name__)
+
+# Set to 1 in nova-compute's environment (never in nova.conf), the driver
+# is loaded but every Nova method it overrides is Nova's own again: the
+# benchmark's 'inert' mode, which tells the cost of loading the plugin from
+# the cost of its hooks. Kept disks are then neither kept, claimed,
+# uploaded nor reclaimed.
+INERT_ENV = 'NOVA_SHELVE_ACCEL_INERT'
 
 # Nova's images_type values that store the root disk as a file, and the
 # format of that file.
@@ -115,6 +124,9 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only=read_only)
+        if os.environ.get(INERT_ENV) == '1':
+            self._become_inert()
+            return
         if CONF.shelve_accel.kept_disks_subdirectory == (
                 CONF.image_cache.subdirectory_name):
             raise exception.InvalidConfiguration(
@@ -143,6 +155,19 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
         # Nova asks for their power state (after deleting the snapshot):
         # the fault matrix's cut point between those two steps.
         self._spawned = set()
+
+    def _become_inert(self):
+        """Bind Nova's own method in place of every one overridden here."""
+        for name in vars(PartialOffloadLibvirtDriver):
+            nova_own = inspect.getattr_static(libvirt_driver.LibvirtDriver,
+                                              name, None)
+            if name != '__init__' and inspect.isfunction(nova_own):
+                setattr(self, name, types.MethodType(nova_own, self))
+        LOG.warning('%s=1: the plugin\'s driver is loaded but inert; this '
+                    'host runs Nova\'s LibvirtDriver code only and keeps, '
+                    'reuses, uploads and reclaims no kept disk. For '
+                    'benchmarks only: remove it from nova-compute\'s '
+                    'environment.', INERT_ENV)
 
     def init_host(self, host):
         super().init_host(host)
