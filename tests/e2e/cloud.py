@@ -156,10 +156,19 @@ def server(server_id):
 
 
 def wait_for_status(server_id, status, timeout=300):
+    """The server once it is in ``status`` with no task; raises if not.
+
+    SHELVED_OFFLOADED counts once the host is cleared as well: Nova's
+    manager saves that state first, then updates the host's resource
+    tracker and only then clears the host (``_shelve_offload_instance``),
+    so a server read in between is offloaded but still names its host.
+    """
     deadline = time.monotonic() + timeout
     while True:
         srv = server(server_id)
-        if srv['status'] == status and not srv.get('OS-EXT-STS:task_state'):
+        offloading = status == 'SHELVED_OFFLOADED' and host_of(srv)
+        if (srv['status'] == status and
+                not srv.get('OS-EXT-STS:task_state') and not offloading):
             return srv
         if srv['status'] == 'ERROR':
             raise CloudError('server %s went to ERROR: %s' % (
