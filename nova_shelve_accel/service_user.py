@@ -26,7 +26,8 @@ from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
 import nova.conf
-from nova import service_auth
+
+from nova_shelve_accel import compat
 
 CONF = nova.conf.CONF
 GROUP = nova.conf.service_token.SERVICE_USER_GROUP
@@ -36,7 +37,7 @@ KEYSTONE_TIMEOUT = 30
 
 def credentials():
     """The ``[service_user]`` auth plugin, or None where none is set."""
-    return service_auth.get_service_auth_plugin(GROUP)
+    return compat.service_auth_plugin(GROUP)
 
 
 def problem():

@@ -36,9 +36,9 @@ def monkey_patch(backend):
     'threading'); Nova reads ``[DEFAULT] concurrency_backend`` from the
     configuration files on the command line to override it.
     """
-    from nova import monkey_patch as nova_monkey_patch
+    from nova_shelve_accel import compat
     try:
-        nova_monkey_patch.patch(backend=backend)
+        compat.monkey_patch(backend)
     except cfg.Error as e:
         sys.exit(config_error(e))
 

@@ -40,8 +40,8 @@ from sqlalchemy import event as sa_event
 
 from nova.compute import manager as compute_manager
 from nova.scheduler import manager as scheduler_manager
-from nova import thread_pool_factory
 
+from nova_shelve_accel import compat
 from nova_shelve_accel.scheduler import filters
 from nova_shelve_accel import storage
 from tests.functional import base
@@ -241,7 +241,7 @@ class SchedulerCost(fixtures.Fixture):
             select_destinations))
 
     def _follow_spawned_threads(self):
-        real_spawn_on = thread_pool_factory.spawn_on
+        real_spawn_on = base.real_thread_start()
 
         def spawn_on(executor_type, func, *args, **kwargs):
             request = self._current()
@@ -257,7 +257,7 @@ class SchedulerCost(fixtures.Fixture):
                                  **kwargs)
 
         self.useFixture(fixtures.MonkeyPatch(
-            'nova.thread_pool_factory.spawn_on', spawn_on))
+            compat.thread_start_hook(), spawn_on))
 
     def _observe_filter(self):
         group_filter = filters.HostAggregateGroupFilter

@@ -420,7 +420,8 @@ class TestFastShelve(base.ShelveAccelTestBase):
         lost = self.computes['A'].driver._uploads
 
         # Host A is gone for good, its upload stuck before Glance.
-        self.computes['A'].stop()
+        with self.shutdown_in_background('A'):
+            self.computes['A'].stop()
         service = self.admin_api.get_services(
             binary='nova-compute', host='A')[0]
         self.admin_api.put_service_force_down(service['id'], True)

@@ -13,9 +13,9 @@
 # The unit tests run the way Nova's own unit tests run (nova.tests.unit does
 # the same): monkey patched according to OS_NOVA_DISABLE_EVENTLET_PATCHING,
 # before any test module imports Nova, and with every object registered.
-from nova import monkey_patch
+from nova_shelve_accel import compat
 
-monkey_patch.patch()
+compat.monkey_patch('eventlet')
 
 from nova import objects  # noqa: E402
 

@@ -924,6 +924,8 @@ class TestPeriodicPass(fx.DriverTestCase):
             'volume_id': uuids.volume, 'attachment_id': uuids.attachment,
             'instance_uuid': uuids.instance, 'connection_info': '{}',
             'device_name': '/dev/vdb'})
+        # Nova 31's fake_bdm_object leaves attachment_id out.
+        volume.attachment_id = uuids.attachment
         self.stub_out(
             'nova.objects.BlockDeviceMappingList.get_by_instance_uuid',
             lambda cls, context, instance_uuid: (

@@ -36,6 +36,7 @@ from nova import exception
 from nova import test
 from nova.virt import fake
 
+from nova_shelve_accel import compat
 from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import shelved
 from nova_shelve_accel import storage
@@ -789,7 +790,7 @@ class TestUploadThreads(UploadTestCase):
         # waited for it. On the loopback cloud, 30 fast shelves at once
         # left 23 snapshots queued and the pool stuck.
         self.useFixture(fixtures.MockPatch(
-            'nova.thread_pool_factory.spawn_on',
+            compat.thread_start_hook(),
             side_effect=AssertionError('a thread of a Nova pool')))
         instances = (uuids.instance, uuids.other)
         for instance_uuid in instances:
@@ -992,8 +993,8 @@ class TestServiceContext(UploadTestCase):
 
     def test_uploads_started_by_a_scan_use_the_service_user(self):
         auth = mock.sentinel.service_auth
-        with mock.patch('nova.service_auth.get_service_auth_plugin',
-                        return_value=auth) as plugin:
+        with mock.patch.object(compat, 'service_auth_plugin',
+                               return_value=auth) as plugin:
             context = upload.service_context()
         plugin.assert_called_once_with('service_user')
         self.assertIs(auth, context.user_auth_plugin)

@@ -65,9 +65,9 @@ from nova import context as nova_context
 from nova import exception
 from nova.image import glance
 from nova import objects
-from nova import utils
 from nova.virt.libvirt import driver as libvirt_driver
 
+from nova_shelve_accel import compat
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import exception as accel_exc
 from nova_shelve_accel import faults
@@ -627,7 +627,7 @@ def _new_executor(workers):
     Nova runs either on eventlet or on native threads; its own pools follow
     the mode, and so does this one.
     """
-    if utils.concurrency_mode_threading():
+    if compat.threading_mode():
         return futurist.ThreadPoolExecutor(workers)
     return futurist.GreenThreadPoolExecutor(workers)
 
