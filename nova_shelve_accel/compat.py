@@ -30,7 +30,8 @@ What differs, and is decided here:
   32 and 33, ``nova.utils.pass_context`` in 31.
 
 What the driver depends on and is the same in all four (compared function
-by function on 2026-12-07; see the multi-release spec in the docs): the
+by function on 2026-12-07; the testing guide's "Older Nova releases" says
+what runs on each): the
 private ``LibvirtDriver`` methods it overrides or calls —
 ``_create_and_inject_local_root`` (overridden: the root disk at spawn),
 ``_destroy`` and ``_undefine_domain`` (called: removing a guest),
