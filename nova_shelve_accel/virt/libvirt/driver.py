@@ -165,9 +165,11 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                 setattr(self, name, types.MethodType(nova_own, self))
         LOG.warning('%s=1: the plugin\'s driver is loaded but inert; this '
                     'host runs Nova\'s LibvirtDriver code only and keeps, '
-                    'reuses, uploads and reclaims no kept disk. For '
-                    'benchmarks only: remove it from nova-compute\'s '
-                    'environment.', INERT_ENV)
+                    'reuses, uploads and reclaims no kept disk, and its '
+                    'image cache pass no longer protects the backing files '
+                    'of kept disks on its storage. For benchmarks only: '
+                    'remove it from nova-compute\'s environment.',
+                    INERT_ENV)
 
     def init_host(self, host):
         super().init_host(host)
