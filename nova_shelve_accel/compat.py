@@ -13,8 +13,9 @@
 """Where the Nova releases the plugin runs on differ: 31.x (2025.1), 32.x
 (2025.2), 33.x (2026.1) and 34.x (2026.2).
 
-Decided by what the installed Nova has, never by its version number; no
-other module of the plugin knows about releases. Nothing of Nova is
+Decided by what the installed Nova has, never by its version number
+(``nova_release`` reads it only to tell an operator); no other module of
+the plugin knows about releases. Nothing of Nova is
 imported at module level: ``monkey_patch`` must come first in a command.
 
 What differs, and is decided here:
@@ -29,18 +30,57 @@ What differs, and is decided here:
   ``nova.thread_pool_factory.spawn_on`` in 34, ``nova.utils.spawn_on`` in
   32 and 33, ``nova.utils.pass_context`` in 31.
 
-What the driver depends on and is the same in all four (compared function
+What the plugin depends on and is the same in all four (compared function
 by function on 2026-12-07; the testing guide's "Older Nova releases" says
-what runs on each): the
-private ``LibvirtDriver`` methods it overrides or calls —
-``_create_and_inject_local_root`` (overridden: the root disk at spawn),
-``_destroy`` and ``_undefine_domain`` (called: removing a guest),
-``_is_booted_from_volume`` and ``_create_snapshot_metadata`` (called) — and
-the call chains ``destroy -> cleanup -> _cleanup -> delete_instance_files``
-and ``spawn -> _create_image -> _create_and_inject_local_root``.
+what runs on each), with the hook of the spec
+doc/source/specs/keep-root-disk-across-offload.rst that would replace it.
+Keep this list and the spec's table in step:
+
+* ``LibvirtDriver.destroy`` overridden, recognising an offload by its
+  task_state, and the chain ``destroy -> cleanup -> _cleanup ->
+  delete_instance_files`` (``delete_instance_files`` overridden):
+  ``keep_root_disk``;
+* ``_is_booted_from_volume`` and ``_host.get_guest`` (called):
+  ``keep_root_disk``'s arguments, the driver's own code;
+* ``_create_and_inject_local_root`` (overridden: no image fetch for a
+  reused root disk) and the chain ``spawn -> _create_image ->
+  _create_and_inject_local_root``: ``adopt_root_disk``;
+* ``_destroy`` and ``_undefine_domain`` (called: removing the guest of a
+  failed spawn, disks kept): ``release_root_disk`` after the manager's
+  ``destroy(..., destroy_disks=False)``;
+* ``_create_snapshot_metadata`` (called: a later upload's image
+  properties): a public helper in ``nova.virt.libvirt.utils``;
+* the cell database's ``instances`` and ``instance_system_metadata``
+  tables (read by the scheduler filter): ``RequestSpec.shelved_root_disk``.
 """
 
 import inspect
+
+# The Nova releases the plugin supports, by major version, with their
+# OpenStack series; requirements.txt states the same range for pip.
+SUPPORTED_SERIES = {31: '2025.1', 32: '2025.2', 33: '2026.1', 34: '2026.2'}
+
+
+def nova_release():
+    """The installed Nova's version and its series, or None if unsupported.
+
+    The one place that reads a version number: what it is for is telling
+    an operator (``nova-shelve-accel-status``), not choosing code paths.
+    """
+    from nova import version
+    found = version.version_string()
+    try:
+        major = int(found.split('.')[0])
+    except ValueError:
+        return found, None
+    return found, SUPPORTED_SERIES.get(major)
+
+
+def supported_releases():
+    """The supported range as an operator reads it: '31.x (2025.1) ...'."""
+    first, last = min(SUPPORTED_SERIES), max(SUPPORTED_SERIES)
+    return '%d.x (%s) to %d.x (%s)' % (
+        first, SUPPORTED_SERIES[first], last, SUPPORTED_SERIES[last])
 
 
 def monkey_patch(backend):

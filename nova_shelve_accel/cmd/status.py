@@ -49,6 +49,7 @@ from nova import exception
 from nova import objects
 from nova.scheduler import filters as nova_filters
 
+from nova_shelve_accel import compat
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import safe_files
 from nova_shelve_accel.scheduler import filters as accel_filters
@@ -112,6 +113,24 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
     """
 
     display_title = 'nova-shelve-accel Upgrade Check Results'
+
+    def _check_nova_release(self):
+        """Whether the Nova found here is a release the plugin supports."""
+        found, series = compat.nova_release()
+        if series is None:
+            return upgradecheck.Result(FAILURE, (
+                'Nova %s is installed; nova-shelve-accel %s supports Nova '
+                '%s. Its driver overrides and calls private methods of '
+                'Nova\'s libvirt driver, which change between releases: '
+                'on another release a shelve or unshelve may fail or lose '
+                'the kept disk. Install the nova-shelve-accel release made '
+                'for this Nova, or keep the stock driver and filter on '
+                'this host (doc/source/admin.rst, "Removing the plugin").'
+                % (found, cmd.version(), compat.supported_releases())))
+        return upgradecheck.Result(SUCCESS, (
+            'Nova %s (%s): supported; nova-shelve-accel %s supports Nova '
+            '%s.' % (found, series, cmd.version(),
+                     compat.supported_releases())))
 
     @_rejected_value_fails
     def _check_compute_driver(self):
@@ -423,6 +442,7 @@ class UpgradeCommands(upgradecheck.UpgradeCommands):
 
     # Run in this order; a Failure does not stop the checks after it.
     _upgrade_checks = (
+        ('Nova release', _check_nova_release),
         ('Compute driver', _check_compute_driver),
         ('Scheduler filter', _check_scheduler_filter),
         ('Scheduler weigher', _check_scheduler_weigher),

@@ -18,6 +18,7 @@ in the test's API database.
 """
 
 import contextlib
+from importlib import metadata as importlib_metadata
 import io
 import itertools
 import json
@@ -25,6 +26,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import fixtures
 from oslo_config import cfg
@@ -41,11 +43,16 @@ from nova.db.api import api as api_db_api
 from nova.db.api import models as api_models
 from nova import objects
 from nova import test
+from nova import version as nova_version
 
 from nova_shelve_accel.cmd import status
+from nova_shelve_accel import compat
 from nova_shelve_accel import conf as accel_conf
 from nova_shelve_accel import storage_groups
 from tests.unit import disks
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 CONF = nova.conf.CONF
 SUCCESS = upgradecheck.Code.SUCCESS
@@ -129,6 +136,46 @@ class CheckTestMixin:
 
     def parse_nova_conf(self, text):
         self.useFixture(NovaConfFile(text)).parse()
+
+
+class TestNovaRelease(CheckTestMixin, test.NoDBTestCase):
+
+    SERIES = {31: '2025.1', 32: '2025.2', 33: '2026.1', 34: '2026.2'}
+
+    def release_check_with(self, version):
+        with mock.patch.object(nova_version, 'version_string',
+                               return_value=version):
+            return self.cmd._check_nova_release()
+
+    def test_installed_nova_is_named_and_supported(self):
+        # Run by every lane (tox -e py3, py3-nova31 ...): each names its own.
+        installed = importlib_metadata.version('nova')
+        self.assertResult(
+            self.cmd._check_nova_release(), status.SUCCESS,
+            'Nova %s (%s): supported' % (
+                installed, self.SERIES[int(installed.split('.')[0])]))
+
+    def test_newer_and_older_releases_fail(self):
+        for version in ('35.0.0', '30.2.1', '35.0.0.0rc2.dev14'):
+            self.assertResult(
+                self.release_check_with(version), status.FAILURE,
+                'Nova %s is installed' % version,
+                'supports Nova 31.x (2025.1) to 34.x (2026.2)',
+                'private methods')
+
+    def test_a_version_that_is_no_number_fails(self):
+        self.assertResult(self.release_check_with('unknown'), status.FAILURE,
+                          'Nova unknown is installed')
+
+    def test_the_range_is_the_one_pip_enforces(self):
+        # requirements.txt and compat.SUPPORTED_SERIES state one range.
+        with open(os.path.join(REPO, 'requirements.txt')) as f:
+            pin, = [line.split('#')[0].strip() for line in f
+                    if line.startswith('nova')]
+        self.assertEqual(
+            'nova>=%d.0.0,<%d' % (min(self.SERIES), max(self.SERIES) + 1),
+            pin)
+        self.assertEqual(self.SERIES, compat.SUPPORTED_SERIES)
 
 
 class TestComputeDriver(CheckTestMixin, test.NoDBTestCase):
@@ -834,7 +881,7 @@ class TestMain(test.TestCase):
         self.assertEqual(0, self.main(self.nova_conf()))
         table = self.output.getvalue()
         self.assertIn('nova-shelve-accel Upgrade Check Results', table)
-        self.assertEqual(9, table.count('Result: Success'))
+        self.assertEqual(10, table.count('Result: Success'))
 
     def test_a_warning_exits_1(self):
         conf = self.nova_conf(extra='[image_cache]\nmanager_interval = -1')
@@ -848,7 +895,8 @@ class TestMain(test.TestCase):
         output = json.loads(self.output.getvalue())
         results = {c['check']: c['result'] for c in output['checks']}
         self.assertEqual(
-            {'Compute driver': SUCCESS, 'Scheduler filter': FAILURE,
+            {'Nova release': SUCCESS,
+             'Compute driver': SUCCESS, 'Scheduler filter': FAILURE,
              'Scheduler weigher': SUCCESS, '[shelve_accel] options': SUCCESS,
              'Kept-disks directory': SUCCESS, 'Kept disks': SUCCESS,
              'Image cache pass': SUCCESS,
