@@ -13,11 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE=${SHELVE_ACCEL_STATE:-/var/lib/nova-shelve-accel-cloud}
-VENV=${SHELVE_ACCEL_VENV:-/opt/nova-shelve-accel/venv}
 
 if [ ! -f "$STATE/mode" ]; then
     bash tools/cloud/cloud.sh up
 fi
-"$VENV/bin/pip" install -q -c upper-constraints.txt \
+# The cloud's virtualenv and constraints, as 'cloud.sh up' chose them.
+VENV=${SHELVE_ACCEL_VENV:-$(cat "$STATE/venv")}
+"$VENV/bin/pip" install -q -c "$(cat "$STATE/constraints")" \
     -r tools/bench-requirements.txt
 exec "$VENV/bin/python" -m tools.bench_shelve "$@"

@@ -26,7 +26,9 @@ set -euo pipefail
 TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$TOOLS/.." && pwd)
 STATE=${SHELVE_ACCEL_STATE:-/var/lib/nova-shelve-accel-cloud}
-VENV=${SHELVE_ACCEL_VENV:-/opt/nova-shelve-accel/venv}
+# The cloud's virtualenv, as 'cloud.sh up' chose it.
+VENV=${SHELVE_ACCEL_VENV:-$(cat "$STATE/venv" 2>/dev/null ||
+                            echo /opt/nova-shelve-accel/venv)}
 TEMPEST_VENV=${SHELVE_ACCEL_TEMPEST_VENV:-/opt/nova-shelve-accel/tempest-venv}
 WORKSPACE=$STATE/tempest
 CLOUD=$TOOLS/cloud/cloud.sh

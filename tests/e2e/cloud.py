@@ -32,7 +32,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 STATE = os.environ.get('SHELVE_ACCEL_STATE',
                        '/var/lib/nova-shelve-accel-cloud')
-VENV = os.environ.get('SHELVE_ACCEL_VENV', '/opt/nova-shelve-accel/venv')
+
+
+def _cloud_venv():
+    """The cloud's virtualenv, as 'cloud.sh up' chose and wrote it down.
+
+    SHELVE_ACCEL_VENV overrides it; a --nova release has a virtualenv of
+    its own.
+    """
+    if 'SHELVE_ACCEL_VENV' in os.environ:
+        return os.environ['SHELVE_ACCEL_VENV']
+    try:
+        with open(os.path.join(STATE, 'venv')) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return '/opt/nova-shelve-accel/venv'
+
+
+VENV = _cloud_venv()
 CLOUD_SH = os.path.join(REPO, 'tools', 'cloud', 'cloud.sh')
 CLOUD = 'shelve-accel'
 # The demo project's member, who is no admin (cloud.sh up).

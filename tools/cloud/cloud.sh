@@ -6,8 +6,15 @@
 # tokens (keystonemiddleware), as in a production cloud.
 #
 #   cloud.sh up [--storage local|gluster] [--skew HOST=OFFSET]...
-#               [--token-expiration SECONDS]
+#               [--token-expiration SECONDS] [--nova VERSION]
 #                            install what is missing, start everything;
+#                            --nova runs an older Nova release and every
+#                            service of its OpenStack series: VERSION is
+#                            the nova pin of a constraints/SERIES.txt that
+#                            also pins Keystone, Glance and Neutron (33.0.2,
+#                            2026.1); they go into a virtualenv of their
+#                            own, $SHELVE_ACCEL_VENV-SERIES. Default: Nova
+#                            34.0.0 (2026.2), upper-constraints.txt;
 #                            --storage says what g1's shared instances_path
 #                            is (default: SHELVE_ACCEL_STORAGE, else
 #                            gluster; local is quicker to set up);
@@ -87,7 +94,9 @@
 #
 # Run as root on Debian bookworm. Environment: SHELVE_ACCEL_STATE (default
 # /var/lib/nova-shelve-accel-cloud), SHELVE_ACCEL_VENV (default
-# /opt/nova-shelve-accel/venv).
+# /opt/nova-shelve-accel/venv). 'up' writes the virtualenv it used and its
+# constraints file into the state directory (venv, constraints): the other
+# commands, the e2e tests and the tools take them from there.
 set -euo pipefail
 
 # Fault injection is for the one nova-compute that compute-restart starts:
@@ -110,7 +119,11 @@ EXTRA_CONF=
 TOOLS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$TOOLS/../.." && pwd)
 STATE=${SHELVE_ACCEL_STATE:-/var/lib/nova-shelve-accel-cloud}
-VENV=${SHELVE_ACCEL_VENV:-/opt/nova-shelve-accel/venv}
+BASE_VENV=${SHELVE_ACCEL_VENV:-/opt/nova-shelve-accel/venv}
+# The cloud's own, once it is up (cmd_up chooses them).
+VENV=$(cat "$STATE/venv" 2>/dev/null || echo "$BASE_VENV")
+CONSTRAINTS=$(cat "$STATE/constraints" 2>/dev/null ||
+              echo "$REPO/upper-constraints.txt")
 ETC=$STATE/etc
 LOGS=$STATE/logs
 RUN=$STATE/run
@@ -147,7 +160,7 @@ APT_PACKAGES=(libvirt-daemon-system libvirt-daemon-driver-qemu
               gcc mariadb-server mariadb-client rabbitmq-server curl
               faketime procps)
 # py-spy: the soak writes down the stacks of a nova-compute that hung.
-PIP_PACKAGES=(nova==34.0.0 keystone openstack-placement glance neutron
+PIP_PACKAGES=(nova keystone openstack-placement glance neutron
               python-openstackclient osc-placement gunicorn PyMySQL
               pyroute2 libvirt-python py-spy)
 
@@ -185,13 +198,42 @@ install_python() {
     # Reinstall only when the constraints changed; the project itself is
     # always reinstalled from this checkout (editable, so cheap).
     local stamp=$VENV/.shelve-accel-constraints
-    if ! cmp -s "$REPO/upper-constraints.txt" "$stamp"; then
+    if ! cmp -s "$CONSTRAINTS" "$stamp"; then
         say "pip: installing OpenStack services (several minutes)"
-        "$VENV/bin/pip" install -q -c "$REPO/upper-constraints.txt" \
-            "${PIP_PACKAGES[@]}"
-        cp "$REPO/upper-constraints.txt" "$stamp"
+        "$VENV/bin/pip" install -q -c "$CONSTRAINTS" "${PIP_PACKAGES[@]}"
+        cp "$CONSTRAINTS" "$stamp"
     fi
-    "$VENV/bin/pip" install -q -c "$REPO/upper-constraints.txt" -e "$REPO"
+    "$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e "$REPO"
+    say "Nova $("$VENV/bin/python" -c \
+        'import nova.version as v; print(v.version_string())')" \
+        "in $VENV"
+}
+
+# nova_release VERSION: choose the constraints file that pins nova===VERSION
+# and the services of its series, and a virtualenv for that series.
+nova_release() {
+    local version=$1 file pins=()
+    for file in "$REPO"/constraints/*.txt; do
+        if grep -qx "nova===$version" "$file"; then
+            grep -q '^keystone===' "$file" &&
+                grep -q '^glance===' "$file" &&
+                grep -q '^neutron===' "$file" ||
+                die "$file pins Nova $version but not Keystone, Glance" \
+                    "and Neutron of its series: the cloud needs all four"
+            CONSTRAINTS=$file
+            VENV=$BASE_VENV-$(basename "$file" .txt)
+            return
+        fi
+    done
+    grep -qx "nova===$version" "$REPO/upper-constraints.txt" && return
+    for file in "$REPO"/constraints/*.txt; do
+        grep -q '^keystone===' "$file" &&
+            pins+=("$(grep '^nova===' "$file" | cut -d= -f4)")
+    done
+    die "no constraints file pins Nova $version with its series' services;" \
+        "use --nova with one of: ${pins[*]:-(none)}," \
+        "or leave it out for $(grep '^nova===' "$REPO/upper-constraints.txt" |
+                              cut -d= -f4)"
 }
 
 # ------------------------------------------------------ backing services
@@ -909,7 +951,7 @@ skew_arg() {
 
 cmd_up() {
     local storage=${SHELVE_ACCEL_STORAGE:-gluster} skew
-    local expiration=${SHELVE_ACCEL_TOKEN_EXPIRATION:-3600}
+    local expiration=${SHELVE_ACCEL_TOKEN_EXPIRATION:-3600} nova=
     # shellcheck disable=SC2206
     local skews=(${SHELVE_ACCEL_SKEW:-})
     while [ $# -gt 0 ]; do
@@ -920,8 +962,11 @@ cmd_up() {
         --skew=*) skews+=("${1#--skew=}"); shift;;
         --token-expiration) expiration=${2:-}; shift 2 || shift;;
         --token-expiration=*) expiration=${1#--token-expiration=}; shift;;
+        --nova) nova=${2:-}; shift 2 || shift;;
+        --nova=*) nova=${1#--nova=}; shift;;
         *) die "unknown argument '$1' of up: use --storage local|gluster," \
-            "--skew HOST=OFFSET and --token-expiration SECONDS";;
+            "--skew HOST=OFFSET, --token-expiration SECONDS and" \
+            "--nova VERSION";;
         esac
     done
     case $storage in
@@ -936,11 +981,16 @@ cmd_up() {
     if [ -f "$STATE/mode" ]; then
         die "a cloud is already set up in $STATE; run '$0 down' first"
     fi
+    VENV=$BASE_VENV
+    CONSTRAINTS=$REPO/upper-constraints.txt
+    [ -z "$nova" ] || nova_release "$nova"
     install_packages
     install_python
     ensure_mariadb
     ensure_rabbitmq
     mkdir -p "$ETC" "$LOGS" "$RUN"
+    echo "$VENV" > "$STATE/venv"
+    echo "$CONSTRAINTS" > "$STATE/constraints"
     echo "$storage" > "$STATE/storage-kind"
     for skew in "${skews[@]}"; do
         echo "${skew#*=}" > "$STATE/skew-${skew%%=*}"
