@@ -31,8 +31,9 @@ TIMES = ('unshelve_s', 'shelve_s', 'start_s', 'stop_s', 'glance_mib',
          'shelve_dirty_mib', 'shelve_iowait_pct', 'shelve_cores',
          'unshelve_dirty_mib', 'unshelve_iowait_pct', 'unshelve_cores')
 PHASE_KEYS = tuple('ph_' + name for name in phases.PHASES) + (
-    'ph_filter_ms', 'ph_claim_ms', 'ph_delete_s') + tuple(
-    'sh_' + name for name in phases.SHELVE_PHASES)
+    'ph_filter_ms', 'ph_claim_ms', 'ph_delete_s', 'ph_download_s',
+    'ph_convert_s', 'ph_rebase_s') + tuple(
+    'sh_' + name for name in phases.SHELVE_PHASES + phases.SNAPSHOT_STEPS)
 # What start, the lower bound, does not do: find a host.
 SCHEDULING = ('ph_conductor', 'ph_scheduler')
 
@@ -194,18 +195,29 @@ def print_phases(summary):
         'Phases of the unshelve, median seconds (tools/phases.py); '
         'filter = HostAggregateGroupFilter, claim = the scheduler\'s '
         'Placement allocation, delete = Glance deleting the snapshot '
-        '(part of finish):',
-        ('filter ms', 'claim ms', 'delete s'),
+        '(part of finish); download, convert and rebase = Glance sending '
+        'the snapshot, qemu-img convert and qemu-img rebase (parts of root '
+        'disk, when the snapshot is downloaded):',
+        ('filter ms', 'claim ms', 'delete s', 'download s', 'convert s',
+         'rebase s'),
         lambda row: (_optional(row, 'ph_filter_ms', '%.1f'),
                      _optional(row, 'ph_claim_ms', '%.0f'),
-                     _optional(row, 'ph_delete_s', '%.2f')))
+                     _optional(row, 'ph_delete_s', '%.2f'),
+                     _optional(row, 'ph_download_s', '%.2f'),
+                     _optional(row, 'ph_convert_s', '%.2f'),
+                     _optional(row, 'ph_rebase_s', '%.2f')))
 
 
 def print_shelve_phases(summary):
     _print_phase_table(
         summary, 'sh_', phases.SHELVE_PHASES,
-        'Phases of the shelve, median seconds (tools/phases.py):',
-        ('shelve s',), lambda row: ('%.2f' % row['shelve_s'],))
+        'Phases of the shelve, median seconds (tools/phases.py); '
+        'extract and upload = the two steps of Nova\'s snapshot (qemu-img '
+        'convert, then the upload to Glance), part of snapshot:',
+        ('shelve s', 'extract s', 'upload s'),
+        lambda row: ('%.2f' % row['shelve_s'],
+                     _optional(row, 'sh_extract', '%.2f'),
+                     _optional(row, 'sh_upload', '%.2f')))
 
 
 def _print_phase_table(summary, prefix, names, title, more_headers,

@@ -38,6 +38,14 @@ finish             the snapshot's deletion in Glance (``delete_s``), the
                    instance's save, until the client saw ACTIVE (it polls
                    every 0.2 s)
 =================  =========================================================
+
+Within root disk, when the unshelve downloads the snapshot (stock Nova, or
+the plugin's fallback): ``download_s``, Glance's time sending the
+snapshot's data (its access log), and ``convert_s`` and ``rebase_s``, the
+time of the ``qemu-img convert`` (the snapshot made raw in the image
+cache, ``[DEFAULT] force_raw_images``) and ``qemu-img rebase`` (the disk
+moved from the snapshot back onto the original image's base) commands
+the compute ran (processutils' debug lines).
 """
 
 import datetime
@@ -58,10 +66,17 @@ PHASES = ('api', 'conductor', 'scheduler', 'compute claim',
 # saw SHELVED_OFFLOADED.
 SHELVE_PHASES = ('api', 'to compute', 'power off', 'snapshot', 'offload',
                  'until seen')
+# Nova's own snapshot, split: its extraction (qemu-img convert of the root
+# disk into snapshots_directory) and its upload to Glance; the rest of the
+# snapshot phase is Nova's and the driver's bookkeeping. Absent when the
+# shelve skipped the snapshot (after_offload).
+SNAPSHOT_STEPS = ('extract', 'upload')
 
 _STAMP = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) (\d+) ')
 _ACCESS = re.compile(r'^\[([^\]]+)\] "(\S+) (\S+) [^"]*" (\d+) \S+ ([\d.]+)$')
 _FILTER = re.compile(r'Filter (\w+) returned \d+ host')
+_QEMU_IMG = re.compile(r'CMD "(?:[^"]*\s)?qemu-img (\w+) [^"]*" returned: '
+                       r'-?\d+ in ([\d.]+)s')
 
 
 class MissingMarker(Exception):
@@ -162,7 +177,20 @@ def unshelve_phases(instance, snapshot, host, started, ended):
     phases['claim_ms'] = claim and round(claim * 1000, 1)
     phases['delete_s'] = _access_seconds('glance-access.log', 'DELETE',
                                          '/v2/images/%s' % snapshot)
+    phases['download_s'] = _access_seconds(
+        'glance-access.log', 'GET', '/v2/images/%s/file' % snapshot)
+    root_disk = [line for line in compute if networked <= line[0] <= xml]
+    for verb in ('convert', 'rebase'):
+        phases[verb + '_s'] = _qemu_img_seconds(root_disk, verb)
     return phases
+
+
+def _qemu_img_seconds(lines, verb):
+    """Seconds the ``qemu-img VERB`` commands of these lines took, or None."""
+    seconds = [float(match.group(2)) for match in (
+        _QEMU_IMG.search(text) for _stamp, _pid, text in lines)
+        if match and match.group(1) == verb]
+    return round(sum(seconds), 3) if seconds else None
 
 
 def shelve_phases(instance, host, started, ended):
@@ -182,8 +210,17 @@ def shelve_phases(instance, host, started, ended):
     offloading, _ = _first(compute, tag, 'Shelve offloading', after=off)
     released, _ = _first(compute, 'Deleted allocations for instance %s'
                          % instance, after=offloading)
-    return _between(SHELVE_PHASES, (started, answered, shelving, off,
-                                    offloading, released, ended))
+    found = _between(SHELVE_PHASES, (started, answered, shelving, off,
+                                     offloading, released, ended))
+    snapshot = [line for line in compute if off <= line[0] <= offloading]
+    try:
+        begun, _ = _first(snapshot, tag, 'snapshot process')
+    except MissingMarker:
+        return found
+    extracted, _ = _first(snapshot, tag, 'Snapshot extracted')
+    uploaded, _ = _first(snapshot, tag, 'Snapshot image upload complete')
+    found.update(_between(SNAPSHOT_STEPS, (begun, extracted, uploaded)))
+    return found
 
 
 def _between(names, marks):
