@@ -108,6 +108,19 @@ class TestInert(fx.DriverTestCase):
         self.assertFalse(hasattr(self.inert, '_kept_disks'))
         self.assertFalse(hasattr(self.inert, '_uploads'))
 
+    def test_refused_while_the_storage_holds_a_kept_disk(self):
+        # self.drvr is the plugin's, made before the variable was set.
+        self.keep(uuids.kept)
+        e = self.assertRaises(exception.InvalidConfiguration,
+                              accel_driver.PartialOffloadLibvirtDriver,
+                              fake.FakeVirtAPI(), False)
+        self.assertIn('%s holds 1 kept disk' % self.drvr._kept_disks.path,
+                      str(e))
+        self.assertIn('Remove %s' % accel_driver.INERT_ENV, str(e))
+        # Nothing was touched: the kept disk is still there.
+        self.assertIsNotNone(self.drvr._kept_disks.find(uuids.kept,
+                                                        fx.SNAPSHOT))
+
     def test_a_driver_without_the_variable_runs_the_plugin(self):
         self.useFixture(fixtures.EnvironmentVariable(accel_driver.INERT_ENV))
         drvr = accel_driver.PartialOffloadLibvirtDriver(fake.FakeVirtAPI(),

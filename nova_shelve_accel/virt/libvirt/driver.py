@@ -120,11 +120,37 @@ class _Offload:
     domain_format: str | None
 
 
+def _refuse_inert_over_kept_disks():
+    """Refuse to go inert while this host's storage holds kept disks.
+
+    An inert host runs Nova's own image cache pass, which counts no kept
+    disk as using its backing file and deletes that file once it looks
+    unused: the kept disk, possibly its instance's only copy, would lose
+    its data.
+    """
+    store = storage.KeptDiskStore(
+        CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
+        CONF.image_cache.subdirectory_name, CONF.host)
+    kept, damaged, in_flight = store.inventory()
+    # A disk being reclaimed is no one's any more.
+    held = len(kept) + len(damaged) + len(
+        [item for item in in_flight if item.kind != storage.TRASH])
+    if held:
+        raise exception.InvalidConfiguration(
+            '%s=1 makes the plugin\'s driver inert, but %s holds %d kept '
+            'disk(s) or disk(s) in flight: an inert host\'s image cache '
+            'pass would delete the base files they are backed by. Remove '
+            '%s from nova-compute\'s environment, or unshelve or delete '
+            'their instances first (nova-shelve-accel kept list).'
+            % (INERT_ENV, store.path, held, INERT_ENV))
+
+
 class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only=read_only)
         if os.environ.get(INERT_ENV) == '1':
+            _refuse_inert_over_kept_disks()
             self._become_inert()
             return
         if CONF.shelve_accel.kept_disks_subdirectory == (
