@@ -66,7 +66,9 @@ PHASES = ('api', 'conductor', 'scheduler', 'compute claim',
 # saw SHELVED_OFFLOADED.
 SHELVE_PHASES = ('api', 'to compute', 'power off', 'snapshot', 'offload',
                  'until seen')
-# Nova's own snapshot, split: its extraction (qemu-img convert of the root
+# Within api, ``image_s``: Glance's time creating the snapshot's image
+# record, which nova-api asks for before it answers. Nova's own snapshot,
+# split: its extraction (qemu-img convert of the root
 # disk into snapshots_directory) and its upload to Glance; the rest of the
 # snapshot phase is Nova's and the driver's bookkeeping. Absent when the
 # shelve skipped the snapshot (after_offload).
@@ -107,15 +109,25 @@ def _first(lines, *needles, after=0.0):
         ' and '.join(repr(n) for n in needles), LOGS))
 
 
-def _access_seconds(name, method, path):
-    """Duration of the last request to path in a gunicorn access log."""
+def _access_seconds(name, method, path, since=None, until=None):
+    """Duration of the last request to path in a gunicorn access log.
+
+    With since and until, of the last one logged between them (the log's
+    timestamps have whole seconds).
+    """
     seconds = None
     with open(os.path.join(LOGS, name), errors='replace') as f:
         for line in f:
             match = _ACCESS.match(line.strip())
-            if match and match.group(2) == method and \
-                    match.group(3).split('?')[0] == path:
-                seconds = float(match.group(5))
+            if not match or match.group(2) != method or \
+                    match.group(3).split('?')[0] != path:
+                continue
+            if since is not None:
+                stamp = datetime.datetime.strptime(
+                    match.group(1), '%d/%b/%Y:%H:%M:%S %z').timestamp()
+                if not since <= stamp <= until:
+                    continue
+            seconds = float(match.group(5))
     return seconds
 
 
@@ -212,6 +224,10 @@ def shelve_phases(instance, host, started, ended):
                          % instance, after=offloading)
     found = _between(SHELVE_PHASES, (started, answered, shelving, off,
                                      offloading, released, ended))
+    # Within api: Glance creating the snapshot's image record.
+    found['image_s'] = _access_seconds('glance-access.log', 'POST',
+                                       '/v2/images', int(started),
+                                       answered + 1)
     snapshot = [line for line in compute if off <= line[0] <= offloading]
     try:
         begun, _ = _first(snapshot, tag, 'snapshot process')
