@@ -120,6 +120,13 @@ class _Offload:
     domain_format: str | None
 
 
+def _this_hosts_store():
+    """The kept disks of the storage this host was started with."""
+    return storage.KeptDiskStore(
+        CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
+        CONF.image_cache.subdirectory_name, CONF.host)
+
+
 def _refuse_inert_over_kept_disks():
     """Refuse to go inert while this host's storage holds kept disks.
 
@@ -128,9 +135,7 @@ def _refuse_inert_over_kept_disks():
     unused: the kept disk, possibly its instance's only copy, would lose
     its data.
     """
-    store = storage.KeptDiskStore(
-        CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
-        CONF.image_cache.subdirectory_name, CONF.host)
+    store = _this_hosts_store()
     kept, damaged, in_flight = store.inventory()
     # A disk being reclaimed is no one's any more.
     held = len(kept) + len(damaged) + len(
@@ -162,9 +167,7 @@ class PartialOffloadLibvirtDriver(libvirt_driver.LibvirtDriver):
                 'kept_disks_subdirectory on every host of the storage.'
                 % CONF.image_cache.subdirectory_name)
         # The storage this host sees is the one it was started with.
-        self._kept_disks = storage.KeptDiskStore(
-            CONF.instances_path, CONF.shelve_accel.kept_disks_subdirectory,
-            CONF.image_cache.subdirectory_name, CONF.host)
+        self._kept_disks = _this_hosts_store()
         self._recovery = recovery.Recovery(self, self._kept_disks)
         self._uploads = upload.SnapshotUploader(
             self._kept_disks, spawns_in_progress=self.spawns_in_progress)
