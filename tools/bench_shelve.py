@@ -42,9 +42,15 @@ of written data gives one sample, which:
 
 Beside every timed operation the machine is sampled (tools/cloudstat.py):
 the page cache still to be written back when it started, the share of
-time the CPUs waited for I/O, and the CPU the cloud's services used. The
+time the CPUs waited for I/O, and the CPU the cloud's services used (on
+average, and in seconds per service over the operation, the commands a
+service ran and waited for included: ``shelve_cpu_s_nova-compute``). The
 scheduler and computes run with debug logs, which the phases are read
-from; every mode pays for them alike.
+from; every mode pays for them alike. With ``--profile``, py-spy samples
+c1's nova-compute during every timed shelve (non-blocking, 25 Hz): its
+busy seconds and those with the plugin's code on the stack are columns
+(``sh_py_busy_s``, ``sh_py_plugin_s``), the raw stacks are in
+``OUT/profiles``.
 
 Then, per mode, a burst: ``--burst`` tiny guests (flavor m1.burst, the
 least RAM the firmware boots in) with ``--burst-size`` of data each,
@@ -65,6 +71,7 @@ and the plots ``unshelve.png``, ``shelve.png``, ``phases.png`` and
 """
 
 import argparse
+import contextlib
 import functools
 import os
 import subprocess
@@ -102,9 +109,10 @@ def round_orders(modes, rounds):
 
 class Bench(object):
 
-    def __init__(self, conn, workdir):
+    def __init__(self, conn, workdir, profile_dir=None):
         self.conn = conn
         self.workdir = workdir
+        self.profile_dir = profile_dir
         self.flavor = conn.compute.find_flavor(cloud.FLAVOR,
                                                ignore_missing=False)
         self.burst_flavor = conn.compute.find_flavor(cloud.BURST_FLAVOR,
@@ -218,17 +226,31 @@ class Bench(object):
         Returns the monotonic time of the request. The sample's servers
         run on c1 (boot_with_data).
         """
+        profile = self._compute_profile(row)
         start, started = time.monotonic(), time.time()
-        with cloudstat.Recorder() as machine:
+        with cloudstat.Recorder() as machine, profile:
             self.conn.compute.shelve_server(server_id)
             self._wait(server_id, 'SHELVED_OFFLOADED')
         if row is not None:
             row['shelve_s'] = time.monotonic() - start
             _machine_columns(row, 'shelve', machine)
+            _profile_columns(row, 'sh_', profile)
             _phase_columns(row, 'sh_', phases.shelve_phases, server_id,
                            'c1', started,
                            started + row['shelve_s'])
         return start
+
+    def _compute_profile(self, row):
+        """A py-spy profile of c1's nova-compute for a timed operation.
+
+        Only with --profile and a row to report it in.
+        """
+        if self.profile_dir is None or row is None:
+            return contextlib.nullcontext()
+        path = os.path.join(self.profile_dir, '%s-%dM-r%d.txt' % (
+            row['mode'], row['data_mib'], row['rep']))
+        return cloudstat.Profile(os.path.join(cloud.VENV, 'bin', 'py-spy'),
+                                 cloud.compute_pid('c1'), path)
 
     # -- one server -----------------------------------------------------
 
@@ -419,6 +441,21 @@ def _machine_columns(row, operation, machine):
     row[operation + '_iowait_pct'] = summary['iowait_pct']
     row[operation + '_cores'] = round(sum(summary['mean_cores'].values()),
                                       2)
+    for name, seconds in summary['cpu_seconds'].items():
+        row['%s_cpu_s_%s' % (operation, name)] = seconds
+
+
+def _profile_columns(row, prefix, profile):
+    """Seconds c1's nova-compute was busy, and busy in the plugin's code.
+
+    Busy: a thread on a CPU or in a system call (py-spy's samples).
+    """
+    if not isinstance(profile, cloudstat.Profile):
+        return
+    busy, plugin = cloudstat.profile_seconds(profile.path,
+                                             'nova_shelve_accel/')
+    row[prefix + 'py_busy_s'] = round(busy, 2)
+    row[prefix + 'py_plugin_s'] = round(plugin, 2)
 
 
 def _phase_columns(row, prefix, profile, *args):
@@ -480,6 +517,10 @@ def main():
                         help='modes to run (default %(default)s)')
     parser.add_argument('--no-debug', dest='debug', action='store_false',
                         help='leave the debug logs off (no phase profile)')
+    parser.add_argument('--profile', action='store_true',
+                        help="sample c1's nova-compute with py-spy during "
+                             'every timed shelve (raw stacks in '
+                             'OUT/profiles)')
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(',')]
     modes = args.modes.split(',')
@@ -493,7 +534,11 @@ def main():
     conn = openstack.connect(cloud=cloud.CLOUD)
     bursts, completions = [], {}
     with tempfile.TemporaryDirectory(dir='/var/tmp') as workdir:
-        bench = Bench(conn, workdir)
+        profile_dir = None
+        if args.profile:
+            profile_dir = os.path.join(args.out, 'profiles')
+            os.makedirs(profile_dir, exist_ok=True)
+        bench = Bench(conn, workdir, profile_dir)
         try:
             samples = run_rounds(bench, modes, sizes, args.rounds,
                                  args.debug)

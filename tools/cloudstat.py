@@ -24,6 +24,8 @@ processes, which libvirtd starts in sessions of their own, count as
 import glob
 import os
 import re
+import signal
+import subprocess
 import threading
 import time
 
@@ -64,8 +66,14 @@ def _service_sessions():
     return sessions
 
 
-def _process_cpu():
-    """{pid: (session id, command, CPU jiffies)} of every process."""
+def _process_cpu(reaped=False):
+    """{pid: (session id, command, CPU jiffies)} of every process.
+
+    With reaped, a process's jiffies include those of the children it has
+    waited for: the qemu-img commands nova-compute runs end between two
+    samples, and their time would otherwise be lost to a difference taken
+    over a whole operation.
+    """
     found = {}
     for stat in glob.glob('/proc/[0-9]*/stat'):
         try:
@@ -76,19 +84,22 @@ def _process_cpu():
         # The command is in parentheses and may itself hold spaces.
         command = text[text.index('(') + 1:text.rindex(')')]
         fields = text[text.rindex(')') + 2:].split()
-        found[int(stat.split('/')[2])] = (
-            int(fields[3]), command, int(fields[11]) + int(fields[12]))
+        jiffies = int(fields[11]) + int(fields[12])
+        if reaped:
+            jiffies += int(fields[13]) + int(fields[14])
+        found[int(stat.split('/')[2])] = (int(fields[3]), command, jiffies)
     return found
 
 
-def service_cpu_seconds():
+def service_cpu_seconds(reaped=False):
     """CPU seconds used so far by each service's living processes.
 
     The compute hosts' nova-compute and libvirtd count as one service each.
+    With reaped, the children each process has waited for count too.
     """
     sessions = _service_sessions()
     used = {}
-    for session, command, jiffies in _process_cpu().values():
+    for session, command, jiffies in _process_cpu(reaped).values():
         if session in sessions:
             name = _HOST_SUFFIX.sub('', sessions[session])
         elif command.startswith('qemu-system'):
@@ -104,7 +115,8 @@ class Recorder(object):
 
     ``summary()`` gives the dirty page cache at the start and its peak,
     the I/O wait share over the whole period, and each service's CPU: its
-    mean (cores) and its peak over one sampling interval.
+    mean (cores) and its peak over one sampling interval, and the CPU
+    seconds it used over the whole period, its finished commands included.
     """
 
     def __init__(self, interval=0.5):
@@ -116,6 +128,7 @@ class Recorder(object):
     def __enter__(self):
         self.dirty_at_start = dirty_mib()
         self._io_start = _cpu_times()
+        self._cpu_start = service_cpu_seconds(reaped=True)
         self._started = time.monotonic()
         self._thread.start()
         return self
@@ -124,6 +137,11 @@ class Recorder(object):
         self._stop.set()
         self._thread.join()
         self.seconds = time.monotonic() - self._started
+        used = service_cpu_seconds(reaped=True)
+        self.cpu_seconds = {
+            name: round(max(0.0, used[name] - self._cpu_start.get(name, 0.0)),
+                        2)
+            for name in used}
         iowait, total = _cpu_times()
         spent = total - self._io_start[1]
         self.iowait_share = ((iowait - self._io_start[0]) / spent
@@ -154,4 +172,74 @@ class Recorder(object):
             'peak_cores': {n: round(max(s['cores'].get(n, 0.0)
                                         for s in self.samples), 2)
                            for n in services},
+            'cpu_seconds': dict(self.cpu_seconds),
         }
+
+
+class Profile(object):
+    """py-spy samples one process's Python threads while an operation runs.
+
+    Non-blocking (the process is never paused) and at a low rate, so that
+    profiling costs every mode of a benchmark alike and little. Idle
+    threads are not sampled: a sample is a thread on the CPU or in a
+    system call. The raw stacks go to ``path`` (py-spy's collapsed
+    format, one ``frame;frame;... count`` line per stack).
+    """
+
+    RATE = 25
+
+    def __init__(self, py_spy, pid, path):
+        self.command = [py_spy, 'record', '--nonblocking', '--threads',
+                        '--full-filenames',
+                        '--rate', str(self.RATE), '--format', 'raw',
+                        '--pid', str(pid), '--output', path]
+        self.path = path
+        self._proc = None
+
+    def __enter__(self):
+        self._proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc):
+        # py-spy writes its output when interrupted.
+        self._proc.send_signal(signal.SIGINT)
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def profile_seconds(path, marker):
+    """(sampled seconds, those with a frame whose file holds marker).
+
+    Read from a Profile's raw output; seconds are samples over its rate.
+    """
+    total = marked = 0
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return 0.0, 0.0
+    for line in lines:
+        stack, _, count = line.rpartition(' ')
+        if not count.isdigit():
+            continue
+        total += int(count)
+        if marker in stack:
+            marked += int(count)
+    return total / Profile.RATE, marked / Profile.RATE
+
+
+def top_frames(path, count=10):
+    """The innermost frames seen most often: [(frame, seconds)]."""
+    leaves = {}
+    with open(path) as f:
+        for line in f:
+            stack, _, samples = line.strip().rpartition(' ')
+            if samples.isdigit():
+                leaf = stack.rsplit(';', 1)[-1]
+                leaves[leaf] = leaves.get(leaf, 0) + int(samples)
+    return [(leaf, n / Profile.RATE) for leaf, n in
+            sorted(leaves.items(), key=lambda item: -item[1])[:count]]

@@ -22,6 +22,7 @@ import fixtures
 import testtools
 
 from tests.e2e import cloud
+from tools import cloudstat
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -96,6 +97,78 @@ class TestComputeStacks(testtools.TestCase):
         problem = cloud.dump_compute_stacks('c9', self.dump)
         self.assertEqual('cannot run %s/bin/py-spy: No such file or directory'
                          % self.state, problem)
+
+
+# Busy on a CPU for a while, then asleep: what a benchmark's profile of
+# nova-compute must tell apart.
+_BUSY_THEN_ASLEEP = '''
+import time
+def busy():
+    end = time.monotonic() + %(busy)s
+    while time.monotonic() < end:
+        pass
+busy()
+time.sleep(60)
+'''
+
+
+class TestBenchmarkProfile(testtools.TestCase):
+    """The py-spy profile and CPU seconds the benchmark reports."""
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+
+    def _start(self, name, busy):
+        """A Python process running tmp/name, busy for busy seconds."""
+        os.makedirs(os.path.dirname(os.path.join(self.tmp, name)),
+                    exist_ok=True)
+        script = os.path.join(self.tmp, name)
+        with open(script, 'w') as f:
+            f.write(_BUSY_THEN_ASLEEP % {'busy': busy})
+        child = subprocess.Popen([sys.executable, script])
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        return child
+
+    def _profile(self, child, seconds):
+        path = os.path.join(self.tmp, 'profile.txt')
+        # py-spy is a test requirement: it is in this environment.
+        with cloudstat.Profile(os.path.join(sys.prefix, 'bin', 'py-spy'),
+                               child.pid, path):
+            time.sleep(seconds)
+        return path
+
+    def test_busy_code_is_counted_with_its_file(self):
+        child = self._start('nova_shelve_accel/busy.py', busy=30)
+        path = self._profile(child, 2)
+        busy, plugin = cloudstat.profile_seconds(path, 'nova_shelve_accel/')
+        self.assertGreater(busy, 1.0)
+        self.assertEqual(busy, plugin)
+        self.assertEqual('busy', cloudstat.top_frames(path)[0][0].split()[0])
+        self.assertEqual((busy, 0.0),
+                         cloudstat.profile_seconds(path, 'nova/virt/'))
+
+    def test_an_idle_process_has_no_samples(self):
+        child = self._start('idle.py', busy=0)
+        time.sleep(1)  # into its sleep
+        path = self._profile(child, 1.5)
+        self.assertEqual((0.0, 0.0),
+                         cloudstat.profile_seconds(path, 'idle.py'))
+
+    def test_a_finished_command_counts_for_its_parent(self):
+        # nova-compute's qemu-img commands end between two samples: their
+        # time is in nova-compute's reaped children.
+        own = os.getpid()
+        before = cloudstat._process_cpu(reaped=True)[own][2]
+        subprocess.run([sys.executable, '-c', _BUSY_THEN_ASLEEP.replace(
+            'time.sleep(60)', '') % {'busy': 0.5}], check=True)
+        alone = cloudstat._process_cpu()[own][2]
+        with_children = cloudstat._process_cpu(reaped=True)[own][2]
+        self.assertGreaterEqual(with_children - before,
+                                0.4 * cloudstat.TICKS)
+        self.assertGreaterEqual(with_children - alone,
+                                0.4 * cloudstat.TICKS)
 
 
 class TestHostClocks(testtools.TestCase):
