@@ -448,12 +448,13 @@ def _machine_columns(row, operation, machine):
 def _profile_columns(row, prefix, profile):
     """Seconds c1's nova-compute was busy, and busy in the plugin's code.
 
-    Busy: a thread on a CPU or in a system call (py-spy's samples).
+    Busy: a thread on a CPU or in a system call (py-spy's samples); the
+    plugin's: the innermost frame of the plugin or Nova is the plugin's.
     """
     if not isinstance(profile, cloudstat.Profile):
         return
-    busy, plugin = cloudstat.profile_seconds(profile.path,
-                                             'nova_shelve_accel/')
+    busy, plugin = cloudstat.profile_seconds(
+        profile.path, '/nova_shelve_accel/', ['/nova/'])
     row[prefix + 'py_busy_s'] = round(busy, 2)
     row[prefix + 'py_plugin_s'] = round(plugin, 2)
 

@@ -211,12 +211,15 @@ class Profile(object):
             self._proc.wait()
 
 
-def profile_seconds(path, marker):
-    """(sampled seconds, those with a frame whose file holds marker).
+def profile_seconds(path, mine, others):
+    """(sampled seconds, those spent in code whose file path holds mine).
 
-    Read from a Profile's raw output; seconds are samples over its rate.
+    Read from a Profile's raw output; seconds are samples over its rate. A
+    sample belongs to the innermost frame of mine or of others on its
+    stack: Nova's snapshot called through the plugin's override is Nova's
+    time, the plugin's own check that calls os.stat is the plugin's.
     """
-    total = marked = 0
+    total = owned = 0
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -227,9 +230,13 @@ def profile_seconds(path, marker):
         if not count.isdigit():
             continue
         total += int(count)
-        if marker in stack:
-            marked += int(count)
-    return total / Profile.RATE, marked / Profile.RATE
+        for frame in reversed(stack.split(';')):
+            if mine in frame:
+                owned += int(count)
+                break
+            if any(other in frame for other in others):
+                break
+    return total / Profile.RATE, owned / Profile.RATE
 
 
 def top_frames(path, count=10):

@@ -119,13 +119,19 @@ class TestBenchmarkProfile(testtools.TestCase):
         super().setUp()
         self.tmp = self.useFixture(fixtures.TempDir()).path
 
+    def _write(self, name, text):
+        path = os.path.join(self.tmp, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w') as f:
+            f.write(text)
+        return path
+
     def _start(self, name, busy):
         """A Python process running tmp/name, busy for busy seconds."""
-        os.makedirs(os.path.dirname(os.path.join(self.tmp, name)),
-                    exist_ok=True)
-        script = os.path.join(self.tmp, name)
-        with open(script, 'w') as f:
-            f.write(_BUSY_THEN_ASLEEP % {'busy': busy})
+        script = self._write(name, _BUSY_THEN_ASLEEP % {'busy': busy})
+        return self._run(script)
+
+    def _run(self, script):
         child = subprocess.Popen([sys.executable, script])
         self.addCleanup(child.wait)
         self.addCleanup(child.kill)
@@ -142,19 +148,34 @@ class TestBenchmarkProfile(testtools.TestCase):
     def test_busy_code_is_counted_with_its_file(self):
         child = self._start('nova_shelve_accel/busy.py', busy=30)
         path = self._profile(child, 2)
-        busy, plugin = cloudstat.profile_seconds(path, 'nova_shelve_accel/')
+        busy, plugin = cloudstat.profile_seconds(
+            path, '/nova_shelve_accel/', ['/nova/'])
         self.assertGreater(busy, 1.0)
         self.assertEqual(busy, plugin)
         self.assertEqual('busy', cloudstat.top_frames(path)[0][0].split()[0])
-        self.assertEqual((busy, 0.0),
-                         cloudstat.profile_seconds(path, 'nova/virt/'))
+
+    def test_nova_called_through_the_plugin_is_novas_time(self):
+        self._write('nova/inner.py', _BUSY_THEN_ASLEEP.replace(
+            'busy()\ntime.sleep(60)\n', '') % {'busy': 30})
+        script = self._write('nova_shelve_accel/outer.py', (
+            'import sys\n'
+            'sys.path.insert(0, %r)\n'
+            'import inner\n'
+            'def through_the_plugin():\n'
+            '    inner.busy()\n'
+            'through_the_plugin()\n') % os.path.join(self.tmp, 'nova'))
+        path = self._profile(self._run(script), 2)
+        busy, plugin = cloudstat.profile_seconds(
+            path, '/nova_shelve_accel/', ['/nova/'])
+        self.assertGreater(busy, 1.0)
+        self.assertEqual(0.0, plugin)
 
     def test_an_idle_process_has_no_samples(self):
         child = self._start('idle.py', busy=0)
         time.sleep(1)  # into its sleep
         path = self._profile(child, 1.5)
         self.assertEqual((0.0, 0.0),
-                         cloudstat.profile_seconds(path, 'idle.py'))
+                         cloudstat.profile_seconds(path, 'idle.py', []))
 
     def test_a_finished_command_counts_for_its_parent(self):
         # nova-compute's qemu-img commands end between two samples: their
