@@ -41,7 +41,8 @@ of written data gives one sample, which:
   down.
 
 Beside every timed operation the machine is sampled (tools/cloudstat.py):
-the page cache still to be written back when it started, the share of
+the page cache still to be written back and the free memory when it
+started, the page cache the kernel reclaimed meanwhile, the share of
 time the CPUs waited for I/O, and the CPU the cloud's services used (on
 average, and in seconds per service over the operation, the commands a
 service ran and waited for included: ``shelve_cpu_s_nova-compute``). The
@@ -50,7 +51,9 @@ from; every mode pays for them alike. With ``--profile``, py-spy samples
 c1's nova-compute during every timed shelve (non-blocking, 25 Hz): its
 busy seconds and those with the plugin's code on the stack are columns
 (``sh_py_busy_s``, ``sh_py_plugin_s``), the raw stacks are in
-``OUT/profiles``.
+``OUT/profiles``. With ``--drop-caches`` the page cache is emptied
+before every timed shelve and unshelve (after the flush), so that no mode
+starts with less free memory than another.
 
 Then, per mode, a burst: ``--burst`` tiny guests (flavor m1.burst, the
 least RAM the firmware boots in) with ``--burst-size`` of data each,
@@ -109,10 +112,11 @@ def round_orders(modes, rounds):
 
 class Bench(object):
 
-    def __init__(self, conn, workdir, profile_dir=None):
+    def __init__(self, conn, workdir, profile_dir=None, drop_caches=False):
         self.conn = conn
         self.workdir = workdir
         self.profile_dir = profile_dir
+        self.drop_caches = drop_caches
         self.flavor = conn.compute.find_flavor(cloud.FLAVOR,
                                                ignore_missing=False)
         self.burst_flavor = conn.compute.find_flavor(cloud.BURST_FLAVOR,
@@ -226,6 +230,8 @@ class Bench(object):
         Returns the monotonic time of the request. The sample's servers
         run on c1 (boot_with_data).
         """
+        if row is not None:
+            self._settle()
         profile = self._compute_profile(row)
         start, started = time.monotonic(), time.time()
         with cloudstat.Recorder() as machine, profile:
@@ -239,6 +245,17 @@ class Bench(object):
                            'c1', started,
                            started + row['shelve_s'])
         return start
+
+    def _settle(self):
+        """Write the dirty page cache back; with --drop-caches, empty it.
+
+        Emptied, every mode's timed operation starts with the same free
+        memory, whatever the operations before it left cached.
+        """
+        os.sync()
+        if self.drop_caches:
+            with open('/proc/sys/vm/drop_caches', 'w') as f:
+                f.write('3\n')
 
     def _compute_profile(self, row):
         """A py-spy profile of c1's nova-compute for a timed operation.
@@ -276,7 +293,7 @@ class Bench(object):
         snapshot = self.snapshot_of(server_id)
         # What the shelve and its upload left in the page cache is written
         # back before a user comes back, hours later: not the unshelve's.
-        os.sync()
+        self._settle()
         glance = cloud.GlanceDataCounter()
         started = time.time()
         with cloudstat.Recorder() as machine:
@@ -438,6 +455,8 @@ class Bench(object):
 def _machine_columns(row, operation, machine):
     summary = machine.summary()
     row[operation + '_dirty_mib'] = summary['dirty_start_mib']
+    row[operation + '_free_mib'] = summary['free_start_mib']
+    row[operation + '_reclaimed_mib'] = summary['reclaimed_mib']
     row[operation + '_iowait_pct'] = summary['iowait_pct']
     row[operation + '_cores'] = round(sum(summary['mean_cores'].values()),
                                       2)
@@ -518,6 +537,9 @@ def main():
                         help='modes to run (default %(default)s)')
     parser.add_argument('--no-debug', dest='debug', action='store_false',
                         help='leave the debug logs off (no phase profile)')
+    parser.add_argument('--drop-caches', action='store_true',
+                        help='empty the page cache before every timed '
+                             'shelve and unshelve')
     parser.add_argument('--profile', action='store_true',
                         help="sample c1's nova-compute with py-spy during "
                              'every timed shelve (raw stacks in '
@@ -539,7 +561,7 @@ def main():
         if args.profile:
             profile_dir = os.path.join(args.out, 'profiles')
             os.makedirs(profile_dir, exist_ok=True)
-        bench = Bench(conn, workdir, profile_dir)
+        bench = Bench(conn, workdir, profile_dir, args.drop_caches)
         try:
             samples = run_rounds(bench, modes, sizes, args.rounds,
                                  args.debug)

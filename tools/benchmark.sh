@@ -7,7 +7,7 @@
 #   tools/benchmark.sh [--sizes 256M,1G,4G] [--rounds 2] [--burst 30]
 #                      [--burst-size 64M] [--out bench-results]
 #                      [--modes stock,plugin,fast-shelve] [--no-debug]
-#                      [--profile]
+#                      [--profile] [--drop-caches]
 #
 # The cloud stays up afterwards; 'tools/cloud/cloud.sh down' stops it and
 # removes its state.

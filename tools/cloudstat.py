@@ -47,6 +47,30 @@ def dirty_mib():
     return (fields['Dirty'] + fields['Writeback']) / 1024.0
 
 
+def free_mib():
+    """Memory the kernel can hand out without reclaiming any (MiB)."""
+    with open('/proc/meminfo') as f:
+        for line in f:
+            if line.startswith('MemFree:'):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def reclaimed_mib():
+    """Page cache the kernel has reclaimed since boot (MiB).
+
+    By kswapd and by processes that had to free pages before allocating
+    (direct reclaim, paid inside their system calls and page faults).
+    """
+    pages = 0
+    with open('/proc/vmstat') as f:
+        for line in f:
+            name, value = line.split()
+            if name in ('pgsteal_kswapd', 'pgsteal_direct'):
+                pages += int(value)
+    return pages * os.sysconf('SC_PAGE_SIZE') / MIB
+
+
 def _cpu_times():
     """(iowait, total) jiffies of all CPUs."""
     with open('/proc/stat') as f:
@@ -114,6 +138,7 @@ class Recorder(object):
     """Samples the machine in a thread while a timed operation runs.
 
     ``summary()`` gives the dirty page cache at the start and its peak,
+    the free memory at the start and the page cache reclaimed meanwhile,
     the I/O wait share over the whole period, and each service's CPU: its
     mean (cores) and its peak over one sampling interval, and the CPU
     seconds it used over the whole period, its finished commands included.
@@ -127,6 +152,8 @@ class Recorder(object):
 
     def __enter__(self):
         self.dirty_at_start = dirty_mib()
+        self.free_at_start = free_mib()
+        self._reclaimed_start = reclaimed_mib()
         self._io_start = _cpu_times()
         self._cpu_start = service_cpu_seconds(reaped=True)
         self._started = time.monotonic()
@@ -137,6 +164,7 @@ class Recorder(object):
         self._stop.set()
         self._thread.join()
         self.seconds = time.monotonic() - self._started
+        self.reclaimed = reclaimed_mib() - self._reclaimed_start
         used = service_cpu_seconds(reaped=True)
         self.cpu_seconds = {
             name: round(max(0.0, used[name] - self._cpu_start.get(name, 0.0)),
@@ -163,6 +191,8 @@ class Recorder(object):
         count = len(self.samples) or 1
         return {
             'dirty_start_mib': round(self.dirty_at_start),
+            'free_start_mib': round(self.free_at_start),
+            'reclaimed_mib': round(self.reclaimed),
             'dirty_peak_mib': round(max([self.dirty_at_start] + [
                 s['dirty_mib'] for s in self.samples])),
             'iowait_pct': round(100 * self.iowait_share, 1),
