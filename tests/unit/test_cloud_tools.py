@@ -99,15 +99,19 @@ class TestComputeStacks(testtools.TestCase):
                          % self.state, problem)
 
 
-# Busy on a CPU for a while, then asleep: what a benchmark's profile of
-# nova-compute must tell apart.
+# Busy on a CPU for a while (CPU time, however loaded the machine), then
+# asleep: what a benchmark's profile of nova-compute must tell apart. It
+# says "started" once running its own code: py-spy cannot read a process
+# whose interpreter is still starting.
 _BUSY_THEN_ASLEEP = '''
-import time
+import sys, time
 def busy():
-    end = time.monotonic() + %(busy)s
-    while time.monotonic() < end:
+    end = time.process_time() + %(busy)s
+    while time.process_time() < end:
         pass
+print('started', flush=True)
 busy()
+print('asleep', flush=True)
 time.sleep(60)
 '''
 
@@ -126,15 +130,20 @@ class TestBenchmarkProfile(testtools.TestCase):
             f.write(text)
         return path
 
-    def _start(self, name, busy):
-        """A Python process running tmp/name, busy for busy seconds."""
+    def _start(self, name, busy, until='started'):
+        """A Python process running tmp/name, busy for busy CPU seconds."""
         script = self._write(name, _BUSY_THEN_ASLEEP % {'busy': busy})
-        return self._run(script)
+        return self._run(script, until)
 
-    def _run(self, script):
-        child = subprocess.Popen([sys.executable, script])
+    def _run(self, script, until='started'):
+        """Run script until it prints until."""
+        child = subprocess.Popen([sys.executable, script],
+                                 stdout=subprocess.PIPE, text=True)
         self.addCleanup(child.wait)
         self.addCleanup(child.kill)
+        self.addCleanup(child.stdout.close)
+        while child.stdout.readline().strip() != until:
+            self.assertIsNone(child.poll(), 'the process ended')
         return child
 
     def _profile(self, child, seconds):
@@ -155,14 +164,15 @@ class TestBenchmarkProfile(testtools.TestCase):
         self.assertEqual('busy', cloudstat.top_frames(path)[0][0].split()[0])
 
     def test_nova_called_through_the_plugin_is_novas_time(self):
-        self._write('nova/inner.py', _BUSY_THEN_ASLEEP.replace(
-            'busy()\ntime.sleep(60)\n', '') % {'busy': 30})
+        self._write('nova/inner.py', _BUSY_THEN_ASLEEP.split(
+            "print('started'")[0] % {'busy': 30})
         script = self._write('nova_shelve_accel/outer.py', (
             'import sys\n'
             'sys.path.insert(0, %r)\n'
             'import inner\n'
             'def through_the_plugin():\n'
             '    inner.busy()\n'
+            "print('started', flush=True)\n"
             'through_the_plugin()\n') % os.path.join(self.tmp, 'nova'))
         path = self._profile(self._run(script), 2)
         busy, plugin = cloudstat.profile_seconds(
@@ -171,8 +181,7 @@ class TestBenchmarkProfile(testtools.TestCase):
         self.assertEqual(0.0, plugin)
 
     def test_an_idle_process_has_no_samples(self):
-        child = self._start('idle.py', busy=0)
-        time.sleep(1)  # into its sleep
+        child = self._start('idle.py', busy=0, until='asleep')
         path = self._profile(child, 1.5)
         self.assertEqual((0.0, 0.0),
                          cloudstat.profile_seconds(path, 'idle.py', []))
@@ -183,7 +192,8 @@ class TestBenchmarkProfile(testtools.TestCase):
         own = os.getpid()
         before = cloudstat._process_cpu(reaped=True)[own][2]
         subprocess.run([sys.executable, '-c', _BUSY_THEN_ASLEEP.replace(
-            'time.sleep(60)', '') % {'busy': 0.5}], check=True)
+            'time.sleep(60)', '') % {'busy': 0.5}], check=True,
+            stdout=subprocess.DEVNULL)
         alone = cloudstat._process_cpu()[own][2]
         with_children = cloudstat._process_cpu(reaped=True)[own][2]
         self.assertGreaterEqual(with_children - before,
