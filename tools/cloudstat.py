@@ -18,7 +18,8 @@ writes), the share of time the CPUs waited for I/O, and the CPU each
 service of the cloud used. A service is the session its process was
 started in by tools/cloud/cloud.sh (one pid file per service); QEMU
 processes, which libvirtd starts in sessions of their own, count as
-``qemu``.
+``qemu``; the GlusterFS server and clients of ``g1``'s volume as
+``gluster``.
 """
 
 import glob
@@ -128,6 +129,10 @@ def service_cpu_seconds(reaped=False):
             name = _HOST_SUFFIX.sub('', sessions[session])
         elif command.startswith('qemu-system'):
             name = 'qemu'
+        elif command.startswith('gluster'):
+            # g1's volume: glusterd, the brick's glusterfsd and each
+            # host's client, started outside the services' sessions.
+            name = 'gluster'
         else:
             continue
         used[name] = used.get(name, 0.0) + jiffies / TICKS
