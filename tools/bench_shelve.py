@@ -40,6 +40,9 @@ of written data gives one sample, which:
   there: the background upload must not slow an unshelve in the group
   down.
 
+After each sample its servers are deleted, and the image cache files of
+its snapshots (forget_cached_snapshots).
+
 Beside every timed operation the machine is sampled (tools/cloudstat.py):
 the page cache still to be written back and the free memory when it
 started, the page cache the kernel reclaimed meanwhile, the share of
@@ -76,6 +79,7 @@ and the plots ``unshelve.png``, ``shelve.png``, ``phases.png`` and
 import argparse
 import contextlib
 import functools
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -305,6 +309,7 @@ class Bench(object):
         _phase_columns(row, 'ph_', phases.unshelve_phases, server_id,
                        snapshot.id, srv.compute_host, started,
                        started + row['unshelve_s'])
+        return snapshot.id
 
     def sample(self, mode, size, rep):
         server_id = self.boot_with_data(size)
@@ -312,6 +317,7 @@ class Bench(object):
         # snapshot is uploaded: unshelved while the first one uploads.
         other_id = self.boot_with_data(size) if mode == 'fast-shelve' \
             else None
+        snapshots = []
         try:
             row = {'mode': mode, 'data_mib': size // MIB, 'rep': rep}
             row['start_s'], _ = self._timed(
@@ -331,6 +337,7 @@ class Bench(object):
                 os.sync()
                 start = self.timed_shelve(server_id, row)
                 image = self.snapshot_of(server_id)
+                snapshots.append(self.snapshot_of(other_id).id)
                 # On c1, where the upload runs: the host a guest start
                 # shares with the upload (2.91 --host).
                 row['unshelve_busy_s'], busy = self._timed(
@@ -347,7 +354,7 @@ class Bench(object):
                 row['snapshot_active_s'] = self.wait_snapshot_active(
                     server_id, self.timed_shelve(server_id, row))
                 row['busy_overlapped'] = ''
-            self.timed_unshelve(server_id, row)
+            snapshots.append(self.timed_unshelve(server_id, row))
             row['cycle_s'] = row['shelve_s'] + row['unshelve_s']
             row['stop_start_s'] = row['stop_s'] + row['start_s']
             return row
@@ -355,6 +362,7 @@ class Bench(object):
             self.delete(server_id)
             if other_id:
                 self.delete(other_id)
+            forget_cached_snapshots(snapshots)
 
     # -- burst ----------------------------------------------------------
 
@@ -462,6 +470,36 @@ def _machine_columns(row, operation, machine):
                                       2)
     for name, seconds in summary['cpu_seconds'].items():
         row['%s_cpu_s_%s' % (operation, name)] = seconds
+
+
+def cache_file_name(image_id):
+    """The name of an image's file in _base, as Nova's get_cache_fname.
+
+    Not imported from Nova: importing nova.virt.libvirt sets Nova up in
+    this process, which is the API's client only.
+    """
+    return hashlib.sha1(image_id.encode('utf-8')).hexdigest()
+
+
+def forget_cached_snapshots(snapshot_ids):
+    """Remove the image cache files of a sample's snapshots, on every host.
+
+    An unshelve that downloads the snapshot (stock's, or a fallback) leaves
+    it, made raw, in its host's ``_base``, and Nova removes an unused base
+    file only after ``remove_unused_original_minimum_age_seconds``, a day by
+    default: 4 GiB samples would fill the cloud's storage within one run,
+    until the plugin's free-space floor keeps no disk and every later
+    at_shelve sample measures the fallback instead. Called once the
+    sample's servers are deleted; Nova deleted the snapshots when it
+    unshelved them, so nothing can use these files again.
+    """
+    for snapshot_id in snapshot_ids:
+        for storage in sorted(set(cloud.STORAGE.values())):
+            try:
+                os.unlink(os.path.join(storage, '_base',
+                                       cache_file_name(snapshot_id)))
+            except FileNotFoundError:
+                pass
 
 
 def _profile_columns(row, prefix, profile):

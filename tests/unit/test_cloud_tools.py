@@ -21,7 +21,10 @@ import time
 import fixtures
 import testtools
 
+from nova.virt.libvirt import imagecache
+
 from tests.e2e import cloud
+from tools import bench_shelve
 from tools import cloudstat
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -200,6 +203,49 @@ class TestBenchmarkProfile(testtools.TestCase):
                                 0.4 * cloudstat.TICKS)
         self.assertGreaterEqual(with_children - alone,
                                 0.4 * cloudstat.TICKS)
+
+
+class TestForgetCachedSnapshots(testtools.TestCase):
+    """The benchmark gives back what stock's unshelves cached."""
+
+    def setUp(self):
+        super().setUp()
+        root = self.useFixture(fixtures.TempDir()).path
+        self.storage = {'g1': os.path.join(root, 'g1'),
+                        'c3': os.path.join(root, 'c3')}
+        for path in self.storage.values():
+            os.makedirs(os.path.join(path, '_base'))
+        self.useFixture(fixtures.MonkeyPatch('tests.e2e.cloud.STORAGE', {
+            'c1': self.storage['g1'], 'c2': self.storage['g1'],
+            'c3': self.storage['c3']}))
+
+    def _cache(self, storage, image_id):
+        path = os.path.join(self.storage[storage], '_base',
+                            imagecache.get_cache_fname(image_id))
+        with open(path, 'w') as f:
+            f.write('cached image')
+        return path
+
+    def test_the_name_is_novas(self):
+        image_id = 'a3f2c0de-4c44-4a5e-9d3b-0d6f3e1c2b7a'
+        self.assertEqual(imagecache.get_cache_fname(image_id),
+                         bench_shelve.cache_file_name(image_id))
+
+    def test_only_the_samples_snapshots_go_on_every_storage(self):
+        snapshot, other, original = (
+            '0e57600b-f259-4ee7-8149-4da4f938afce',
+            '29443c61-46ec-48be-89fa-13c57c9bd901',
+            '7f1b9cdf-39d9-4c83-9916-3c895306f21f')
+        gone = [self._cache('g1', snapshot), self._cache('c3', snapshot),
+                self._cache('c3', other)]
+        kept = [self._cache('g1', original), self._cache('c3', original)]
+        bench_shelve.forget_cached_snapshots([snapshot, other])
+        self.assertEqual([False] * 3, [os.path.exists(p) for p in gone])
+        self.assertEqual([True] * 2, [os.path.exists(p) for p in kept])
+
+    def test_a_snapshot_nothing_cached_is_no_error(self):
+        bench_shelve.forget_cached_snapshots(
+            ['0e57600b-f259-4ee7-8149-4da4f938afce'])
 
 
 class TestHostClocks(testtools.TestCase):
