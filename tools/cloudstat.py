@@ -38,23 +38,25 @@ _HOST_SUFFIX = re.compile(r'-c\d+$')
 MIB = 1024 * 1024
 
 
-def dirty_mib():
-    """Page cache waiting for, or under, write-back (MiB)."""
+def _meminfo_kib():
+    """{field: KiB} of /proc/meminfo."""
     fields = {}
     with open('/proc/meminfo') as f:
         for line in f:
             name, value = line.split(':', 1)
             fields[name] = int(value.split()[0])
+    return fields
+
+
+def dirty_mib():
+    """Page cache waiting for, or under, write-back (MiB)."""
+    fields = _meminfo_kib()
     return (fields['Dirty'] + fields['Writeback']) / 1024.0
 
 
 def free_mib():
     """Memory the kernel can hand out without reclaiming any (MiB)."""
-    with open('/proc/meminfo') as f:
-        for line in f:
-            if line.startswith('MemFree:'):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+    return _meminfo_kib()['MemFree'] / 1024.0
 
 
 def reclaimed_mib():
@@ -256,18 +258,14 @@ def profile_seconds(path, mine, others):
     """
     total = owned = 0
     try:
-        with open(path) as f:
-            lines = f.read().splitlines()
+        stacks = _raw_stacks(path)
     except FileNotFoundError:
         return 0.0, 0.0
-    for line in lines:
-        stack, _, count = line.rpartition(' ')
-        if not count.isdigit():
-            continue
-        total += int(count)
-        for frame in reversed(stack.split(';')):
+    for frames, count in stacks:
+        total += count
+        for frame in reversed(frames):
             if mine in frame:
-                owned += int(count)
+                owned += count
                 break
             if any(other in frame for other in others):
                 break
@@ -277,11 +275,18 @@ def profile_seconds(path, mine, others):
 def top_frames(path, count=10):
     """The innermost frames seen most often: [(frame, seconds)]."""
     leaves = {}
-    with open(path) as f:
-        for line in f:
-            stack, _, samples = line.strip().rpartition(' ')
-            if samples.isdigit():
-                leaf = stack.rsplit(';', 1)[-1]
-                leaves[leaf] = leaves.get(leaf, 0) + int(samples)
+    for frames, samples in _raw_stacks(path):
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + samples
     return [(leaf, n / Profile.RATE) for leaf, n in
             sorted(leaves.items(), key=lambda item: -item[1])[:count]]
+
+
+def _raw_stacks(path):
+    """[(frames, outermost first; samples)] of a Profile's raw output."""
+    stacks = []
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.strip().rpartition(' ')
+            if count.isdigit():
+                stacks.append((stack.split(';'), int(count)))
+    return stacks
