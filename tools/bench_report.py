@@ -31,10 +31,10 @@ TIMES = ('unshelve_s', 'shelve_s', 'start_s', 'stop_s', 'glance_mib',
          'shelve_dirty_mib', 'shelve_iowait_pct', 'shelve_cores',
          'unshelve_dirty_mib', 'unshelve_iowait_pct', 'unshelve_cores')
 PHASE_KEYS = tuple('ph_' + name for name in phases.PHASES) + (
-    'ph_filter_ms', 'ph_claim_ms', 'ph_delete_s', 'ph_download_s',
-    'ph_convert_s', 'ph_rebase_s') + tuple(
+    'ph_tokens_s', 'ph_filter_ms', 'ph_claim_ms', 'ph_delete_s',
+    'ph_download_s', 'ph_convert_s', 'ph_rebase_s') + tuple(
     'sh_' + name for name in phases.SHELVE_PHASES + phases.SNAPSHOT_STEPS +
-    ('image_s',))
+    ('image_s', 'tokens_s'))
 # What start, the lower bound, does not do: find a host.
 SCHEDULING = ('ph_conductor', 'ph_scheduler')
 
@@ -194,14 +194,16 @@ def print_phases(summary):
     _print_phase_table(
         summary, 'ph_', phases.PHASES,
         'Phases of the unshelve, median seconds (tools/phases.py); '
+        'tokens = Keystone validating tokens (within the phases); '
         'filter = HostAggregateGroupFilter, claim = the scheduler\'s '
         'Placement allocation, delete = Glance deleting the snapshot '
         '(part of finish); download, convert and rebase = Glance sending '
         'the snapshot, qemu-img convert and qemu-img rebase (parts of root '
         'disk, when the snapshot is downloaded):',
-        ('filter ms', 'claim ms', 'delete s', 'download s', 'convert s',
-         'rebase s'),
-        lambda row: (_optional(row, 'ph_filter_ms', '%.1f'),
+        ('tokens s', 'filter ms', 'claim ms', 'delete s', 'download s',
+         'convert s', 'rebase s'),
+        lambda row: (_optional(row, 'ph_tokens_s', '%.2f'),
+                     _optional(row, 'ph_filter_ms', '%.1f'),
                      _optional(row, 'ph_claim_ms', '%.0f'),
                      _optional(row, 'ph_delete_s', '%.2f'),
                      _optional(row, 'ph_download_s', '%.2f'),
@@ -213,12 +215,14 @@ def print_shelve_phases(summary):
     _print_phase_table(
         summary, 'sh_', phases.SHELVE_PHASES,
         'Phases of the shelve, median seconds (tools/phases.py); image = '
-        'Glance creating the snapshot\'s record (part of api); extract and '
+        'Glance creating the snapshot\'s record (part of api), tokens = '
+        'Keystone validating tokens (within the phases); extract and '
         'upload = the two steps of Nova\'s snapshot (qemu-img convert, '
         'then the upload to Glance), part of snapshot:',
-        ('shelve s', 'image s', 'extract s', 'upload s'),
+        ('shelve s', 'image s', 'tokens s', 'extract s', 'upload s'),
         lambda row: ('%.2f' % row['shelve_s'],
                      _optional(row, 'sh_image_s', '%.2f'),
+                     _optional(row, 'sh_tokens_s', '%.2f'),
                      _optional(row, 'sh_extract', '%.2f'),
                      _optional(row, 'sh_upload', '%.2f')))
 

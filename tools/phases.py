@@ -46,6 +46,10 @@ time of the ``qemu-img convert`` (the snapshot made raw in the image
 cache, ``[DEFAULT] force_raw_images``) and ``qemu-img rebase`` (the disk
 moved from the snapshot back onto the original image's base) commands
 the compute ran (processutils' debug lines).
+
+Across the phases, ``tokens_s``: Keystone's time validating the tokens
+that a service had not cached (its access log), which the services wait
+for within their phases.
 """
 
 import datetime
@@ -67,7 +71,8 @@ PHASES = ('api', 'conductor', 'scheduler', 'compute claim',
 SHELVE_PHASES = ('api', 'to compute', 'power off', 'snapshot', 'offload',
                  'until seen')
 # Within api, ``image_s``: Glance's time creating the snapshot's image
-# record, which nova-api asks for before it answers. Nova's own snapshot,
+# record, which nova-api asks for before it answers; across the phases,
+# ``tokens_s`` as for the unshelve. Nova's own snapshot,
 # split: its extraction (qemu-img convert of the root
 # disk into snapshots_directory) and its upload to Glance; the rest of the
 # snapshot phase is Nova's and the driver's bookkeeping. Absent when the
@@ -115,7 +120,17 @@ def _access_seconds(name, method, path, since=None, until=None):
     With since and until, of the last one logged between them (the log's
     timestamps have whole seconds).
     """
-    seconds = None
+    found = _access_durations(name, method, path, since, until)
+    return found[-1] if found else None
+
+
+def _access_total(name, method, path, since, until):
+    """Seconds of every request to path logged between since and until."""
+    return round(sum(_access_durations(name, method, path, since, until)), 3)
+
+
+def _access_durations(name, method, path, since, until):
+    durations = []
     with open(os.path.join(LOGS, name), errors='replace') as f:
         for line in f:
             match = _ACCESS.match(line.strip())
@@ -127,8 +142,20 @@ def _access_seconds(name, method, path, since=None, until=None):
                     match.group(1), '%d/%b/%Y:%H:%M:%S %z').timestamp()
                 if not since <= stamp <= until:
                     continue
-            seconds = float(match.group(5))
-    return seconds
+            durations.append(float(match.group(5)))
+    return durations
+
+
+def _token_seconds(started, ended):
+    """Keystone's time validating tokens during an operation.
+
+    Each service's keystonemiddleware asks Keystone to validate a token it
+    has not cached (each worker caches for token_cache_time): nova-api the
+    user's, Glance and Placement the tokens nova-api, the conductor and the
+    compute send. The services wait for the answer, within their phases.
+    """
+    return _access_total('keystone-access.log', 'GET', '/v3/auth/tokens',
+                         int(started), ended)
 
 
 def _filter_ms(lines, pid, our_filter):
@@ -181,6 +208,7 @@ def unshelve_phases(instance, snapshot, host, started, ended):
     phases = _between(PHASES, (started, answered, scheduling, unshelving,
                                claimed, networked, xml, created, running,
                                ended))
+    phases['tokens_s'] = _token_seconds(started, ended)
     phases['filter_ms'] = _filter_ms(
         [line for line in scheduler if line[0] >= scheduling], pid,
         'HostAggregateGroupFilter')
@@ -228,6 +256,7 @@ def shelve_phases(instance, host, started, ended):
     found['image_s'] = _access_seconds('glance-access.log', 'POST',
                                        '/v2/images', int(started),
                                        answered + 1)
+    found['tokens_s'] = _token_seconds(started, ended)
     snapshot = [line for line in compute if off <= line[0] <= offloading]
     try:
         begun, _ = _first(snapshot, tag, 'snapshot process')

@@ -12,6 +12,7 @@
 
 """The loopback cloud's tools, where they work without a cloud."""
 
+import datetime
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from nova.virt.libvirt import imagecache
 from tests.e2e import cloud
 from tools import bench_shelve
 from tools import cloudstat
+from tools import phases
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -246,6 +248,47 @@ class TestForgetCachedSnapshots(testtools.TestCase):
     def test_a_snapshot_nothing_cached_is_no_error(self):
         bench_shelve.forget_cached_snapshots(
             ['0e57600b-f259-4ee7-8149-4da4f938afce'])
+
+
+class TestTokenSeconds(testtools.TestCase):
+    """Keystone's validations counted within an operation's seconds only."""
+
+    LINES = [
+        # Before the request (its second is earlier than the start).
+        '[08/Dec/2026:00:25:52 +0000] "GET /v3/auth/tokens HTTP/1.1" 200 '
+        '2929 0.400000',
+        '[08/Dec/2026:00:25:53 +0000] "GET /v3/auth/tokens HTTP/1.1" 200 '
+        '2929 0.654770',
+        # Not a validation: a token issued.
+        '[08/Dec/2026:00:25:53 +0000] "POST /v3/auth/tokens HTTP/1.1" 201 '
+        '3000 0.500000',
+        '[08/Dec/2026:00:25:54 +0000] "GET /v3/auth/tokens?allow_expired=1 '
+        'HTTP/1.1" 200 2932 0.312395',
+        # After the operation.
+        '[08/Dec/2026:00:25:56 +0000] "GET /v3/auth/tokens HTTP/1.1" 200 '
+        '2929 0.250000',
+    ]
+
+    def setUp(self):
+        super().setUp()
+        logs = self.useFixture(fixtures.TempDir()).path
+        with open(os.path.join(logs, 'keystone-access.log'), 'w') as f:
+            f.write('\n'.join(self.LINES) + '\n')
+        self.useFixture(fixtures.MonkeyPatch('tools.phases.LOGS', logs))
+
+    @staticmethod
+    def _at(clock):
+        return datetime.datetime.strptime(
+            '2026-12-08 %s +0000' % clock,
+            '%Y-%m-%d %H:%M:%S.%f %z').timestamp()
+
+    def test_the_validations_during_the_operation(self):
+        self.assertEqual(0.967, phases._token_seconds(
+            self._at('00:25:53.100'), self._at('00:25:55.900')))
+
+    def test_an_operation_with_every_token_cached_has_none(self):
+        self.assertEqual(0, phases._token_seconds(
+            self._at('00:25:57.000'), self._at('00:25:57.950')))
 
 
 class TestHostClocks(testtools.TestCase):
