@@ -124,12 +124,8 @@ def _access_seconds(name, method, path, since=None, until=None):
     return found[-1] if found else None
 
 
-def _access_total(name, method, path, since, until):
-    """Seconds of every request to path logged between since and until."""
-    return round(sum(_access_durations(name, method, path, since, until)), 3)
-
-
 def _access_durations(name, method, path, since, until):
+    """Durations of the requests to path, of those logged in range if any."""
     durations = []
     with open(os.path.join(LOGS, name), errors='replace') as f:
         for line in f:
@@ -154,8 +150,9 @@ def _token_seconds(started, ended):
     user's, Glance and Placement the tokens nova-api, the conductor and the
     compute send. The services wait for the answer, within their phases.
     """
-    return _access_total('keystone-access.log', 'GET', '/v3/auth/tokens',
-                         int(started), ended)
+    return round(sum(_access_durations(
+        'keystone-access.log', 'GET', '/v3/auth/tokens', int(started),
+        ended)), 3)
 
 
 def _filter_ms(lines, pid, our_filter):

@@ -705,8 +705,9 @@ debug = $debug
 [filter_scheduler]
 enabled_filters = $filters
 weight_classes = $weighers
-# A burst's requests are weighed before any of them has consumed its host,
-# so the hosts of a group tie; Nova would take the first every time.
+# A burst's requests are weighed before any of them has consumed its host:
+# hosts that weigh the same stay equal, and Nova would take the first of
+# them every time (doc/source/weigher.rst).
 shuffle_best_same_weighed_hosts = True
 [shelve_accel]
 snapshot_upload = $upload
